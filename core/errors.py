@@ -1,0 +1,37 @@
+"""Errors raised by the core. Each message is one sentence that tells the user what to do.
+
+The Blender add-on catches :class:`Pixel3DMMError`, reports ``str(error)`` and cancels; the CLI prints it and
+exits with status 2. Anything else escaping the core is a bug.
+"""
+
+
+class Pixel3DMMError(Exception):
+    """Base class of every error the core raises on purpose."""
+
+
+class AssetError(Pixel3DMMError):
+    """A user-supplied asset (FLAME model, UV template, checkpoint) is missing or unusable."""
+
+
+class AssetMissingError(AssetError):
+    """An asset path is not configured or the file does not exist."""
+
+
+class AssetInvalidError(AssetError):
+    """An asset file exists but is not what it claims to be (wrong format, truncated, wrong shapes)."""
+
+
+class CheckpointError(AssetInvalidError):
+    """A network checkpoint cannot be loaded (unsafe pickle, missing or unexpected keys, truncated file)."""
+
+
+class ImageError(Pixel3DMMError):
+    """The input photo cannot be read or used."""
+
+
+class NoFaceError(ImageError):
+    """No usable face was found in the photo."""
+
+
+class FitCancelled(Pixel3DMMError):
+    """The user cancelled a running reconstruction; nothing was changed."""
