@@ -1,0 +1,358 @@
+"""Pure-torch differentiable rasterizer with nvdiffrast's data layouts (CPU, CUDA and MPS).
+
+Conventions (the one place they are stated for the renderer)
+-------------------------------------------------------------
+* Input positions are homogeneous clip-space coordinates ``pos`` of shape (B, V, 4) as in OpenGL:
+  ``x_ndc = x / w``, ``y_ndc = y / w``, ``z_ndc = z / w``. Triangles with a vertex at ``w <= 0`` are dropped
+  (there is no near-plane clipping) and pixels whose depth ``z/w`` lies outside [-1, 1] are discarded.
+* Image layout is NHWC with **row 0 at the top**: NDC ``y = +1`` is the top edge of the image and ``y = -1``
+  the bottom edge, NDC ``x = -1`` is the left edge. This differs from nvdiffrast (whose row 0 is at ``y = -1``)
+  so that images match the project's convention (x right, y down). In pixel units
+  ``x_px = (x_ndc + 1) * W / 2`` and ``y_px = (1 - y_ndc) * H / 2``; pixel ``(row i, column j)`` is sampled at its
+  centre ``(j + 0.5, i + 0.5)``. Rasterizing UV coordinates as positions, ``pos = (2u - 1, 2v - 1, 0, 1)``, puts
+  ``v = 1`` in row 0, i.e. an ordinary texture image with the origin of ``v`` at the bottom.
+* Both windings are drawn (no back-face culling). A pixel belongs to a triangle when all three screen-space
+  barycentrics are ``>= 0``; the z-buffer keeps the smallest ``z/w`` (ties go to the larger triangle id).
+* ``rast`` (B, H, W, 4) holds ``(u, v, z/w, triangle_id + 1)``; ``triangle_id + 1 == 0`` marks background.
+  ``u`` and ``v`` are perspective-correct barycentrics: an attribute is ``u * a0 + v * a1 + (1 - u - v) * a2``
+  for the triangle's vertices ``(i0, i1, i2) = tri[triangle_id]``.
+
+Gradients
+---------
+* :func:`rasterize` is point sampled: the triangle id and coverage are piecewise constant and carry no gradient.
+  When ``pos`` requires grad, ``u`` and ``v`` are recomputed differentiably for the winning triangle of each
+  pixel, so ``rast[..., :2]`` carries gradients to the vertex positions; ``z/w`` and the id carry none.
+* :func:`interpolate` is differentiable with respect to ``attr`` and, through ``rast[..., :2]``, to ``pos``.
+* :func:`antialias` blends colours across silhouette edges by the analytic sub-pixel position of the edge, which
+  gives the silhouette (visibility) gradients to ``pos`` that point sampling lacks.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["rasterize", "interpolate", "antialias"]
+
+_W_EPS = 1e-8
+_DEFAULT_CHUNK = 1 << 22
+
+
+def _check_pos_tri(pos: torch.Tensor, tri: torch.Tensor) -> None:
+    if not isinstance(pos, torch.Tensor) or pos.dim() != 3 or pos.shape[-1] != 4:
+        raise ValueError(f"pos must be a (B, V, 4) clip-space tensor, got shape {tuple(getattr(pos, 'shape', ()))}.")
+    if not pos.is_floating_point():
+        raise ValueError("pos must be a floating-point tensor.")
+    if not isinstance(tri, torch.Tensor) or tri.dim() != 2 or tri.shape[-1] != 3:
+        raise ValueError(f"tri must be an (F, 3) integer tensor, got shape {tuple(getattr(tri, 'shape', ()))}.")
+    if tri.is_floating_point() or tri.dtype == torch.bool:
+        raise ValueError("tri must hold integer vertex indices.")
+    if tri.device != pos.device:
+        raise ValueError("pos and tri must be on the same device.")
+    if tri.numel() and (int(tri.min()) < 0 or int(tri.max()) >= pos.shape[1]):
+        raise ValueError("tri indexes vertices outside pos.")
+
+
+def _check_rast(rast: torch.Tensor) -> None:
+    if not isinstance(rast, torch.Tensor) or rast.dim() != 4 or rast.shape[-1] != 4:
+        raise ValueError("rast must be a (B, H, W, 4) tensor returned by rasterize.")
+
+
+def _screen(pos: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Clip space (..., 4) -> pixel x, pixel y, z/w and w, each (...)."""
+    w = pos[..., 3]
+    w_safe = torch.where(w.abs() > _W_EPS, w, torch.full_like(w, _W_EPS))
+    x = (pos[..., 0] / w_safe + 1.0) * (0.5 * width)
+    y = (1.0 - pos[..., 1] / w_safe) * (0.5 * height)
+    return x, y, pos[..., 2] / w_safe, w
+
+
+def _edge_bary(x: torch.Tensor, y: torch.Tensor, px: torch.Tensor, py: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Screen-space barycentrics of points (px, py) for triangles with corners x, y of shape (..., 3).
+
+    Returns l0, l1, l2 and the doubled signed area, each of shape (...).
+    """
+    x0, x1, x2 = x.unbind(-1)
+    y0, y1, y2 = y.unbind(-1)
+    area = (x1 - x0) * (y2 - y0) - (y1 - y0) * (x2 - x0)
+    area_safe = torch.where(area.abs() > 1e-12, area, torch.full_like(area, 1e-12))
+    e0 = (x2 - x1) * (py - y1) - (y2 - y1) * (px - x1)
+    e1 = (x0 - x2) * (py - y2) - (y0 - y2) * (px - x2)
+    l0 = e0 / area_safe
+    l1 = e1 / area_safe
+    return l0, l1, 1.0 - l0 - l1, area
+
+
+def rasterize(
+    pos: torch.Tensor, tri: torch.Tensor, resolution: tuple[int, int], *, chunk_size: int = _DEFAULT_CHUNK
+) -> torch.Tensor:
+    """Rasterize triangles with a z-buffer into nvdiffrast's ``rast`` layout.
+
+    Parameters
+    ----------
+    pos : (B, V, 4) float tensor
+        Clip-space vertex positions (see the module docstring for conventions).
+    tri : (F, 3) integer tensor
+        Vertex indices of each triangle, on the device of ``pos``.
+    resolution : (H, W)
+        Output size in pixels.
+    chunk_size : int
+        Largest number of candidate (triangle, pixel) pairs processed at once; bounds peak memory.
+
+    Returns
+    -------
+    rast : (B, H, W, 4) tensor, dtype and device of ``pos``
+        ``(u, v, z/w, triangle_id + 1)``, zero where no triangle covers the pixel centre. ``u, v`` carry
+        gradients to ``pos`` when ``pos`` requires grad.
+    """
+    _check_pos_tri(pos, tri)
+    if len(resolution) != 2 or int(resolution[0]) <= 0 or int(resolution[1]) <= 0:
+        raise ValueError(f"resolution must be a positive (H, W) pair, got {resolution}.")
+    height, width = int(resolution[0]), int(resolution[1])
+    batch = pos.shape[0]
+    tri = tri.long()
+    n_tri = tri.shape[0]
+    rast = torch.zeros(batch, height, width, 4, dtype=pos.dtype, device=pos.device)
+    if n_tri == 0:
+        return rast
+    pid, tid = _visible_samples(pos.detach(), tri, height, width, chunk_size)
+    if pid.numel() == 0:
+        return rast
+    # Recompute the winners' barycentrics (differentiably when pos requires grad) and depth.
+    b_idx = torch.div(pid, height * width, rounding_mode="floor")
+    pix = pid - b_idx * (height * width)
+    py = torch.div(pix, width, rounding_mode="floor").to(pos.dtype) + 0.5
+    px = (pix % width).to(pos.dtype) + 0.5
+    corners = pos[b_idx[:, None], tri[tid]]  # (N, 3, 4)
+    sx, sy, sz, sw = _screen(corners, height, width)
+    l0, l1, l2, _ = _edge_bary(sx, sy, px, py)
+    q0, q1, q2 = l0 / sw[:, 0], l1 / sw[:, 1], l2 / sw[:, 2]
+    denom = q0 + q1 + q2
+    values = torch.stack(
+        [q0 / denom, q1 / denom, (l0 * sz[:, 0] + l1 * sz[:, 1] + l2 * sz[:, 2]).detach(), (tid + 1).to(pos.dtype)],
+        dim=-1,
+    )
+    flat = rast.view(batch * height * width, 4)
+    return flat.index_put((pid,), values).view(batch, height, width, 4)
+
+
+@torch.no_grad()
+def _visible_samples(
+    pos: torch.Tensor, tri: torch.Tensor, height: int, width: int, chunk_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Z-buffered (flat pixel index, triangle index) pairs of the visible triangle at each covered pixel."""
+    batch = pos.shape[0]
+    n_tri = tri.shape[0]
+    corners = pos[:, tri]  # (B, F, 3, 4)
+    sx, sy, sz, sw = _screen(corners, height, width)
+    valid = (sw > _W_EPS).all(-1) & torch.isfinite(sx).all(-1) & torch.isfinite(sy).all(-1)
+    area = (sx[..., 1] - sx[..., 0]) * (sy[..., 2] - sy[..., 0]) - (sy[..., 1] - sy[..., 0]) * (sx[..., 2] - sx[..., 0])
+    valid &= area.abs() > 1e-12
+    # Pixel index ranges whose centres can fall in the bounding box.
+    x_lo = torch.ceil(sx.amin(-1) - 0.5).clamp(0, width)
+    x_hi = torch.floor(sx.amax(-1) - 0.5).clamp(-1, width - 1)
+    y_lo = torch.ceil(sy.amin(-1) - 0.5).clamp(0, height)
+    y_hi = torch.floor(sy.amax(-1) - 0.5).clamp(-1, height - 1)
+    nx = (x_hi - x_lo + 1).clamp(min=0).long()
+    ny = (y_hi - y_lo + 1).clamp(min=0).long()
+    counts = torch.where(valid, nx * ny, torch.zeros_like(nx)).reshape(-1)  # (B*F,)
+    keep = counts.nonzero().squeeze(1)
+    if keep.numel() == 0:
+        empty = torch.zeros(0, dtype=torch.long, device=pos.device)
+        return empty, empty
+    counts = counts[keep]
+    nx_k, x_lo_k, y_lo_k = nx.reshape(-1)[keep], x_lo.reshape(-1)[keep].long(), y_lo.reshape(-1)[keep].long()
+    sx_k, sy_k, sz_k = sx.reshape(-1, 3)[keep], sy.reshape(-1, 3)[keep], sz.reshape(-1, 3)[keep]
+    ends = torch.cumsum(counts, 0)
+    total = int(ends[-1])
+    pids, depths, tids = [], [], []
+    start_tri = 0
+    start_count = 0
+    n_keep = keep.numel()
+    while start_tri < n_keep:
+        # Largest run of triangles whose candidates fit in the chunk (at least one triangle).
+        stop_tri = int(torch.searchsorted(ends, start_count + chunk_size, right=True))
+        stop_tri = max(stop_tri, start_tri + 1)
+        sel = slice(start_tri, stop_tri)
+        c = counts[sel]
+        n_cand = int(c.sum())
+        local_tri = torch.repeat_interleave(torch.arange(stop_tri - start_tri, device=pos.device), c, output_size=n_cand)
+        offs = torch.cumsum(c, 0) - c
+        local = torch.arange(n_cand, device=pos.device) - offs[local_tri]
+        nxl = nx_k[sel][local_tri]
+        ix = x_lo_k[sel][local_tri] + local % nxl
+        iy = y_lo_k[sel][local_tri] + torch.div(local, nxl, rounding_mode="floor")
+        px = ix.to(pos.dtype) + 0.5
+        py = iy.to(pos.dtype) + 0.5
+        l0, l1, l2, _ = _edge_bary(sx_k[sel][local_tri], sy_k[sel][local_tri], px, py)
+        inside = (l0 >= 0) & (l1 >= 0) & (l2 >= 0)
+        zc = sz_k[sel][local_tri]
+        depth = l0 * zc[:, 0] + l1 * zc[:, 1] + l2 * zc[:, 2]
+        inside &= (depth >= -1.0) & (depth <= 1.0)
+        flat_tri = keep[sel][local_tri]
+        b = torch.div(flat_tri, n_tri, rounding_mode="floor")
+        idx = inside.nonzero().squeeze(1)
+        pids.append((b * height + iy)[idx] * width + ix[idx])
+        depths.append(depth[idx])
+        tids.append((flat_tri - b * n_tri)[idx])
+        start_tri = stop_tri
+        start_count = int(ends[stop_tri - 1])
+    del total
+    pid = torch.cat(pids)
+    depth = torch.cat(depths)
+    tid = torch.cat(tids)
+    n_pix = batch * height * width
+    zbuf = torch.full((n_pix,), float("inf"), dtype=depth.dtype, device=depth.device)
+    zbuf.scatter_reduce_(0, pid, depth, reduce="amin")
+    win = depth <= zbuf[pid]
+    pid, tid = pid[win], tid[win]
+    best = torch.full((n_pix,), -1, dtype=torch.long, device=pos.device)
+    best.scatter_reduce_(0, pid, tid, reduce="amax")
+    win = tid == best[pid]
+    return pid[win], tid[win]
+
+
+def interpolate(attr: torch.Tensor, rast: torch.Tensor, tri: torch.Tensor) -> torch.Tensor:
+    """Interpolate per-vertex attributes with the barycentrics in ``rast``.
+
+    Parameters
+    ----------
+    attr : (B, V, C) or (V, C) float tensor
+        Vertex attributes; a (V, C) tensor is shared by every image in the batch.
+    rast : (B, H, W, 4) tensor
+        Output of :func:`rasterize` for the same ``tri``.
+    tri : (F, 3) integer tensor
+
+    Returns
+    -------
+    (B, H, W, C) tensor
+        Interpolated attributes, zero on background pixels. Differentiable with respect to ``attr`` and, through
+        ``rast[..., :2]``, to the vertex positions given to :func:`rasterize`.
+    """
+    _check_rast(rast)
+    if not isinstance(attr, torch.Tensor) or attr.dim() not in (2, 3):
+        raise ValueError("attr must be a (B, V, C) or (V, C) tensor.")
+    batch, height, width, _ = rast.shape
+    if attr.dim() == 3 and attr.shape[0] not in (1, batch):
+        raise ValueError(f"attr has batch size {attr.shape[0]} but rast has {batch}.")
+    tri = tri.long()
+    channels = attr.shape[-1]
+    flat = rast.reshape(-1, 4)
+    pid = (flat[:, 3] > 0).nonzero().squeeze(1)
+    out = torch.zeros(batch * height * width, channels, dtype=attr.dtype, device=attr.device)
+    if pid.numel() == 0:
+        return out.view(batch, height, width, channels)
+    samples = flat[pid]
+    tid = samples[:, 3].long() - 1
+    vidx = tri[tid]  # (N, 3)
+    if attr.dim() == 2 or attr.shape[0] == 1:
+        a = (attr if attr.dim() == 2 else attr[0])[vidx]
+    else:
+        b = torch.div(pid, height * width, rounding_mode="floor")
+        a = attr[b[:, None], vidx]
+    u = samples[:, 0:1].to(attr.dtype)
+    v = samples[:, 1:2].to(attr.dtype)
+    vals = u * a[:, 0] + v * a[:, 1] + (1.0 - u - v) * a[:, 2]
+    return out.index_put((pid,), vals).view(batch, height, width, channels)
+
+
+def antialias(color: torch.Tensor, rast: torch.Tensor, pos: torch.Tensor, tri: torch.Tensor) -> torch.Tensor:
+    """Blend colours across silhouette edges by the edges' analytic sub-pixel positions.
+
+    For every pair of horizontally or vertically adjacent pixels whose triangles differ, the pixel whose triangle
+    ``T`` forms a silhouette edge between the two pixel centres (the other pixel is background, or lies behind
+    the extension of ``T`` and its triangle does not share the crossing edge) is the front pixel. With ``t`` the
+    fraction of the centre-to-centre segment at which ``T``'s edge crosses it, the back pixel receives
+    ``max(t - 0.5, 0)`` of the front colour and the front pixel ``max(0.5 - t, 0)`` of the back colour. This is
+    the idea of nvdiffrast's ``antialias`` in pure torch.
+
+    Parameters
+    ----------
+    color : (B, H, W, C) float tensor
+        Image to antialias (for example the output of :func:`interpolate`).
+    rast : (B, H, W, 4) tensor
+        Output of :func:`rasterize` for ``pos`` and ``tri``.
+    pos : (B, V, 4) float tensor
+        Clip-space positions used for ``rast``.
+    tri : (F, 3) integer tensor
+
+    Returns
+    -------
+    (B, H, W, C) tensor
+        Antialiased image; differentiable with respect to ``color`` and ``pos`` (silhouette gradients).
+    """
+    _check_rast(rast)
+    _check_pos_tri(pos, tri)
+    if color.dim() != 4 or color.shape[:3] != rast.shape[:3]:
+        raise ValueError("color must be a (B, H, W, C) tensor with the size of rast.")
+    if pos.shape[0] != rast.shape[0]:
+        raise ValueError("pos and rast must have the same batch size.")
+    batch, height, width, channels = color.shape
+    tri = tri.long()
+    tid_img = rast[..., 3].detach().long() - 1  # (B, H, W)
+    z_img = rast[..., 2].detach()
+    flat_color = color.reshape(-1, channels)
+    deltas = []
+    index = torch.arange(batch * height * width, device=color.device).view(batch, height, width)
+    for a_idx, b_idx in (
+        (index[:, :, :-1], index[:, :, 1:]),  # horizontal neighbours
+        (index[:, :-1, :], index[:, 1:, :]),  # vertical neighbours
+    ):
+        a_idx = a_idx.reshape(-1)
+        b_idx = b_idx.reshape(-1)
+        ta = tid_img.view(-1)[a_idx]
+        tb = tid_img.view(-1)[b_idx]
+        differ = (ta != tb).nonzero().squeeze(1)
+        if differ.numel() == 0:
+            continue
+        a_idx, b_idx, ta, tb = a_idx[differ], b_idx[differ], ta[differ], tb[differ]
+        # Each ordered (front, back) candidate: front pixel's triangle tested against the back pixel.
+        front = torch.cat([a_idx, b_idx])
+        back = torch.cat([b_idx, a_idx])
+        tf = torch.cat([ta, tb])
+        tbk = torch.cat([tb, ta])
+        ok = (tf >= 0).nonzero().squeeze(1)
+        front, back, tf, tbk = front[ok], back[ok], tf[ok], tbk[ok]
+        if front.numel() == 0:
+            continue
+        bf = torch.div(front, height * width, rounding_mode="floor")
+        corners = pos[bf[:, None], tri[tf]]  # (N, 3, 4)
+        sx, sy, sz, _ = _screen(corners, height, width)
+
+        def centre(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            pix = idx % (height * width)
+            return (pix % width).to(pos.dtype) + 0.5, torch.div(pix, width, rounding_mode="floor").to(pos.dtype) + 0.5
+
+        fx, fy = centre(front)
+        bx, by = centre(back)
+        lf = torch.stack(_edge_bary(sx, sy, fx, fy)[:3], -1)  # (N, 3)
+        lb = torch.stack(_edge_bary(sx, sy, bx, by)[:3], -1)
+        k = lb.detach().argmin(-1)
+        lfk = lf.gather(1, k[:, None]).squeeze(1)
+        lbk = lb.gather(1, k[:, None]).squeeze(1)
+        # The crossing edge (opposite corner k) must not be shared with the back pixel's triangle, and the back
+        # pixel must be background or behind the front triangle's plane.
+        tri_f = tri[tf]
+        e0 = tri_f.gather(1, ((k + 1) % 3)[:, None]).squeeze(1)
+        e1 = tri_f.gather(1, ((k + 2) % 3)[:, None]).squeeze(1)
+        tri_b = tri[tbk.clamp(min=0)]
+        shared = (tri_b == e0[:, None]).any(-1) & (tri_b == e1[:, None]).any(-1) & (tbk >= 0)
+        lbd = lb.detach()
+        z_plane = (lbd * sz.detach()).sum(-1)
+        behind = (tbk < 0) | (z_plane < z_img.view(-1)[back])
+        crosses = (lbk.detach() < 0) & (lfk.detach() >= 0)
+        sel = (crosses & behind & ~shared).nonzero().squeeze(1)
+        if sel.numel() == 0:
+            continue
+        front, back, lfk, lbk = front[sel], back[sel], lfk[sel], lbk[sel]
+        t = (lfk / (lfk - lbk)).clamp(0.0, 1.0)
+        cf = flat_color[front]
+        cb = flat_color[back]
+        gain_back = (t - 0.5).clamp(min=0.0)[:, None].to(color.dtype)
+        gain_front = (0.5 - t).clamp(min=0.0)[:, None].to(color.dtype)
+        deltas.append((back, gain_back * (cf - cb)))
+        deltas.append((front, gain_front * (cb - cf)))
+    if not deltas:
+        return color
+    idx = torch.cat([d[0] for d in deltas])
+    val = torch.cat([d[1] for d in deltas])
+    return (flat_color.index_add(0, idx, val)).view(batch, height, width, channels)
