@@ -1,0 +1,105 @@
+"""End to end packaging: build a linux-x64 / Python 3.11 zip offline and install it into bpy.
+
+The wheels are fetched once from the package registry into wheels/_offline (ignored by git), then
+`build.py build --wheel-dir` builds from that folder without network. torch is left out (`--torch none`):
+the test process already has the pinned torch, and the Linux torch set is several GB.
+"""
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import textwrap
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+import build  # noqa: E402
+
+pytestmark = pytest.mark.skipif(
+    sys.platform != "linux" or platform.machine() != "x86_64", reason="the offline zip test builds linux-x64"
+)
+
+INSTALL_SCRIPT = textwrap.dedent(
+    """
+    import importlib, importlib.util, json, sys
+    from pathlib import Path
+    import bpy
+
+    zip_path = sys.argv[-1]
+    bpy.ops.extensions.package_install_files(filepath=zip_path, repo="user_default", enable_on_install=True)
+    name = "bl_ext.user_default.pixel3dmm_blender"
+    out = {"enabled": name in bpy.context.preferences.addons}
+    out["panel"] = hasattr(bpy.types, "P3DMM_PT_main")
+    out["operator"] = hasattr(bpy.ops.pixel3dmm, "reconstruct_face")
+    out["label"] = bpy.ops.pixel3dmm.reconstruct_face.get_rna_type().name if out["operator"] else None
+    import timm, cv2, mediapipe, safetensors
+    out["modules"] = {m.__name__: m.__file__ for m in (timm, cv2, mediapipe, safetensors)}
+    out["site"] = str(Path(bpy.utils.user_resource("EXTENSIONS")) / ".local")
+    out["top_level_core"] = importlib.util.find_spec("core") is not None
+    assets = importlib.import_module(name + ".core.assets")
+    out["vendored_core"] = assets.__file__
+    out["face_mesh"] = hasattr(mediapipe.solutions, "face_mesh")
+    print("RESULT " + json.dumps(out))
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def offline_wheels() -> Path:
+    """The linux-x64 cp311 runtime wheels (minus torch), fetched once into an ignored folder."""
+    cache = build.WHEELS / "_offline" / "linux-x64-cp311"
+    if not any(cache.glob("mediapipe-*.whl")):
+        fetched = build.download_wheels(build.venv_python(), build.PLATFORMS["linux-x64"], "3.11", "none", None)
+        cache.mkdir(parents=True, exist_ok=True)
+        for wheel in fetched:
+            shutil.copy2(wheel, cache / wheel.name)
+        # numpy is dropped from the bundle but pip's offline resolution still needs to see it
+        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--only-binary=:all:", "--no-deps",
+                        "--dest", str(cache), "numpy==1.26.4"], check=True)
+    return cache
+
+
+@pytest.fixture(scope="module")
+def built_zip(offline_wheels, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("dist")
+    rc = build.main(["build", "--platform", "linux-x64", "--python", "3.11", "--torch", "none",
+                     "--wheel-dir", str(offline_wheels), "--out", str(out)])
+    assert rc == 0
+    (zip_path,) = out.glob("pixel3dmm_blender-*-linux_x64.zip")
+    return zip_path
+
+
+def test_zip_layout(built_zip):
+    with zipfile.ZipFile(built_zip) as z:
+        names = set(z.namelist())
+        manifest = z.read("blender_manifest.toml").decode()
+    assert "__init__.py" in names and "core/__init__.py" in names and "core/fit/__init__.py" in names
+    assert not any(n.startswith("wheels/numpy-") for n in names), "numpy must never be bundled"
+    assert any(n.startswith("wheels/mediapipe-0.10.21-cp311") for n in names)
+    assert 'platforms = ["linux-x64"]' in manifest
+
+
+def test_zip_installs_and_enables_in_bpy(built_zip, tmp_path):
+    env = dict(os.environ, BLENDER_USER_RESOURCES=str(tmp_path / "user"),
+               MESA_SHADER_CACHE_DIR=str(tmp_path / "mesa"), HF_HUB_OFFLINE="1", PYTHONNOUSERSITE="1")
+    script = tmp_path / "install.py"
+    script.write_text(INSTALL_SCRIPT)
+    # cwd outside the repo so that the checkout's own top-level `core` cannot be imported by accident
+    proc = subprocess.run([sys.executable, str(script), str(built_zip)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = json.loads(lines[-1][len("RESULT "):])
+    assert out["enabled"] and out["panel"] and out["operator"]
+    assert out["label"] == "Reconstruct Face"
+    for module, path in out["modules"].items():
+        assert Path(path).is_relative_to(out["site"]), f"{module} imported from {path}, not the bundled wheel"
+    assert out["face_mesh"]
+    assert not out["top_level_core"], "a generic top-level `core` module leaked into Blender's path"
+    assert "/extensions/user_default/pixel3dmm_blender/core/" in out["vendored_core"]
