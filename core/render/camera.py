@@ -1,0 +1,150 @@
+"""The Pixel3DMM pinhole camera: OpenGL camera at (0, 0, 1) looking down -z, normalised focal and principal point.
+
+Conventions
+-----------
+* World space is the FLAME canonical frame after the head pose: ``world = R @ v + t`` (metres, +y up).
+* The camera never moves: it sits at ``(0, 0, 1)`` with identity rotation, so OpenGL camera coordinates are
+  ``X_gl = world - (0, 0, 1)`` and visible points have ``Z_gl < 0``. OpenCV camera coordinates (y down,
+  z forward) are ``X_cv = diag(1, -1, -1) @ X_gl``.
+* Intrinsics at a square render size ``S``: ``fx = fy = fl * S`` (``fl`` initialised to 2000 / 512) and the
+  principal point ``c = S / 2 + pp * S / 2`` in pixel coordinates whose pixel centres lie at integer + 0.5, x to
+  the right and y down. So ``x = c_x + fx * X / |Z|`` and ``y = c_y - fy * Y / |Z|`` (OpenGL ``X, Y, Z``), i.e.
+  ``K @ X_cv`` with ``K = [[fx, 0, c_x], [0, fy, c_y], [0, 0, 1]]``.
+* Deviation from the reference (which puts the centre at ``S/2 - 0.5`` for the loss projection and at
+  ``S/2 + 0.5`` in its rasterizer, with ``pp`` scaled by ``S/2 + 0.5``): one pinhole is used for both the losses
+  and the rasterizer, with ``pp = 0`` at the exact image centre.
+* :func:`clip_from_camera` turns the same pinhole into clip space for :mod:`.raster` (NDC ``y = +1`` is the top
+  row), with OpenGL depth between ``near`` and ``far``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+__all__ = [
+    "DEFAULT_FOCAL",
+    "CAMERA_POSITION",
+    "NEAR",
+    "FAR",
+    "world_to_camera",
+    "project",
+    "clip_from_camera",
+    "intrinsics_matrix",
+    "crop_to_photo_intrinsics",
+    "opencv_pose_to_world",
+]
+
+DEFAULT_FOCAL = 2000.0 / 512.0
+CAMERA_POSITION = (0.0, 0.0, 1.0)
+NEAR = 0.1
+FAR = 5.0
+
+
+def world_to_camera(points: torch.Tensor) -> torch.Tensor:
+    """World points (..., 3) -> OpenGL camera coordinates (..., 3) of the fixed camera at (0, 0, 1)."""
+    offset = torch.tensor(CAMERA_POSITION, dtype=points.dtype, device=points.device)
+    return points - offset
+
+
+def _pixel_params(focal: torch.Tensor, principal_point: torch.Tensor, size: int) -> tuple[torch.Tensor, ...]:
+    f = torch.as_tensor(focal).reshape(-1, 1) * size
+    pp = torch.as_tensor(principal_point).reshape(-1, 2)
+    cx = size / 2.0 + pp[:, 0:1] * (size / 2.0)
+    cy = size / 2.0 + pp[:, 1:2] * (size / 2.0)
+    return f, cx, cy
+
+
+def project(
+    points_cam: torch.Tensor, focal: torch.Tensor, principal_point: torch.Tensor, size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Project OpenGL camera-space points to pixels.
+
+    Parameters
+    ----------
+    points_cam : (B, N, 3) tensor
+        Points in OpenGL camera coordinates (see :func:`world_to_camera`).
+    focal : (B,) or scalar tensor
+        Normalised focal ``fl``.
+    principal_point : (B, 2) or (2,) tensor
+        Reference-convention principal point ``pp``.
+    size : int
+        Square image size ``S`` in pixels.
+
+    Returns
+    -------
+    xy : (B, N, 2) tensor
+        Pixel coordinates (x right, y down, pixel centres at integer + 0.5).
+    depth : (B, N) tensor
+        Distance along the viewing direction, ``-Z`` (positive in front of the camera).
+    """
+    f, cx, cy = _pixel_params(focal, principal_point, size)
+    depth = -points_cam[..., 2]
+    safe = depth.clamp(min=1e-6)
+    x = cx + f * points_cam[..., 0] / safe
+    y = cy - f * points_cam[..., 1] / safe
+    return torch.stack([x, y], -1), depth
+
+
+def clip_from_camera(
+    points_cam: torch.Tensor,
+    focal: torch.Tensor,
+    principal_point: torch.Tensor,
+    size: int,
+    near: float = NEAR,
+    far: float = FAR,
+) -> torch.Tensor:
+    """OpenGL camera-space points (B, N, 3) -> clip-space positions (B, N, 4) for :func:`.raster.rasterize`.
+
+    The pixel position of ``clip[..., :2] / clip[..., 3]`` equals :func:`project`'s exactly, and
+    ``z / w`` maps depths ``near .. far`` to -1 .. 1.
+    """
+    f, cx, cy = _pixel_params(focal, principal_point, size)
+    x, y, z = points_cam.unbind(-1)
+    w = -z
+    cx_ndc = 2.0 * cx / size - 1.0
+    cy_ndc = 1.0 - 2.0 * cy / size
+    xc = (2.0 * f / size) * x + cx_ndc * w
+    yc = (2.0 * f / size) * y + cy_ndc * w
+    zc = -(far + near) / (far - near) * z - 2.0 * far * near / (far - near)
+    return torch.stack([xc, yc, zc, w], -1)
+
+
+def intrinsics_matrix(focal: float, principal_point, size: float) -> np.ndarray:
+    """(3, 3) pinhole matrix ``K`` (OpenCV camera coordinates, y down) at a square image of ``size`` pixels."""
+    pp = np.asarray(principal_point, dtype=np.float64).reshape(2)
+    f = float(focal) * size
+    return np.array(
+        [[f, 0.0, size / 2.0 + pp[0] * size / 2.0], [0.0, f, size / 2.0 + pp[1] * size / 2.0], [0.0, 0.0, 1.0]]
+    )
+
+
+def crop_to_photo_intrinsics(k_crop: np.ndarray, transform) -> np.ndarray:
+    """Map crop intrinsics to full-photo intrinsics through a crop transform.
+
+    Parameters
+    ----------
+    k_crop : (3, 3) array
+        Intrinsics in crop pixels (crop of ``transform.out_size`` pixels).
+    transform : CropTransform
+        Square crop box ``x0, y0, size`` in photo pixels; ``x_photo = x0 + x_crop * size / out_size``.
+
+    Returns
+    -------
+    (3, 3) array
+        Intrinsics in full-photo pixels.
+    """
+    s = float(transform.size) / float(transform.out_size)
+    a = np.array([[s, 0.0, float(transform.x0)], [0.0, s, float(transform.y0)], [0.0, 0.0, 1.0]])
+    return a @ np.asarray(k_crop, dtype=np.float64)
+
+
+def opencv_pose_to_world(rotation_cv: np.ndarray, translation_cv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Convert an OpenCV object pose (``X_cv = R_cv v + t_cv``) to the head pose ``world = R v + t``.
+
+    Returns R (3, 3) and t (3,) such that ``world_to_camera(R v + t)`` equals ``diag(1, -1, -1) X_cv``.
+    """
+    d = np.diag([1.0, -1.0, -1.0])
+    r = d @ np.asarray(rotation_cv, dtype=np.float64)
+    t = d @ np.asarray(translation_cv, dtype=np.float64).reshape(3) + np.asarray(CAMERA_POSITION)
+    return r, t

@@ -1,0 +1,79 @@
+"""Camera conventions: projection, clip space, intrinsics and the OpenCV pose conversion agree."""
+
+from types import SimpleNamespace
+
+import cv2
+import numpy as np
+import torch
+
+from core.render import rasterize
+from core.render.camera import (
+    DEFAULT_FOCAL,
+    clip_from_camera,
+    crop_to_photo_intrinsics,
+    intrinsics_matrix,
+    opencv_pose_to_world,
+    project,
+    world_to_camera,
+)
+
+
+def _points(seed=0, n=7):
+    g = np.random.default_rng(seed)
+    return torch.tensor(g.uniform([-0.1, -0.1, -0.1], [0.1, 0.1, 0.1], (1, n, 3)))
+
+
+def test_project_matches_intrinsics_matrix():
+    pts = world_to_camera(_points())
+    fl, pp, size = 3.7, np.array([0.02, -0.05]), 256
+    xy, depth = project(pts, torch.tensor([fl], dtype=pts.dtype), torch.tensor(pp)[None], size)
+    k = intrinsics_matrix(fl, pp, size)
+    cv = pts[0].numpy() * np.array([1.0, -1.0, -1.0])
+    hom = cv @ k.T
+    np.testing.assert_allclose(xy[0].numpy(), hom[:, :2] / hom[:, 2:], atol=1e-9)
+    np.testing.assert_allclose(depth[0].numpy(), cv[:, 2])
+    # The head centre projects to the image centre with pp = 0; +y world goes up (smaller row).
+    c, _ = project(world_to_camera(torch.tensor([[[0.0, 0.0, 0.0], [0.0, 0.05, 0.0]]])), torch.tensor(DEFAULT_FOCAL), torch.zeros(2), 512)
+    np.testing.assert_allclose(c[0, 0].numpy(), [256.0, 256.0])
+    assert c[0, 1, 1] < 256.0
+
+
+def test_clip_space_matches_projection_and_rasterizer():
+    pts = world_to_camera(_points(1))
+    fl, pp, size = torch.tensor([4.1], dtype=pts.dtype), torch.tensor([[0.03, 0.04]], dtype=pts.dtype), 64
+    clip = clip_from_camera(pts, fl, pp, size)
+    xy, _ = project(pts, fl, pp, size)
+    ndc = clip[..., :2] / clip[..., 3:]
+    px = torch.stack([(ndc[..., 0] + 1) * size / 2, (1 - ndc[..., 1]) * size / 2], -1)
+    torch.testing.assert_close(px, xy)
+    # A small triangle around a projected point covers that point's pixel.
+    centre = xy[0, 0]
+    tri_pts = pts[:, :1] + torch.tensor([[[0.004, 0.0, 0.0], [-0.003, 0.004, 0.0], [-0.003, -0.004, 0.0]]], dtype=pts.dtype)
+    rast = rasterize(clip_from_camera(tri_pts, fl, pp, size), torch.tensor([[0, 1, 2]]), (size, size))
+    assert rast[0, int(centre[1]), int(centre[0]), 3] == 1
+
+
+def test_photo_intrinsics_follow_crop_transform():
+    k = intrinsics_matrix(DEFAULT_FOCAL, [0.1, -0.2], 512)
+    tr = SimpleNamespace(x0=-30.0, y0=45.5, size=700.0, out_size=512)
+    kp = crop_to_photo_intrinsics(k, tr)
+    pts = _points(2).numpy()[0] * np.array([1, -1, -1]) + np.array([0, 0, 1.0])
+    crop = pts @ k.T
+    crop = crop[:, :2] / crop[:, 2:]
+    photo = pts @ kp.T
+    photo = photo[:, :2] / photo[:, 2:]
+    np.testing.assert_allclose(photo, np.array([tr.x0, tr.y0]) + crop * tr.size / tr.out_size)
+
+
+def test_opencv_pose_conversion_matches_cv2_projection():
+    rvec = np.array([0.1, -0.3, 0.05])
+    tvec = np.array([0.01, -0.02, 0.95])
+    r_cv, _ = cv2.Rodrigues(rvec)
+    r, t = opencv_pose_to_world(r_cv, tvec)
+    v = _points(3).numpy()[0]
+    k = intrinsics_matrix(DEFAULT_FOCAL, [0.0, 0.0], 256)
+    ref, _ = cv2.projectPoints(v, rvec, tvec, k, None)
+    world = torch.tensor(v @ r.T + t)[None]
+    xy, _ = project(world_to_camera(world), torch.tensor(DEFAULT_FOCAL), torch.zeros(2, dtype=world.dtype), 256)
+    np.testing.assert_allclose(xy[0].numpy(), ref[:, 0], atol=1e-9)
+    np.testing.assert_allclose(r @ r.T, np.eye(3), atol=1e-12)
