@@ -1,0 +1,26 @@
+"""Pixel3DMM for Blender: one photo to a rigged, textured FLAME head with expression shape keys.
+
+The add-on is a thin shell over ``core`` (reached only through :mod:`.bridge`): a sidebar tab in the 3D
+viewport (:mod:`.panels`), scene settings at ``Scene.p3dmm`` (:mod:`.props`), asset paths and the device in
+the preferences (:mod:`.preferences`), the reconstruct and export operators (:mod:`.operators`) with their
+worker thread (:mod:`.jobs`), and the scene builder (:mod:`.scene`) and exporters (:mod:`.export`).
+"""
+
+import bpy
+
+from . import jobs, operators, panels, preferences, props
+
+_CLASSES = (*preferences.CLASSES, *props.CLASSES, *operators.CLASSES, *panels.CLASSES)
+
+
+def register():
+    for cls in _CLASSES:
+        bpy.utils.register_class(cls)
+    bpy.types.Scene.p3dmm = bpy.props.PointerProperty(type=props.P3DMM_SceneSettings)
+
+
+def unregister():
+    jobs.cancel_active()
+    del bpy.types.Scene.p3dmm
+    for cls in reversed(_CLASSES):
+        bpy.utils.unregister_class(cls)

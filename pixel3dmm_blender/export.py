@@ -1,0 +1,114 @@
+"""Export one head (its mesh and armature, nothing else) to GLB or FBX. Main thread only.
+
+Both writers get explicit options: shape keys with their current values, skin weights, no leaf bones, no
+baked animation, modifiers not applied (applying them would drop the shape keys). The file is written next to
+the target under a temporary name and moved into place, so a failed export leaves no half-written file. The
+user's selection and active object are restored afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import bpy
+
+
+class ExportError(Exception):
+    """An export could not be written; the message is one sentence for the user."""
+
+
+def head_parts(mesh_obj: bpy.types.Object) -> tuple[bpy.types.Object, bpy.types.Object]:
+    """The head mesh and the armature that deforms it."""
+    for modifier in mesh_obj.modifiers:
+        if modifier.type == "ARMATURE" and modifier.object is not None:
+            return mesh_obj, modifier.object
+    raise ExportError(f"The object '{mesh_obj.name}' has no armature; export a head built by Pixel3DMM.")
+
+
+def export_glb(context: bpy.types.Context, mesh_obj: bpy.types.Object, filepath: str) -> Path:
+    """Write the head as binary glTF (+Y up): morph targets with their weights, skin, baked texture."""
+
+    def write(tmp: str) -> None:
+        bpy.ops.export_scene.gltf(
+            filepath=tmp,
+            export_format="GLB",
+            use_selection=True,
+            export_yup=True,
+            export_apply=False,
+            export_morph=True,
+            export_morph_normal=True,
+            export_skins=True,
+            export_leaf_bone=False,
+            export_animations=False,
+            export_materials="EXPORT",
+            export_normals=True,
+            export_texcoords=True,
+        )
+
+    return _export(context, mesh_obj, filepath, ".glb", write)
+
+
+def export_fbx(context: bpy.types.Context, mesh_obj: bpy.types.Object, filepath: str) -> Path:
+    """Write the head as FBX: blend shapes with their values, skin, face smoothing groups, embedded texture."""
+
+    def write(tmp: str) -> None:
+        bpy.ops.export_scene.fbx(
+            filepath=tmp,
+            use_selection=True,
+            object_types={"ARMATURE", "MESH"},
+            use_mesh_modifiers=False,
+            mesh_smooth_type="FACE",
+            add_leaf_bones=False,
+            bake_anim=False,
+            primary_bone_axis="Y",
+            secondary_bone_axis="X",
+            armature_nodetype="NULL",
+            path_mode="COPY",
+            embed_textures=True,
+        )
+
+    return _export(context, mesh_obj, filepath, ".fbx", write)
+
+
+def _export(context, mesh_obj, filepath: str, suffix: str, write) -> Path:
+    target = Path(bpy.path.abspath(filepath))
+    if target.suffix.lower() != suffix:
+        target = target.with_name(target.name + suffix)
+    if not target.parent.is_dir():
+        raise ExportError(f"The folder {target.parent} does not exist; choose an existing folder.")
+    parts = head_parts(mesh_obj)
+    handle, tmp = tempfile.mkstemp(prefix=f".{target.stem}-", suffix=suffix, dir=target.parent)
+    os.close(handle)
+    try:
+        with _selected_only(context, parts):
+            write(tmp)
+        if os.path.getsize(tmp) == 0:
+            raise ExportError(f"The exporter wrote nothing to {target}; check the console for its messages.")
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return target
+
+
+@contextmanager
+def _selected_only(context, objects):
+    view_layer = context.view_layer
+    previous_selection = {obj for obj in view_layer.objects if obj.select_get()}
+    previous_active = view_layer.objects.active
+    try:
+        for obj in previous_selection:
+            obj.select_set(False)
+        for obj in objects:
+            if view_layer.objects.get(obj.name) is None:
+                raise ExportError(f"The object '{obj.name}' is not in the current view layer; show it and retry.")
+            obj.select_set(True)
+        view_layer.objects.active = objects[0]
+        yield
+    finally:
+        for obj in view_layer.objects:
+            obj.select_set(obj in previous_selection)
+        view_layer.objects.active = previous_active

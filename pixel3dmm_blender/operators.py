@@ -1,0 +1,305 @@
+"""Operators: reconstruct a face from a photo (modal with a worker thread, or synchronous), cancel it, export.
+
+``invoke`` (the button) runs the core on a worker thread and drains its events from a modal timer on the main
+thread; ``execute`` (scripts, ``blender -b``, tests) runs the same bridge call synchronously. Either way the
+scene is only touched at the end, on the main thread, so a cancelled or failed run leaves it as it was, and a
+successful one is a single undo step.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import bpy
+import numpy as np
+from bpy.props import StringProperty
+from bpy_extras.io_utils import ExportHelper
+
+from . import bridge, export, jobs, preferences, scene
+
+log = logging.getLogger(__name__)
+
+class InputError(Exception):
+    """The photo source is unusable; the message is one sentence for the user."""
+
+
+@dataclass
+class PhotoSource:
+    """The photo, resolved on the main thread: ``data`` for the core, an image datablock or a file for the
+    camera background, and the name for the new collection."""
+
+    data: str | np.ndarray
+    image: bpy.types.Image | None
+    path: str | None
+    name: str
+
+
+def editor_image(context: bpy.types.Context) -> bpy.types.Image | None:
+    """The image shown in an Image Editor: this window's first, else any window's."""
+    screens = [context.screen] if context.screen is not None else []
+    screens += [window.screen for window in context.window_manager.windows if window.screen not in screens]
+    for screen in screens:
+        for area in screen.areas:
+            if area.type == "IMAGE_EDITOR" and area.spaces.active.image is not None:
+                return area.spaces.active.image
+    return None
+
+
+def image_pixels(image: bpy.types.Image) -> np.ndarray:
+    """An image datablock's pixels as (H, W, 3) float32 sRGB in [0, 1], row 0 at the top."""
+    width, height = image.size
+    if width == 0 or height == 0:
+        raise InputError(f"The image '{image.name}' has no pixels; reload it or pick another image.")
+    channels = image.channels
+    buffer = np.empty(width * height * channels, dtype=np.float32)
+    image.pixels.foreach_get(buffer)
+    pixels = buffer.reshape(height, width, channels)[::-1]
+    rgb = pixels[:, :, :3] if channels >= 3 else np.repeat(pixels[:, :, :1], 3, axis=2)
+    if image.is_float:  # float buffers hold linear values; the core expects sRGB
+        rgb = np.clip(rgb, 0.0, 1.0)
+        rgb = np.where(rgb <= 0.0031308, 12.92 * rgb, 1.055 * np.power(rgb, 1.0 / 2.4) - 0.055)
+    return np.ascontiguousarray(rgb, dtype=np.float32)
+
+
+def _from_image(image: bpy.types.Image) -> PhotoSource:
+    path = bpy.path.abspath(image.filepath, library=image.library) if image.filepath else ""
+    on_disk = image.source == "FILE" and image.packed_file is None and not image.is_dirty and os.path.isfile(path)
+    data = path if on_disk else image_pixels(image)
+    return PhotoSource(data, image, None, scene.photo_name(image.name))
+
+
+def resolve_source(context: bpy.types.Context, settings) -> PhotoSource:
+    """The photo chosen in the panel, or :class:`InputError`."""
+    if settings.image_source == "EDITOR":
+        image = editor_image(context)
+        if image is None:
+            raise InputError("No Image Editor shows an image; open the photo in an Image Editor or pick a source.")
+        return _from_image(image)
+    if settings.image_source == "IMAGE":
+        if settings.image is None:
+            raise InputError("No image is selected; pick the photo in the Image field.")
+        return _from_image(settings.image)
+    path = bpy.path.abspath(settings.filepath) if settings.filepath else ""
+    if not os.path.isfile(path):
+        raise InputError(f"The photo file '{settings.filepath}' does not exist; choose an existing image file.")
+    return PhotoSource(path, None, path, scene.photo_name(path))
+
+
+def find_head(context: bpy.types.Context) -> bpy.types.Object | None:
+    """The head to export: the active head mesh (or the head under the active armature), else the last built."""
+    active = context.view_layer.objects.active
+    if active is not None:
+        if active.get(scene.HEAD_TAG):
+            return active
+        if active.type == "ARMATURE":
+            for child in active.children:
+                if child.get(scene.HEAD_TAG):
+                    return child
+    head = context.scene.p3dmm.head
+    if head is not None and context.view_layer.objects.get(head.name) is not None:
+        return head
+    return None
+
+
+def _tag_redraw(context) -> None:
+    if context.screen is None:
+        return
+    for area in context.screen.areas:
+        if area.type == "VIEW_3D":
+            area.tag_redraw()
+
+
+class P3DMM_OT_reconstruct_face(bpy.types.Operator):
+    bl_idname = "pixel3dmm.reconstruct_face"
+    bl_label = "Reconstruct Face"
+    bl_description = "Fit a rigged FLAME head to the photo and build it with its texture and a matching camera"
+    bl_options = {"REGISTER", "UNDO"}
+
+    @classmethod
+    def poll(cls, context):
+        return context.mode == "OBJECT" and jobs.active_job() is None
+
+    def _prepare(self, context) -> tuple[bridge.ReconstructionRequest, PhotoSource]:
+        settings = context.scene.p3dmm
+        source = resolve_source(context, settings)
+        prefs = preferences.get_preferences(context)
+        request = bridge.ReconstructionRequest(
+            source=source.data,
+            assets=preferences.asset_paths(prefs),
+            quality=settings.quality,
+            device=prefs.device,
+            texture_size=int(settings.texture_size),
+            cache_dir=preferences.cache_dir(),
+        )
+        return request, source
+
+    def execute(self, context):
+        try:
+            request, source = self._prepare(context)
+        except InputError as exc:
+            self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+        wm = context.window_manager
+        wm.progress_begin(0, 100)
+        try:
+            result = bridge.run_reconstruction(
+                request, on_progress=lambda _stage, fraction: wm.progress_update(int(100 * fraction))
+            )
+        except Exception as exc:
+            return self._fail(exc)
+        finally:
+            wm.progress_end()
+        return self._finish(context, source, result)
+
+    def invoke(self, context, event):
+        try:
+            request, source = self._prepare(context)
+        except InputError as exc:
+            self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+        self._source = source
+        self._job = jobs.start_job(
+            lambda on_progress, should_cancel: bridge.run_reconstruction(request, on_progress, should_cancel)
+        )
+        wm = context.window_manager
+        self._timer = wm.event_timer_add(0.1, window=context.window)
+        wm.modal_handler_add(self)
+        self._show_progress(context, "Starting", 0.0)
+        return {"RUNNING_MODAL"}
+
+    def modal(self, context, event):
+        if (event.type == "ESC" and event.value == "PRESS") or self._job.cancelled:
+            self._stop(context)
+            self.report({"WARNING"}, "Reconstruction cancelled; the scene was not changed.")
+            return {"CANCELLED"}
+        if event.type != "TIMER":
+            return {"PASS_THROUGH"}
+        for item in self._job.drain():
+            if isinstance(item, jobs.Progress):
+                self._show_progress(context, item.stage, item.fraction)
+            elif isinstance(item, jobs.Finished):
+                self._stop(context)
+                return self._finish(context, self._source, item.result)
+            else:
+                self._stop(context)
+                return self._fail(item.error)
+        return {"RUNNING_MODAL"}
+
+    def cancel(self, context):
+        self._stop(context)
+
+    def _show_progress(self, context, stage: str, fraction: float) -> None:
+        settings = context.scene.p3dmm
+        settings.stage = stage
+        settings.progress = fraction
+        context.workspace.status_text_set(f"Pixel3DMM: {stage} {round(100 * fraction)}% (Esc to cancel)")
+        _tag_redraw(context)
+
+    def _stop(self, context) -> None:
+        self._job.cancel()
+        jobs.release_job(self._job)
+        context.window_manager.event_timer_remove(self._timer)
+        context.workspace.status_text_set(None)
+        context.scene.p3dmm.stage = ""
+        context.scene.p3dmm.progress = 0.0
+        _tag_redraw(context)
+
+    def _fail(self, exc: BaseException) -> set[str]:
+        if bridge.is_cancellation(exc):
+            self.report({"WARNING"}, "Reconstruction cancelled; the scene was not changed.")
+        else:
+            log.error("reconstruction failed", exc_info=exc)
+            self.report({"ERROR"}, bridge.error_message(exc))
+        return {"CANCELLED"}
+
+    def _finish(self, context, source: PhotoSource, result) -> set[str]:
+        photo = source.image if source.image is not None else bpy.data.images.load(source.path, check_existing=True)
+        head = scene.build_head(
+            context, result.flame, result.uv, result.fit, name=source.name, texture=result.texture, photo=photo
+        )
+        context.scene.p3dmm.head = head.mesh
+        for message in result.messages:
+            self.report({"WARNING"} if result.used_synthetic else {"INFO"}, message)
+        self.report({"INFO"}, f"Built the head '{head.mesh.name}' in the collection '{head.collection.name}'.")
+        return {"FINISHED"}
+
+
+class P3DMM_OT_cancel_reconstruction(bpy.types.Operator):
+    bl_idname = "pixel3dmm.cancel_reconstruction"
+    bl_label = "Cancel"
+    bl_description = "Stop the running reconstruction and leave the scene unchanged"
+    bl_options = {"INTERNAL"}
+
+    @classmethod
+    def poll(cls, context):
+        return jobs.active_job() is not None
+
+    def execute(self, context):
+        jobs.active_job().cancel()
+        return {"FINISHED"}
+
+
+class _ExportHead(ExportHelper):
+    bl_options = {"REGISTER"}
+    format_name = ""
+
+    @classmethod
+    def poll(cls, context):
+        return context.mode == "OBJECT" and find_head(context) is not None
+
+    def invoke(self, context, event):
+        if not self.filepath:
+            folder = Path(bpy.path.abspath("//")) if bpy.data.filepath else Path.home()
+            self.filepath = str(folder / (bpy.path.clean_name(find_head(context).name) + self.filename_ext))
+        return super().invoke(context, event)
+
+    def execute(self, context):
+        head = find_head(context)
+        if head is None:
+            self.report({"ERROR"}, "There is no Pixel3DMM head to export; reconstruct a face first.")
+            return {"CANCELLED"}
+        try:
+            path = self.write(context, head, self.filepath)
+        except export.ExportError as exc:
+            self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+        except RuntimeError as exc:
+            self.report({"ERROR"}, f"The {self.format_name} exporter failed ({exc}); nothing was written.")
+            return {"CANCELLED"}
+        self.report({"INFO"}, f"Exported '{head.name}' to {path}.")
+        return {"FINISHED"}
+
+
+class P3DMM_OT_export_glb(_ExportHead, bpy.types.Operator):
+    bl_idname = "pixel3dmm.export_glb"
+    bl_label = "Export GLB"
+    bl_description = "Write the head and its armature as binary glTF with morph targets and skin"
+    filename_ext = ".glb"
+    format_name = "GLB"
+    filter_glob: StringProperty(default="*.glb", options={"HIDDEN"})
+
+    def write(self, context, head, filepath):
+        return export.export_glb(context, head, filepath)
+
+
+class P3DMM_OT_export_fbx(_ExportHead, bpy.types.Operator):
+    bl_idname = "pixel3dmm.export_fbx"
+    bl_label = "Export FBX"
+    bl_description = "Write the head and its armature as FBX with blend shapes and skin"
+    filename_ext = ".fbx"
+    format_name = "FBX"
+    filter_glob: StringProperty(default="*.fbx", options={"HIDDEN"})
+
+    def write(self, context, head, filepath):
+        return export.export_fbx(context, head, filepath)
+
+
+CLASSES = (
+    P3DMM_OT_reconstruct_face,
+    P3DMM_OT_cancel_reconstruction,
+    P3DMM_OT_export_glb,
+    P3DMM_OT_export_fbx,
+)

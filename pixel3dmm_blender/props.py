@@ -1,0 +1,52 @@
+"""Scene settings at ``bpy.types.Scene.p3dmm``: the photo source, quality, texture size, the last head built,
+and the progress of a running reconstruction (written by the operator on the main thread only)."""
+
+from __future__ import annotations
+
+import bpy
+from bpy.props import EnumProperty, FloatProperty, PointerProperty, StringProperty
+
+SOURCE_ITEMS = (
+    ("EDITOR", "Image Editor", "Use the image shown in an open Image Editor"),
+    ("IMAGE", "Image", "Use an image datablock of this file"),
+    ("FILE", "File", "Load the photo from a file on disk"),
+)
+QUALITY_ITEMS = (
+    ("fast", "Fast", "Fewer fitting steps: a quick preview"),
+    ("balanced", "Balanced", "The default trade-off between time and accuracy"),
+    ("best", "Best", "The most fitting steps: slowest, most accurate"),
+)
+TEXTURE_ITEMS = (
+    ("512", "512", "512 x 512 pixel texture"),
+    ("1024", "1024", "1024 x 1024 pixel texture"),
+    ("2048", "2048", "2048 x 2048 pixel texture"),
+)
+
+
+def _is_head_mesh(_self, obj) -> bool:
+    return obj.type == "MESH"
+
+
+class P3DMM_SceneSettings(bpy.types.PropertyGroup):
+    image_source: EnumProperty(name="Source", description="Where the photo comes from", items=SOURCE_ITEMS)
+    image: PointerProperty(name="Image", description="The photo as an image datablock", type=bpy.types.Image)
+    filepath: StringProperty(name="Photo", description="The photo file (JPEG, PNG, ...)", subtype="FILE_PATH")
+    quality: EnumProperty(
+        name="Quality", description="Fitting preset", items=QUALITY_ITEMS, default="balanced"
+    )
+    texture_size: EnumProperty(
+        name="Texture", description="Size of the texture baked from the photo", items=TEXTURE_ITEMS,
+        default="1024",
+    )
+    head: PointerProperty(
+        name="Head", description="The head mesh the export buttons write", type=bpy.types.Object,
+        poll=_is_head_mesh,
+    )
+    progress: FloatProperty(
+        name="Progress", description="Progress of the running reconstruction", min=0.0, max=1.0,
+        subtype="FACTOR",
+    )
+    stage: StringProperty(name="Stage", description="What the running reconstruction is doing")
+
+
+CLASSES = (P3DMM_SceneSettings,)
