@@ -122,6 +122,7 @@ class Photo:
         self.source = source
         self.notes = tuple(notes)
         self._full: np.ndarray | None = None
+        self._reduced: dict[int, np.ndarray] = {}
         self._rgb: np.ndarray | None = None
 
     @classmethod
@@ -150,8 +151,8 @@ class Photo:
         Parameters
         ----------
         reduction : int
-            One of :data:`REDUCTIONS`. A JPEG decodes directly at that scale; other images are decoded once
-            at full size (kept) and block-averaged.
+            One of :data:`REDUCTIONS`. A JPEG decodes directly at that scale (each scale once, then kept);
+            other images are decoded once at full size (kept) and block-averaged.
 
         Returns
         -------
@@ -162,10 +163,13 @@ class Photo:
             raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction}")
         if self._full is not None:
             return _block_reduce(self._full, reduction)
-        pixels = self._decode(reduction)
         if reduction == 1:
-            self._full = pixels
-        return pixels
+            self._full = self._decode(1)
+            self._reduced.clear()
+            return self._full
+        if reduction not in self._reduced:
+            self._reduced[reduction] = self._decode(reduction)
+        return self._reduced[reduction]
 
     @property
     def rgb(self) -> np.ndarray:
