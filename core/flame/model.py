@@ -1,0 +1,251 @@
+"""The FLAME layer: buffers only, one stateless forward (smplx "Layer" style; the fitter owns parameters)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import numpy as np
+import torch
+from torch import nn
+
+from .data import FlameData
+from .lbs import blend_shapes, lbs
+from .rotation import as_rotation_matrix
+
+_ROTATION_FIELDS = ("global_pose", "neck_pose", "jaw_pose", "eye_pose_left", "eye_pose_right")
+_IDENTITY_6D = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+
+
+@dataclass
+class FlameParams:
+    """Inputs of :meth:`FlameModel.forward`. Any field may be None, meaning zeros or the identity rotation.
+
+    Attributes
+    ----------
+    shape : (B, <=Ns) identity coefficients (missing trailing columns count as zero).
+    expression : (B, <=Ne) expression coefficients.
+    global_pose, neck_pose, jaw_pose, eye_pose_left, eye_pose_right : rotations of joints 0..4, each
+        (B, 3) axis-angle, (B, 6) 6D (first two matrix columns) or (B, 3, 3) matrices.
+    eyelids : (B, 2) left and right eyelid coefficients (needs a model with eyelid blendshapes).
+    translation : (B, 3) added to vertices and joints after skinning.
+    """
+
+    shape: torch.Tensor | None = None
+    expression: torch.Tensor | None = None
+    global_pose: torch.Tensor | None = None
+    neck_pose: torch.Tensor | None = None
+    jaw_pose: torch.Tensor | None = None
+    eye_pose_left: torch.Tensor | None = None
+    eye_pose_right: torch.Tensor | None = None
+    eyelids: torch.Tensor | None = None
+    translation: torch.Tensor | None = None
+
+    @property
+    def batch_size(self) -> int | None:
+        """B from the first tensor given, or None when every field is None."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is not None:
+                return int(value.shape[0])
+        return None
+
+    @classmethod
+    def zeros(
+        cls,
+        batch: int,
+        n_shape: int,
+        n_expr: int,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        rotation: str = "axis_angle",
+        eyelids: bool = False,
+    ) -> FlameParams:
+        """Neutral parameters as real tensors (zero coefficients, identity rotations, zero translation).
+
+        Parameters
+        ----------
+        batch, n_shape, n_expr : sizes B, Ns, Ne.
+        device, dtype : where the tensors live (defaults: torch's defaults).
+        rotation : "axis_angle" -> (B, 3) zeros, "6d" -> (B, 6) identity, "matrix" -> (B, 3, 3) identity.
+        eyelids : also create (B, 2) zero eyelid coefficients.
+        """
+        kw = {"device": device, "dtype": dtype}
+        if rotation == "axis_angle":
+            make_rot = lambda: torch.zeros(batch, 3, **kw)  # noqa: E731
+        elif rotation == "6d":
+            make_rot = lambda: torch.tensor(_IDENTITY_6D, **kw).repeat(batch, 1)  # noqa: E731
+        elif rotation == "matrix":
+            make_rot = lambda: torch.eye(3, **kw).repeat(batch, 1, 1)  # noqa: E731
+        else:
+            raise ValueError(f"Unknown rotation representation '{rotation}'; use axis_angle, 6d or matrix.")
+        return cls(
+            shape=torch.zeros(batch, n_shape, **kw),
+            expression=torch.zeros(batch, n_expr, **kw),
+            eyelids=torch.zeros(batch, 2, **kw) if eyelids else None,
+            translation=torch.zeros(batch, 3, **kw),
+            **{name: make_rot() for name in _ROTATION_FIELDS},
+        )
+
+
+@dataclass
+class FlameOutput:
+    """Result of :meth:`FlameModel.forward`.
+
+    Attributes
+    ----------
+    vertices : (B, V, 3) posed vertices (after LBS, eyelids and translation).
+    joints : (B, J, 3) posed joint locations.
+    joint_transforms : (B, J, 4, 4) world transform of each joint frame (rotation = accumulated rotation,
+        translation = posed joint location), translation included.
+    vertices_shaped : (B, V, 3) template plus identity and expression offsets, unposed, no translation.
+    """
+
+    vertices: torch.Tensor
+    joints: torch.Tensor
+    joint_transforms: torch.Tensor
+    vertices_shaped: torch.Tensor
+
+
+class FlameModel(nn.Module):
+    """FLAME as a module that holds only buffers (they follow ``.to(device, dtype)``).
+
+    Buffers: ``v_template`` (V,3), ``dirs`` (V,3,Ns+Ne) identity then expression blendshapes, ``posedirs``
+    (V,3,36), ``J_regressor`` (J,V), ``lbs_weights`` (V,J), ``faces`` (F,3) int64, ``parents`` (J,) int64 and
+    ``eyelids`` (2,V,3) or None. Joint order: 0 root, 1 neck, 2 jaw, 3 left eye, 4 right eye.
+    """
+
+    def __init__(
+        self,
+        data: FlameData,
+        n_shape: int | None = None,
+        n_expr: int | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        self.n_shape = data.n_shape if n_shape is None else int(n_shape)
+        self.n_expr = data.n_expr if n_expr is None else int(n_expr)
+        if not (0 <= self.n_shape <= data.n_shape and 0 <= self.n_expr <= data.n_expr):
+            raise ValueError(
+                f"The model has {data.n_shape} shape and {data.n_expr} expression components; "
+                f"ask for at most that many (got {self.n_shape} and {self.n_expr})."
+            )
+        self.release = data.release
+        dtype = dtype or torch.get_default_dtype()
+        dirs = np.concatenate((data.shapedirs[..., : self.n_shape], data.exprdirs[..., : self.n_expr]), axis=2)
+
+        def buf(name: str, array: np.ndarray | None, as_dtype: torch.dtype = dtype) -> None:
+            tensor = None if array is None else torch.as_tensor(np.ascontiguousarray(array)).to(as_dtype)
+            self.register_buffer(name, tensor, persistent=False)
+
+        buf("v_template", data.v_template)
+        buf("dirs", dirs)
+        buf("posedirs", data.posedirs)
+        buf("J_regressor", data.J_regressor)
+        buf("lbs_weights", data.weights)
+        buf("eyelids", data.eyelids)
+        buf("faces", data.faces, torch.int64)
+        buf("parents", data.parents, torch.int64)
+        self._parents = tuple(int(p) for p in data.parents)
+
+    @classmethod
+    def from_data(
+        cls,
+        data: FlameData,
+        n_shape: int | None = None,
+        n_expr: int | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> FlameModel:
+        """Build the layer from :class:`FlameData`, keeping the first ``n_shape``/``n_expr`` components."""
+        return cls(data, n_shape=n_shape, n_expr=n_expr, dtype=dtype)
+
+    @property
+    def shapedirs(self) -> torch.Tensor:
+        """(V, 3, Ns) identity blendshapes (a view of ``dirs``)."""
+        return self.dirs[..., : self.n_shape]
+
+    @property
+    def exprdirs(self) -> torch.Tensor:
+        """(V, 3, Ne) expression blendshapes (a view of ``dirs``)."""
+        return self.dirs[..., self.n_shape :]
+
+    @property
+    def has_eyelids(self) -> bool:
+        """True when eyelid blendshapes are loaded."""
+        return self.eyelids is not None
+
+    def _coeffs(self, value: torch.Tensor | None, size: int, name: str, batch: int) -> torch.Tensor:
+        ref = self.v_template
+        if value is None:
+            return ref.new_zeros(batch, size)
+        if value.ndim != 2 or value.shape[1] > size:
+            raise ValueError(
+                f"'{name}' must have shape (B, <= {size}), got {tuple(value.shape)}; use fewer components."
+            )
+        return torch.nn.functional.pad(value, (0, size - value.shape[1]))
+
+    def forward(self, params: FlameParams) -> FlameOutput:
+        """Pose and shape the head.
+
+        Parameters
+        ----------
+        params : :class:`FlameParams` with batch size B (B = 1 when every field is None).
+
+        Returns
+        -------
+        :class:`FlameOutput` with vertices (B,V,3), joints (B,J,3), joint_transforms (B,J,4,4) and
+        vertices_shaped (B,V,3).
+        """
+        batch = params.batch_size or 1
+        coeffs = torch.cat(
+            (
+                self._coeffs(params.shape, self.n_shape, "shape", batch),
+                self._coeffs(params.expression, self.n_expr, "expression", batch),
+            ),
+            dim=1,
+        )
+        eye = torch.eye(3, dtype=coeffs.dtype, device=coeffs.device).expand(batch, 3, 3)
+        rot_mats = torch.stack(
+            [
+                eye if getattr(params, name) is None else as_rotation_matrix(getattr(params, name))
+                for name in _ROTATION_FIELDS
+            ],
+            dim=1,
+        )
+        vertices, joints, world, v_shaped = lbs(
+            coeffs,
+            rot_mats,
+            self.v_template,
+            self.dirs,
+            self.posedirs,
+            self.J_regressor,
+            self._parents,
+            self.lbs_weights,
+        )
+        if params.eyelids is not None:
+            if self.eyelids is None:
+                raise ValueError("This FLAME model has no eyelid blendshapes; pass eyelids=None.")
+            vertices = vertices + torch.einsum("bk,kvc->bvc", params.eyelids, self.eyelids)
+        if params.translation is not None:
+            t = params.translation
+            vertices = vertices + t[:, None]
+            joints = joints + t[:, None]
+            shift = torch.zeros_like(world)
+            shift[..., :3, 3] = t[:, None]
+            world = world + shift
+        return FlameOutput(vertices=vertices, joints=joints, joint_transforms=world, vertices_shaped=v_shaped)
+
+    def neutral(self, shape: torch.Tensor | None = None) -> torch.Tensor:
+        """Identity-only head: zero expression, zero pose, no translation.
+
+        Parameters
+        ----------
+        shape : (B, <=Ns) identity coefficients, or None for the template.
+
+        Returns
+        -------
+        (B, V, 3) vertices (B = 1 when ``shape`` is None).
+        """
+        if shape is None:
+            return self.v_template[None]
+        coeffs = self._coeffs(shape, self.n_shape, "shape", shape.shape[0])
+        return self.v_template + blend_shapes(coeffs, self.shapedirs)
