@@ -154,7 +154,7 @@ def build_head(
     """Build the rigged head, its material and the matching camera in a new collection ``name``.
 
     ``flame`` has the FlameData fields (v_template, faces, shapedirs, exprdirs, posedirs (V,3,36),
-    J_regressor, weights, parents, eyelids (2,V,3) or None), ``uv_template`` per-corner ``face_uvs`` (F,3,2) in
+    J_regressor, weights, parents, eyelids (2,V,3) or None), ``uv_template`` per-corner ``corner_uv`` (F,3,2) in
     Blender's (u, v) convention, ``fit`` the FitResult fields. ``texture`` is a (T,T,3) float image in [0, 1],
     row 0 at the top, sRGB, laid out in FLAME UV space; ``photo`` becomes the camera's background image.
     The new mesh ends up selected and active.
@@ -167,7 +167,7 @@ def build_head(
 
     armature = _build_armature(context, collection, f"{name} rig", joints, flame.parents)
     armature.matrix_world = FLAME_TO_BLENDER @ head_pose_matrix(fit)
-    mesh = _build_mesh(collection, f"{name} head", neutral, flame.faces, uv_template.face_uvs)
+    mesh = _build_mesh(collection, f"{name} head", neutral, flame.faces, uv_template.corner_uv)
     mesh[HEAD_TAG] = True
     mesh.parent = armature
     mesh.matrix_parent_inverse = Matrix.Identity(4)
@@ -327,7 +327,8 @@ def _texture_image(name: str, texture: np.ndarray) -> bpy.types.Image:
 
 def _build_material(name: str, image: bpy.types.Image | None) -> bpy.types.Material:
     material = bpy.data.materials.new(name)
-    material.use_nodes = True
+    if material.node_tree is None:  # Blender < 5.0 creates materials without nodes
+        material.use_nodes = True
     nodes = material.node_tree.nodes
     bsdf = next(node for node in nodes if node.type == "BSDF_PRINCIPLED")
     bsdf.inputs["Roughness"].default_value = 0.6

@@ -1,0 +1,159 @@
+"""The rig check: Blender's evaluated head equals core's FLAME forward pass (float64) within 0.01 mm.
+
+Blender skins with its own armature code and evaluates the corrective keys through drivers, so this compares
+two independent implementations of FLAME's linear blend skinning and pose correctives.
+"""
+
+import bpy
+import numpy as np
+import pytest
+from mathutils import Matrix
+
+from pixel3dmm_blender import scene
+from heads import flame_forward, random_fit, random_rotation, rodrigues, synthetic_head
+
+TOLERANCE_M = 1e-5  # 0.01 mm
+
+
+@pytest.fixture(scope="module")
+def head():
+    return synthetic_head(seed=3)
+
+
+def evaluated_world(obj) -> np.ndarray:
+    bpy.context.view_layer.update()
+    depsgraph = bpy.context.evaluated_depsgraph_get()
+    evaluated = obj.evaluated_get(depsgraph)
+    mesh = evaluated.to_mesh()
+    co = np.empty(len(mesh.vertices) * 3)
+    mesh.vertices.foreach_get("co", co)
+    evaluated.to_mesh_clear()
+    world = np.array(obj.matrix_world)
+    return co.reshape(-1, 3) @ world[:3, :3].T + world[:3, 3]
+
+
+def to_blender_world(flame_vertices, fit) -> np.ndarray:
+    """FLAME vertices -> head pose (R v + t) -> Blender Z-up (+90 degrees about X), all in numpy."""
+    world = flame_vertices @ np.asarray(fit.head_rotation, np.float64).T + np.asarray(fit.head_translation)
+    c = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
+    return world @ c.T
+
+
+def set_pose(armature, poses, root=None):
+    bones = armature.pose.bones
+    for name, axis_angle in zip(scene.BONE_NAMES[1:], poses):
+        bones[name].rotation_quaternion = Matrix(rodrigues(np.asarray(axis_angle, np.float64)).tolist()).to_quaternion()
+    if root is not None:
+        bones["root"].rotation_quaternion = Matrix(rodrigues(root).tolist()).to_quaternion()
+
+
+def fit_poses(fit):
+    return [fit.neck_pose, fit.jaw_pose, fit.eye_pose_left, fit.eye_pose_right]
+
+
+def test_fitted_head_matches_flame_forward(head):
+    flame, uv = head
+    fit = random_fit(flame, seed=11)
+    built = scene.build_head(bpy.context, flame, uv, fit, name="rig")
+    got = evaluated_world(built.mesh)
+    expected = to_blender_world(flame_forward(flame, fit.shape, fit.expression, fit_poses(fit)), fit)
+    assert np.abs(got - expected).max() < TOLERANCE_M
+    # and the fit's own world-space vertices (float32), rotated to Z-up
+    c = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
+    assert np.abs(got - fit.vertices_posed.astype(np.float64) @ c.T).max() < TOLERANCE_M
+
+
+@pytest.mark.parametrize("seed", [21, 22, 23])
+def test_random_poses_follow_flame(head, seed):
+    """Re-pose the built rig (root included, as FLAME's global pose): drivers and skinning must follow."""
+    flame, uv = head
+    fit = random_fit(flame, seed=5)
+    built = scene.build_head(bpy.context, flame, uv, fit, name="poses")
+    rng = np.random.default_rng(seed)
+    poses = [random_rotation(rng, 30.0) for _ in range(4)]
+    root = random_rotation(rng, 30.0)
+    set_pose(built.armature, poses, root)
+    got = evaluated_world(built.mesh)
+    expected = to_blender_world(flame_forward(flame, fit.shape, fit.expression, poses, global_pose=root), fit)
+    assert np.abs(got - expected).max() < TOLERANCE_M
+
+
+def test_correctives_are_needed_for_the_match(head):
+    """With the corrective drivers muted the mesh misses FLAME by far more than the tolerance."""
+    flame, uv = head
+    fit = random_fit(flame, seed=12)
+    built = scene.build_head(bpy.context, flame, uv, fit, name="muted")
+    for fcurve in built.mesh.data.shape_keys.animation_data.drivers:
+        fcurve.mute = True
+    for key in built.mesh.data.shape_keys.key_blocks:
+        if key.name.startswith("pose_"):
+            key.value = 0.0
+    got = evaluated_world(built.mesh)
+    expected = to_blender_world(flame_forward(flame, fit.shape, fit.expression, fit_poses(fit)), fit)
+    assert np.abs(got - expected).max() > 20 * TOLERANCE_M
+
+
+def test_eyelid_keys_are_skinned(head):
+    """Eyelid keys act before skinning in Blender (and in engines); FLAME adds them after skinning. The
+    difference is exactly the skinning rotation applied to the eyelid offsets, computed here independently."""
+    flame, uv = head
+    fit = random_fit(flame, seed=13, eyelids=True)
+    built = scene.build_head(bpy.context, flame, uv, fit, name="lids")
+    got = evaluated_world(built.mesh)
+    base = flame_forward(flame, fit.shape, fit.expression, fit_poses(fit))
+    offsets = np.einsum("k,kvc->vc", fit.eyelids.astype(np.float64), flame.eyelids)
+    world = [np.eye(3)]
+    for joint in range(1, 5):
+        pose = fit_poses(fit)[joint - 1].astype(np.float64)
+        world.append(world[flame.parents[joint]] @ rodrigues(pose))
+    blend = np.einsum("vj,jab->vab", flame.weights, np.stack(world))
+    expected = to_blender_world(base + np.einsum("vab,vb->va", blend, offsets), fit)
+    assert np.abs(got - expected).max() < TOLERANCE_M
+    flame_with_lids = to_blender_world(
+        flame_forward(flame, fit.shape, fit.expression, fit_poses(fit), eyelids=fit.eyelids), fit)
+    assert np.abs(got - flame_with_lids).max() > TOLERANCE_M
+
+
+def test_rig_structure(head):
+    flame, uv = head
+    fit = random_fit(flame, seed=14, eyelids=True)
+    built = scene.build_head(bpy.context, flame, uv, fit, name="structure")
+    keys = built.mesh.data.shape_keys.key_blocks
+    names = [key.name for key in keys]
+    assert names[0] == "Basis"
+    assert names[1:101] == [f"expression_{k:03d}" for k in range(100)]
+    assert names[101:103] == ["eyelid.L", "eyelid.R"]
+    assert len(names) == 1 + 100 + 2 + 36
+    for k in range(100):
+        key = keys[f"expression_{k:03d}"]
+        assert key.slider_min < 0 < key.slider_max
+        assert key.value == pytest.approx(float(fit.expression[k]), abs=1e-6)
+    drivers = built.mesh.data.shape_keys.animation_data.drivers
+    assert len(drivers) == 36
+    for fcurve in drivers:
+        assert fcurve.driver.is_valid and fcurve.driver.is_simple_expression
+        assert fcurve.driver.type == "SCRIPTED"
+    assert [g.name for g in built.mesh.vertex_groups] == list(scene.BONE_NAMES)
+    weights = np.zeros((len(built.mesh.data.vertices), 5))
+    for vertex in built.mesh.data.vertices:
+        for element in vertex.groups:
+            weights[vertex.index, element.group] = element.weight
+    np.testing.assert_allclose(weights, flame.weights, atol=1e-6)
+    bones = built.armature.data.bones
+    assert [b.name for b in bones] == list(scene.BONE_NAMES)
+    assert [b.parent.name if b.parent else None for b in bones] == [None, "root", "neck", "neck", "neck"]
+    joints = flame.J_regressor @ (flame.v_template + flame.shapedirs @ fit.shape + flame.exprdirs @ fit.expression)
+    np.testing.assert_allclose(np.array([b.head_local for b in bones]), joints, atol=1e-6)
+    assert built.mesh.data.uv_layers.active is not None
+    assert all(p.use_smooth for p in built.mesh.data.polygons)
+    assert built.mesh.parent == built.armature
+    assert built.collection.name == "structure"
+    assert set(built.collection.objects) == {built.mesh, built.armature, built.camera}
+    assert bpy.context.view_layer.objects.active == built.mesh
+
+
+def test_no_eyelid_keys_without_eyelid_model():
+    flame, uv = synthetic_head(eyelids=False, seed=4)
+    built = scene.build_head(bpy.context, flame, uv, random_fit(flame), name="nolids")
+    names = [key.name for key in built.mesh.data.shape_keys.key_blocks]
+    assert len(names) == 1 + 100 + 36 and "eyelid.L" not in names
