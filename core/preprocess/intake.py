@@ -187,11 +187,17 @@ def _exif_orientation(data: bytes) -> tuple[int, tuple[int, int] | None]:
     from PIL import Image
 
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            size = (im.size[1], im.size[0])
-            orientation = int(im.getexif().get(0x0112, 1))
+        im = Image.open(io.BytesIO(data))
     except Exception:  # noqa: BLE001 - Pillow cannot parse every format OpenCV reads (float TIFF, HDR)
         return 1, None
+    with im:
+        size = (im.size[1], im.size[0])
+        # Pillow decodes a whole PNG to look for EXIF; only do that when the PNG has an eXIf chunk.
+        try:
+            has_exif = im.format != "PNG" or b"eXIf" in data
+            orientation = int(im.getexif().get(0x0112, 1)) if has_exif else 1
+        except Exception:  # noqa: BLE001 - unreadable EXIF: keep the stored orientation
+            orientation = 1
     return (orientation if orientation in range(1, 9) else 1), size
 
 
