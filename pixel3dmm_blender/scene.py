@@ -118,7 +118,8 @@ def camera_settings(fit) -> dict:
     """Blender camera values reproducing the fit's pinhole ``K_photo`` on a (W, H) = photo size render.
 
     The sensor fit is horizontal, so focal length and both shifts are in units of the image width
-    (Blender's convention); Blender's shift_y points up while pixel y points down. Pixels are square: the fit
+    (Blender's convention). Shifting the frame right moves the optical axis left in the image, and Blender's
+    shift_y points up while pixel y points down: hence the signs. Pixels are square: the fit
     uses one focal length, ``K_photo[0, 0]``.
     """
     height, width = (int(s) for s in fit.photo_size)
@@ -128,8 +129,8 @@ def camera_settings(fit) -> dict:
         "resolution": (width, height),
         "sensor_width": sensor,
         "lens": float(k[0, 0]) * sensor / width,
-        "shift_x": (float(k[0, 2]) - width / 2.0) / width,
-        "shift_y": -(float(k[1, 2]) - height / 2.0) / width,
+        "shift_x": (width / 2.0 - float(k[0, 2])) / width,
+        "shift_y": (float(k[1, 2]) - height / 2.0) / width,
     }
 
 
