@@ -11,6 +11,13 @@ Typical use::
 """
 
 from .data import FlameData
+from .io import (
+    LandmarkEmbedding,
+    load_eyelids,
+    load_flame,
+    load_landmark_embedding,
+    write_flame_pickle,
+)
 from .lbs import batch_rigid_transform, blend_shapes, lbs, vertices2joints, vertices2landmarks
 from .model import FlameModel, FlameOutput, FlameParams
 from .rotation import (
@@ -20,7 +27,7 @@ from .rotation import (
     matrix_to_rotation_6d,
     rotation_6d_to_matrix,
 )
-from .synthetic import synthetic_flame
+from .synthetic import synthetic_flame, write_synthetic_flame
 from .uv import UVTemplate, load_uv_template, mirror_vertex_index
 
 __all__ = [
@@ -28,12 +35,16 @@ __all__ = [
     "FlameModel",
     "FlameOutput",
     "FlameParams",
+    "LandmarkEmbedding",
     "UVTemplate",
     "as_rotation_matrix",
     "axis_angle_to_matrix",
     "batch_rigid_transform",
     "blend_shapes",
     "lbs",
+    "load_eyelids",
+    "load_flame",
+    "load_landmark_embedding",
     "load_uv_template",
     "matrix_to_axis_angle",
     "matrix_to_rotation_6d",
@@ -42,4 +53,6 @@ __all__ = [
     "synthetic_flame",
     "vertices2joints",
     "vertices2landmarks",
+    "write_flame_pickle",
+    "write_synthetic_flame",
 ]

@@ -13,13 +13,13 @@ azimuthal island per eyeball, all mirror-symmetric about u = 0.5 and without ove
 
 from __future__ import annotations
 
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .data import N_JOINTS, FlameData
+from .io import write_flame_pickle
 from .uv import UVTemplate, write_obj
 
 _PARENTS = np.array([-1, 0, 1, 1, 1], dtype=np.int64)
@@ -319,3 +319,33 @@ def synthetic_flame(size: str = "small", seed: int = 0) -> tuple[FlameData, UVTe
     )
     template = UVTemplate.from_arrays(verts, faces, uv, uv_faces, source=f"synthetic UV template ({size})")
     return data, template
+
+
+def write_synthetic_flame(out_dir: str | Path, size: str = "small", seed: int = 0) -> dict[str, Path]:
+    """Write the synthetic head as FLAME-layout files.
+
+    Parameters
+    ----------
+    out_dir : folder (created if needed).
+    size, seed : as in :func:`synthetic_flame`.
+
+    Returns
+    -------
+    Paths by role: ``"plain"`` (numpy-only pickle, dense J_regressor), ``"chumpy"`` (FLAME 2020-style pickle
+    referencing ``chumpy.ch.Ch`` and ``scipy.sparse._csc.csc_matrix``, loadable without either), ``"obj"`` (UV
+    template like ``head_template.obj``), ``"eyelid_left"`` and ``"eyelid_right"`` ((V, 3) ``.npy`` files).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    data, template = synthetic_flame(size, seed)
+    stem = f"synthetic_flame_{size}_{seed}"
+    paths = {
+        "plain": write_flame_pickle(data, out / f"{stem}.pkl", style="plain"),
+        "chumpy": write_flame_pickle(data, out / f"{stem}_chumpy.pkl", style="chumpy"),
+        "obj": write_obj(out / f"synthetic_head_template_{size}.obj", template),
+        "eyelid_left": out / f"{stem}_l_eyelid.npy",
+        "eyelid_right": out / f"{stem}_r_eyelid.npy",
+    }
+    np.save(paths["eyelid_left"], data.eyelids[0])
+    np.save(paths["eyelid_right"], data.eyelids[1])
+    return paths
