@@ -1,0 +1,168 @@
+"""GLB and FBX export of a built head: checked with pygltflib, the Khronos glTF validator and re-import."""
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import bpy
+import numpy as np
+import pygltflib
+import pytest
+
+from heads import random_fit, synthetic_head
+from pixel3dmm_blender import export, scene
+
+JS_DIR = Path(__file__).resolve().parent / "js"
+N_KEYS = 100 + 2 + 36
+
+
+@pytest.fixture()
+def head():
+    flame, uv = synthetic_head(seed=8)
+    fit = random_fit(flame, seed=9, eyelids=True)
+    texture = np.random.default_rng(1).random((32, 32, 3)).astype(np.float32)
+    built = scene.build_head(bpy.context, flame, uv, fit, name="export", texture=texture)
+    return flame, fit, built
+
+
+def _accessor(gltf: pygltflib.GLTF2, index: int) -> np.ndarray:
+    accessor = gltf.accessors[index]
+    view = gltf.bufferViews[accessor.bufferView]
+    dtype = {5126: np.float32, 5123: np.uint16, 5121: np.uint8, 5125: np.uint32}[accessor.componentType]
+    width = {"SCALAR": 1, "VEC3": 3, "VEC4": 4, "MAT4": 16}[accessor.type]
+    blob = gltf.binary_blob()
+    start = (view.byteOffset or 0) + (accessor.byteOffset or 0)
+    stride = view.byteStride or width * np.dtype(dtype).itemsize
+    rows = [np.frombuffer(blob, dtype, width, start + i * stride) for i in range(accessor.count)]
+    return np.array(rows)
+
+
+def _node_worlds(gltf: pygltflib.GLTF2) -> list[np.ndarray]:
+    local = []
+    for node in gltf.nodes:
+        if node.matrix:
+            m = np.array(node.matrix, dtype=np.float64).reshape(4, 4).T
+        else:
+            x, y, z, w = node.rotation or (0.0, 0.0, 0.0, 1.0)
+            r = np.array([
+                [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
+                [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
+                [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
+            ])
+            m = np.eye(4)
+            m[:3, :3] = r * np.array(node.scale or (1.0, 1.0, 1.0))
+            m[:3, 3] = node.translation or (0.0, 0.0, 0.0)
+        local.append(m)
+    parent = {child: i for i, node in enumerate(gltf.nodes) for child in (node.children or [])}
+
+    def world(i):
+        return local[i] if i not in parent else world(parent[i]) @ local[i]
+
+    return [world(i) for i in range(len(gltf.nodes))]
+
+
+def test_glb_has_morph_targets_skin_and_flame_frame(head, tmp_path):
+    flame, fit, built = head
+    path = export.export_glb(bpy.context, built.mesh, str(tmp_path / "head"))
+    assert path == tmp_path / "head.glb" and path.is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["head.glb"]  # no temporary file left behind
+    gltf = pygltflib.GLTF2().load(str(path))
+    (mesh,) = gltf.meshes
+    names = mesh.extras["targetNames"]
+    keys = built.mesh.data.shape_keys.key_blocks
+    assert names == [k.name for k in keys][1:] and len(names) == N_KEYS
+    assert all(len(p.targets) == N_KEYS for p in mesh.primitives)
+    np.testing.assert_allclose(mesh.weights, [keys[n].value for n in names], atol=1e-6)
+    (skin,) = gltf.skins
+    assert sorted(gltf.nodes[j].name for j in skin.joints) == sorted(scene.BONE_NAMES)
+    attributes = mesh.primitives[0].attributes
+    assert all(getattr(attributes, a) is not None for a in ("JOINTS_0", "WEIGHTS_0", "NORMAL", "TEXCOORD_0"))
+    assert len(gltf.images) == 1
+    # Rest-pose skinning in the file gives R @ v_neutral + t in FLAME's +Y-up frame (the fit's world)
+    worlds = _node_worlds(gltf)
+    inverse_bind = _accessor(gltf, skin.inverseBindMatrices).reshape(-1, 4, 4).transpose(0, 2, 1)
+    bind = np.stack([worlds[j] @ ibm for j, ibm in zip(skin.joints, inverse_bind)])
+    neutral = fit.vertices_neutral.astype(np.float64) @ fit.head_rotation.astype(np.float64).T + fit.head_translation
+    for primitive in mesh.primitives:
+        positions = _accessor(gltf, primitive.attributes.POSITION).astype(np.float64)
+        joints = _accessor(gltf, primitive.attributes.JOINTS_0).astype(int)
+        weights = _accessor(gltf, primitive.attributes.WEIGHTS_0).astype(np.float64)
+        blend = np.einsum("vk,vkab->vab", weights, bind[joints])
+        skinned = np.einsum("vab,vb->va", blend[:, :3, :3], positions) + blend[:, :3, 3]
+        distance = np.linalg.norm(skinned[:, None, :] - neutral[None, :, :], axis=2).min(axis=1)
+        assert distance.max() < 1e-5
+
+
+def test_glb_passes_the_khronos_validator(head, tmp_path):
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed, so the Khronos glTF validator (npm gltf-validator) cannot run")
+    if not (JS_DIR / "node_modules" / "gltf-validator").is_dir():
+        subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=JS_DIR, check=True, capture_output=True)
+    _, _, built = head
+    path = export.export_glb(bpy.context, built.mesh, str(tmp_path / "head.glb"))
+    out = subprocess.run([node, str(JS_DIR / "validate.js"), str(path)], check=True, capture_output=True, text=True)
+    report = json.loads(out.stdout)
+    assert report["numErrors"] == 0, report["errors"]
+    assert report["hasMorphTargets"] and report["hasSkins"]
+
+
+def _reimported(path: Path):
+    bpy.ops.wm.read_homefile(use_empty=True)
+    if path.suffix == ".glb":
+        bpy.ops.import_scene.gltf(filepath=str(path), disable_bone_shape=True)
+    else:
+        bpy.ops.import_scene.fbx(filepath=str(path))
+    meshes = [o for o in bpy.data.objects if o.type == "MESH"]
+    armatures = [o for o in bpy.data.objects if o.type == "ARMATURE"]
+    return meshes, armatures
+
+
+@pytest.mark.parametrize("suffix", [".glb", ".fbx"])
+def test_reimport_keeps_keys_values_and_bones(head, tmp_path, suffix):
+    _, _, built = head
+    keys = {k.name: k.value for k in built.mesh.data.shape_keys.key_blocks[1:]}
+    writer = export.export_glb if suffix == ".glb" else export.export_fbx
+    path = writer(bpy.context, built.mesh, str(tmp_path / f"head{suffix}"))
+    meshes, armatures = _reimported(path)
+    assert len(meshes) == 1 and len(armatures) == 1
+    got = {k.name: k.value for k in meshes[0].data.shape_keys.key_blocks[1:]}
+    assert set(got) == set(keys)
+    assert max(abs(got[n] - keys[n]) for n in keys) < 1e-3
+    assert sorted(b.name for b in armatures[0].data.bones) == sorted(scene.BONE_NAMES)  # no leaf bones
+    assert sorted(g.name for g in meshes[0].vertex_groups) == sorted(scene.BONE_NAMES)
+
+
+def test_export_writes_only_the_head_and_restores_selection(head, tmp_path):
+    _, _, built = head
+    other = bpy.data.objects.new("bystander", bpy.data.meshes.new("bystander"))
+    bpy.context.scene.collection.objects.link(other)
+    for obj in bpy.context.view_layer.objects:
+        obj.select_set(obj == other)
+    bpy.context.view_layer.objects.active = other
+    path = export.export_fbx(bpy.context, built.mesh, str(tmp_path / "head.fbx"))
+    assert {o.name for o in bpy.context.view_layer.objects if o.select_get()} == {"bystander"}
+    assert bpy.context.view_layer.objects.active == other
+    meshes, armatures = _reimported(path)
+    assert [m.data.shape_keys is not None for m in meshes] == [True] and len(armatures) == 1
+    assert not any(o.type == "CAMERA" for o in bpy.data.objects)
+
+
+def test_failed_export_leaves_no_file(head, tmp_path):
+    _, _, built = head
+
+    def broken(tmp):
+        Path(tmp).write_bytes(b"half a file")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        export._export(bpy.context, built.mesh, str(tmp_path / "head.glb"), ".glb", broken)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_needs_a_rigged_head(tmp_path):
+    plain = bpy.data.objects.new("plain", bpy.data.meshes.new("plain"))
+    bpy.context.scene.collection.objects.link(plain)
+    with pytest.raises(export.ExportError, match="no armature"):
+        export.export_glb(bpy.context, plain, str(tmp_path / "x.glb"))
