@@ -169,8 +169,10 @@ def read_pickle(path: Path, skip_torch: bool = False) -> Any:
         return RestrictedUnpickler(io.BytesIO(raw), str(path), skip_torch=skip_torch).load()
     except AssetInvalidError:
         raise
-    except EOFError as exc:
-        raise AssetInvalidError(f"{path} is truncated ({len(raw)} bytes); download it again.") from exc
+    except (EOFError, pickle.UnpicklingError) as exc:
+        if isinstance(exc, EOFError) or "truncated" in str(exc):
+            raise AssetInvalidError(f"{path} is truncated ({len(raw)} bytes); download it again.") from exc
+        raise AssetInvalidError(f"{path} is damaged or not a pickle ({exc}); download it again.") from exc
     except Exception as exc:  # a damaged pickle can raise nearly anything; none of it is our bug
         raise AssetInvalidError(
             f"{path} is damaged or not a pickle ({type(exc).__name__}: {exc}); download it again."
