@@ -112,6 +112,89 @@ def _tag_redraw(context) -> None:
             area.tag_redraw()
 
 
+@dataclass
+class Outcome:
+    """How an operator ends: its return set and the (level, sentence) reports to show."""
+
+    status: set[str]
+    reports: list[tuple[str, str]]
+
+
+CANCELLED_MESSAGE = "Reconstruction cancelled; the scene was not changed."
+
+
+def build_result(context, source: PhotoSource, result) -> Outcome:
+    """Build the reconstructed head into the scene (main thread) and say what was done."""
+    photo = source.image if source.image is not None else bpy.data.images.load(source.path, check_existing=True)
+    head = scene.build_head(
+        context, result.flame, result.uv, result.fit, name=source.name, texture=result.texture, photo=photo
+    )
+    context.scene.p3dmm.head = head.mesh
+    level = "WARNING" if result.used_synthetic else "INFO"
+    reports = [(level, message) for message in result.messages]
+    reports.append(("INFO", f"Built the head '{head.mesh.name}' in the collection '{head.collection.name}'."))
+    return Outcome({"FINISHED"}, reports)
+
+
+def failure(exc: BaseException) -> Outcome:
+    """The outcome of a reconstruction that raised ``exc``; the scene is untouched."""
+    if bridge.is_cancellation(exc):
+        return Outcome({"CANCELLED"}, [("WARNING", CANCELLED_MESSAGE)])
+    log.error("reconstruction failed", exc_info=exc)
+    return Outcome({"CANCELLED"}, [("ERROR", bridge.error_message(exc))])
+
+
+class ReconstructionRun:
+    """One reconstruction on the worker thread, driven by :meth:`tick` on the main thread.
+
+    It shows progress in ``Scene.p3dmm`` and the status bar, and touches the scene only when the result
+    arrives. :meth:`cancel` stops waiting at once; the worker stops at its next cancellation check.
+    """
+
+    def __init__(self, context, request: bridge.ReconstructionRequest, source: PhotoSource):
+        self.source = source
+        self.job = jobs.start_job(
+            lambda on_progress, should_cancel: bridge.run_reconstruction(request, on_progress, should_cancel)
+        )
+        self._show(context, "Starting", 0.0)
+
+    def tick(self, context) -> Outcome | None:
+        """Handle the worker's events; an :class:`Outcome` once the run is over, else None."""
+        if self.job.cancelled:
+            return self.cancel(context)
+        for item in self.job.drain():
+            if isinstance(item, jobs.Progress):
+                self._show(context, item.stage, item.fraction)
+            elif isinstance(item, jobs.Finished):
+                self.close(context)
+                return build_result(context, self.source, item.result)
+            else:
+                self.close(context)
+                return failure(item.error)
+        return None
+
+    def cancel(self, context) -> Outcome:
+        self.close(context)
+        return Outcome({"CANCELLED"}, [("WARNING", CANCELLED_MESSAGE)])
+
+    def close(self, context) -> None:
+        """Stop the job (if still running) and clear the progress display."""
+        self.job.cancel()
+        jobs.release_job(self.job)
+        context.workspace.status_text_set(None)
+        settings = context.scene.p3dmm
+        settings.stage = ""
+        settings.progress = 0.0
+        _tag_redraw(context)
+
+    def _show(self, context, stage: str, fraction: float) -> None:
+        settings = context.scene.p3dmm
+        settings.stage = stage
+        settings.progress = fraction
+        context.workspace.status_text_set(f"Pixel3DMM: {stage} {round(100 * fraction)}% (Esc to cancel)")
+        _tag_redraw(context)
+
+
 class P3DMM_OT_reconstruct_face(bpy.types.Operator):
     bl_idname = "pixel3dmm.reconstruct_face"
     bl_label = "Reconstruct Face"
@@ -136,12 +219,16 @@ class P3DMM_OT_reconstruct_face(bpy.types.Operator):
         )
         return request, source
 
+    def _end(self, outcome: Outcome) -> set[str]:
+        for level, message in outcome.reports:
+            self.report({level}, message)
+        return outcome.status
+
     def execute(self, context):
         try:
             request, source = self._prepare(context)
         except InputError as exc:
-            self.report({"ERROR"}, str(exc))
-            return {"CANCELLED"}
+            return self._end(Outcome({"CANCELLED"}, [("ERROR", str(exc))]))
         wm = context.window_manager
         wm.progress_begin(0, 100)
         try:
@@ -149,82 +236,37 @@ class P3DMM_OT_reconstruct_face(bpy.types.Operator):
                 request, on_progress=lambda _stage, fraction: wm.progress_update(int(100 * fraction))
             )
         except Exception as exc:
-            return self._fail(exc)
+            return self._end(failure(exc))
         finally:
             wm.progress_end()
-        return self._finish(context, source, result)
+        return self._end(build_result(context, source, result))
 
     def invoke(self, context, event):
         try:
             request, source = self._prepare(context)
         except InputError as exc:
-            self.report({"ERROR"}, str(exc))
-            return {"CANCELLED"}
-        self._source = source
-        self._job = jobs.start_job(
-            lambda on_progress, should_cancel: bridge.run_reconstruction(request, on_progress, should_cancel)
-        )
+            return self._end(Outcome({"CANCELLED"}, [("ERROR", str(exc))]))
+        self._run = ReconstructionRun(context, request, source)
         wm = context.window_manager
         self._timer = wm.event_timer_add(0.1, window=context.window)
         wm.modal_handler_add(self)
-        self._show_progress(context, "Starting", 0.0)
         return {"RUNNING_MODAL"}
 
     def modal(self, context, event):
-        if (event.type == "ESC" and event.value == "PRESS") or self._job.cancelled:
-            self._stop(context)
-            self.report({"WARNING"}, "Reconstruction cancelled; the scene was not changed.")
-            return {"CANCELLED"}
-        if event.type != "TIMER":
+        if event.type == "ESC" and event.value == "PRESS":
+            outcome = self._run.cancel(context)
+        elif event.type == "TIMER":
+            outcome = self._run.tick(context)
+        else:
             return {"PASS_THROUGH"}
-        for item in self._job.drain():
-            if isinstance(item, jobs.Progress):
-                self._show_progress(context, item.stage, item.fraction)
-            elif isinstance(item, jobs.Finished):
-                self._stop(context)
-                return self._finish(context, self._source, item.result)
-            else:
-                self._stop(context)
-                return self._fail(item.error)
-        return {"RUNNING_MODAL"}
+        if outcome is None:
+            return {"RUNNING_MODAL"}
+        context.window_manager.event_timer_remove(self._timer)
+        return self._end(outcome)
 
     def cancel(self, context):
-        self._stop(context)
-
-    def _show_progress(self, context, stage: str, fraction: float) -> None:
-        settings = context.scene.p3dmm
-        settings.stage = stage
-        settings.progress = fraction
-        context.workspace.status_text_set(f"Pixel3DMM: {stage} {round(100 * fraction)}% (Esc to cancel)")
-        _tag_redraw(context)
-
-    def _stop(self, context) -> None:
-        self._job.cancel()
-        jobs.release_job(self._job)
         context.window_manager.event_timer_remove(self._timer)
-        context.workspace.status_text_set(None)
-        context.scene.p3dmm.stage = ""
-        context.scene.p3dmm.progress = 0.0
-        _tag_redraw(context)
-
-    def _fail(self, exc: BaseException) -> set[str]:
-        if bridge.is_cancellation(exc):
-            self.report({"WARNING"}, "Reconstruction cancelled; the scene was not changed.")
-        else:
-            log.error("reconstruction failed", exc_info=exc)
-            self.report({"ERROR"}, bridge.error_message(exc))
-        return {"CANCELLED"}
-
-    def _finish(self, context, source: PhotoSource, result) -> set[str]:
-        photo = source.image if source.image is not None else bpy.data.images.load(source.path, check_existing=True)
-        head = scene.build_head(
-            context, result.flame, result.uv, result.fit, name=source.name, texture=result.texture, photo=photo
-        )
-        context.scene.p3dmm.head = head.mesh
-        for message in result.messages:
-            self.report({"WARNING"} if result.used_synthetic else {"INFO"}, message)
-        self.report({"INFO"}, f"Built the head '{head.mesh.name}' in the collection '{head.collection.name}'.")
-        return {"FINISHED"}
+        self._run.close(context)
 
 
 class P3DMM_OT_cancel_reconstruction(bpy.types.Operator):
