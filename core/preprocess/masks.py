@@ -116,7 +116,7 @@ def masks_from_landmarks(landmarks: np.ndarray, size: int, valid: np.ndarray,
     approximate: frozenset[str] = frozenset()
     if foreground is None:
         width = float(np.ptp(lm[:, 0]))
-        foreground = _grow(face, max(1, round(0.25 * width)))
+        foreground = _grow(face, 0.25 * width)
         approximate = frozenset({"foreground", "background"})
     masks["foreground"] = (foreground | masks["face"]) & valid
     masks["background"] = valid & ~masks["foreground"]
@@ -124,12 +124,15 @@ def masks_from_landmarks(landmarks: np.ndarray, size: int, valid: np.ndarray,
     return masks, approximate
 
 
-def _grow(mask: np.ndarray, radius: int) -> np.ndarray:
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
-    return cv2.dilate(mask.astype(np.uint8), kernel).astype(bool)
+def _grow(mask: np.ndarray, radius: float) -> np.ndarray:
+    """Pixels within Euclidean distance ``radius`` of ``mask`` (exact distance transform, any radius)."""
+    if not mask.any():
+        return mask.copy()
+    distance = cv2.distanceTransform((~mask).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    return distance <= radius
 
 
-def _rough(face: np.ndarray, valid: np.ndarray, margin: int) -> dict[str, np.ndarray]:
+def _rough(face: np.ndarray, valid: np.ndarray, margin: float) -> dict[str, np.ndarray]:
     """Masks when only a face region is known: parts empty, skin = face, background beyond a margin."""
     face = face & valid
     empty = np.zeros_like(face)
@@ -172,7 +175,7 @@ def masks_from_box(box: tuple[float, float, float, float], size: int,
     scale = 1 << _SHIFT
     cv2.ellipse(canvas, tuple(int(v) for v in np.round(centre * scale)), tuple(int(v) for v in np.round(axes * scale)),
                 0, 0, 360, 1, -1, cv2.LINE_8, _SHIFT)
-    masks = _rough(canvas.astype(bool), valid, max(1, round(0.25 * w)))
+    masks = _rough(canvas.astype(bool), valid, 0.25 * w)
     return masks, frozenset(MASK_KEYS) - {"valid"}
 
 
@@ -206,7 +209,7 @@ def masks_from_prediction_mask(mask: np.ndarray,
         cv2.drawContours(face, [max(contours, key=cv2.contourArea)], -1, 1, thickness=cv2.FILLED)
     else:
         logger.warning("the network's mask is empty; every region mask is empty")
-    masks = _rough(face.astype(bool), valid, max(1, round(0.05 * size)))
+    masks = _rough(face.astype(bool), valid, 0.05 * size)
     return masks, frozenset(MASK_KEYS) - {"valid"}
 
 

@@ -24,6 +24,7 @@ from core.preprocess import (
 )
 from core.preprocess import _mediapipe
 from core.preprocess.intake import Photo
+from core.preprocess.masks import masks_from_landmarks
 
 mediapipe = pytest.importorskip("mediapipe", reason="mediapipe 0.10.21 with bundled models is not installed")
 
@@ -110,6 +111,11 @@ def test_masks_are_non_empty_and_nested(photo_and_crop):
     for index, key in [(468, "eyes"), (473, "eyes"), (4, "nose"), (0, "lips")]:
         x, y = np.floor(crop.landmarks[index]).astype(int)
         assert m[key][y, x], (index, key)
+    without_segmentation, approximate = masks_from_landmarks(crop.landmarks, 512, m["valid"])
+    assert approximate == {"foreground", "background"}
+    for key in ("face", "skin", "brows", "nose", "lips", "eyes", "mouth"):
+        np.testing.assert_array_equal(without_segmentation[key], m[key])
+    assert not (m["face"] & ~without_segmentation["foreground"]).any()
     f = fitting_masks(m)
     np.testing.assert_array_equal(f["uv_mask"], m["face"] & ~m["eyes"] & ~m["mouth"])
     np.testing.assert_array_equal(f["normal_mask"], m["face"] & ~m["eyes"])
