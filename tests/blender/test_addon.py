@@ -1,0 +1,194 @@
+"""Registration, preferences and asset status, the panel's drawing, the bridge, and the code rules."""
+
+import ast
+import re
+from pathlib import Path
+
+import addon_utils
+import bpy
+import pytest
+
+import core.pipeline
+from core.errors import AssetInvalidError, FitCancelled
+from pixel3dmm_blender import bridge, jobs, panels, preferences
+
+PACKAGE = Path(preferences.__file__).resolve().parent
+
+
+class Recorder:
+    """Stands in for bpy's UILayout: records every call, returns a child recorder, accepts attributes."""
+
+    def __init__(self, log=None):
+        self.__dict__["log"] = [] if log is None else log
+
+    def __getattr__(self, name):
+        def call(*args, **kwargs):
+            self.log.append((name, args, kwargs))
+            return Recorder(self.log)
+
+        return call
+
+    def __setattr__(self, name, value):
+        self.log.append(("set " + name, (value,), {}))
+
+    def calls(self, name):
+        return [(args, kwargs) for n, args, kwargs in self.log if n == name]
+
+
+def draw_panel():
+    layout = Recorder()
+    panels.P3DMM_PT_main.draw(type("Panel", (), {"layout": layout})(), bpy.context)
+    return layout
+
+
+def write_assets(folder: Path) -> dict[str, Path]:
+    files = {
+        "flame_model": folder / "generic_model.pkl",
+        "uv_template": folder / "head_template.obj",
+        "uv_checkpoint": folder / "uv.ckpt",
+        "normals_checkpoint": folder / "normals.ckpt",
+    }
+    files["flame_model"].write_bytes(b"\x80\x02}q\x00.")
+    files["uv_template"].write_text("v 0 0 0\nvt 0 0\nf 1/1 1/1 1/1\n")
+    files["uv_checkpoint"].write_bytes(b"PK\x03\x04" + b"\x00" * 64)
+    files["normals_checkpoint"].write_bytes(b"PK\x03\x04" + b"\x00" * 64)
+    return files
+
+
+@pytest.fixture()
+def prefs():
+    prefs = preferences.get_preferences(bpy.context)
+    yield prefs
+    for _key, prop, _label in preferences.ASSET_PROPERTIES:
+        setattr(prefs, prop, "")
+    prefs.device = "auto"
+
+
+def test_fixed_names():
+    assert bpy.ops.pixel3dmm.reconstruct_face.get_rna_type().name == "Reconstruct Face"
+    assert bpy.ops.pixel3dmm.export_glb.get_rna_type().name == "Export GLB"
+    assert bpy.ops.pixel3dmm.export_fbx.get_rna_type().name == "Export FBX"
+    panel = bpy.types.P3DMM_PT_main
+    assert (panel.bl_space_type, panel.bl_region_type, panel.bl_category) == ("VIEW_3D", "UI", "Pixel3DMM")
+    assert preferences.P3DMM_AddonPreferences.bl_idname == "pixel3dmm_blender"
+    assert isinstance(bpy.context.scene.p3dmm, bpy.types.PropertyGroup)
+
+
+def test_unregister_is_symmetric():
+    addon_utils.disable("pixel3dmm_blender", default_set=True)
+    try:
+        assert not hasattr(bpy.types.Scene, "p3dmm")
+        assert not hasattr(bpy.types, "P3DMM_PT_main")
+        assert "reconstruct_face" not in dir(bpy.ops.pixel3dmm)
+    finally:
+        addon_utils.enable("pixel3dmm_blender", default_set=True)
+    assert hasattr(bpy.types.Scene, "p3dmm") and hasattr(bpy.types, "P3DMM_PT_main")
+
+
+def test_asset_status_follows_the_files(prefs, tmp_path):
+    report = preferences.asset_report(prefs)
+    assert not report.complete and all(s.status.value == "missing" for s in report.states)
+    files = write_assets(tmp_path)
+    for prop, path in files.items():
+        setattr(prefs, prop, str(path))
+    assert preferences.asset_report(prefs).complete
+    files["uv_checkpoint"].write_text("<!DOCTYPE html><html>login</html>")
+    state = preferences.asset_report(prefs)["uv_checkpoint"]
+    assert state.status.value == "invalid" and "web page" in state.message
+
+
+def test_preferences_draw_each_asset_with_its_status(prefs, tmp_path):
+    prefs.uv_template = str(write_assets(tmp_path)["uv_template"])
+    layout = Recorder()
+    values = {prop: getattr(prefs, prop) for _key, prop, _label in preferences.ASSET_PROPERTIES}
+    prefs_self = type("P", (), {"layout": layout, **values})()
+    preferences.P3DMM_AddonPreferences.draw(prefs_self, bpy.context)
+    icons = [kwargs.get("icon") for _args, kwargs in layout.calls("label")]
+    assert icons == ["ERROR", "CHECKMARK", "ERROR", "ERROR"]
+    assert [args[1] for args, _ in layout.calls("prop")] == ["flame_model", "uv_template", "uv_checkpoint",
+                                                             "normals_checkpoint", "device"]
+
+
+def test_panel_idle_shows_inputs_and_buttons(prefs):
+    layout = draw_panel()
+    operators = [args[0] for args, _ in layout.calls("operator")]
+    assert operators == ["preferences.addon_show", "pixel3dmm.reconstruct_face", "pixel3dmm.export_glb",
+                         "pixel3dmm.export_fbx"]
+    props = [args[1] for args, _ in layout.calls("prop")]
+    assert props == ["image_source", "quality", "device", "texture_size"]
+    labels = [kwargs.get("text", "") for _args, kwargs in layout.calls("label")]
+    assert any(text.startswith("Missing: FLAME model") for text in labels)
+    assert layout.calls("progress") == []
+
+
+def test_panel_while_running_shows_progress_and_cancel(prefs, tmp_path):
+    for prop, path in write_assets(tmp_path).items():
+        setattr(prefs, prop, str(path))
+    bpy.context.scene.p3dmm.stage = "fit"
+    bpy.context.scene.p3dmm.progress = 0.42
+    gate = __import__("threading").Event()
+    jobs.start_job(lambda on_progress, should_cancel: gate.wait(5.0))
+    try:
+        layout = draw_panel()
+    finally:
+        gate.set()
+        jobs.cancel_active()
+    ((_, progress),) = layout.calls("progress")
+    assert progress["factor"] == pytest.approx(0.42) and progress["text"] == "fit 42%"
+    operators = [args[0] for args, _ in layout.calls("operator")]
+    assert "pixel3dmm.cancel_reconstruction" in operators and "pixel3dmm.reconstruct_face" not in operators
+    assert "All assets found" in [kwargs.get("text") for _args, kwargs in layout.calls("label")]
+
+
+def test_bridge_passes_settings_and_preference_paths(monkeypatch, tmp_path):
+    seen = {}
+
+    def reconstruct(source, assets, settings, on_progress=None, should_cancel=None):
+        seen.update(source=source, assets=assets, settings=settings, cancel=should_cancel)
+        return "result"
+
+    monkeypatch.setattr(core.pipeline, "reconstruct", reconstruct)
+    monkeypatch.setenv("PIXEL3DMM_FLAME", str(tmp_path / "from_env.pkl"))
+    request = bridge.ReconstructionRequest("photo.jpg", {"flame": ""}, "best", "cpu", 2048, str(tmp_path))
+    stop = lambda: False  # noqa: E731
+    assert bridge.run_reconstruction(request, should_cancel=stop) == "result"
+    settings = seen["settings"]
+    assert (settings.quality, settings.device, settings.texture_size, settings.cache_dir) == (
+        "best", "cpu", 2048, str(tmp_path))
+    assert seen["source"] == "photo.jpg" and seen["cancel"] is stop
+    assert seen["assets"].locate("flame") == (None, "not configured")  # preferences only, not the environment
+
+
+def test_bridge_messages():
+    assert bridge.error_message(AssetInvalidError("The file is empty; download it again.")) == (
+        "The file is empty; download it again.")
+    assert "unexpected KeyError" in bridge.error_message(KeyError("x"))
+    assert bridge.is_cancellation(FitCancelled("stop")) and not bridge.is_cancellation(ValueError())
+
+
+def _imports(tree):
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            yield from ((alias.name, node) for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = "." * node.level + (node.module or "")
+            yield from ((f"{base}.{alias.name}" if node.level and not node.module else base, node)
+                        for alias in node.names)
+
+
+def test_only_the_bridge_imports_core_and_only_lazily():
+    for path in PACKAGE.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        core_imports = [(name, node) for name, node in _imports(tree) if re.match(r"^(\.?core)(\.|$)|^\.\.core", name)]
+        if path.name != "bridge.py":
+            assert core_imports == [], path.name
+        else:
+            top_level = {id(node) for node in tree.body}
+            assert core_imports and all(id(node) not in top_level for _name, node in core_imports)
+
+
+def test_no_print_in_addon_code():
+    for path in PACKAGE.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", None) == "print"]
+        assert calls == [], path.name
