@@ -114,14 +114,14 @@ def crop_face(photo: Photo, detection: FaceDetection | None = None, *, face_inde
     if detection is None:
         faces = detect_faces(photo, detector=detector)
         if not faces:
-            raise NoFaceError(f"No face was found in '{photo.source}'; use a photo with a clearly visible, "
+            raise NoFaceError(f"No face was found in '{photo.name}'; use a photo with a clearly visible, "
                               "roughly frontal face.")
         if not 0 <= face_index < len(faces):
-            raise NoFaceError(f"'{photo.source}' has {len(faces)} face(s); choose a face number from 1 to "
-                              f"{len(faces)}.")
+            raise NoFaceError(f"'{photo.name}' has {len(faces)} face(s); choose a face index from 0 to "
+                              f"{len(faces) - 1}.")
         detection = faces[face_index]
     if detection.size < MIN_FACE_PX:
-        raise NoFaceError(f"The face in '{photo.source}' is only {detection.size:.0f} px wide; use a photo where "
+        raise NoFaceError(f"The face in '{photo.name}' is only {detection.size:.0f} px wide; use a photo where "
                           f"it is at least {MIN_FACE_PX} px wide.")
     transform = crop_transform_for_box(detection.box)
     image = render_crop(photo, transform)

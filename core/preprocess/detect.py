@@ -221,7 +221,7 @@ def detect_faces(photo: Photo, *, detector: DetectorName = "auto") -> list[FaceD
     except _mediapipe.MediapipeUnavailableError as exc:
         if detector == "mediapipe":
             raise DetectorUnavailableError(f"mediapipe cannot run here ({exc}); choose the OpenCV detector for "
-                                           f"'{photo.source}'.") from exc
+                                           f"'{photo.name}'.") from exc
         logger.warning("mediapipe unavailable (%s); detecting faces in %s with OpenCV's Haar cascade instead",
                        exc, photo.source)
         return _run(OpenCVDetector(), photo)

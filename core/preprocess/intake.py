@@ -172,6 +172,11 @@ class Photo:
         return self._reduced[reduction]
 
     @property
+    def name(self) -> str:
+        """File name (without folders) or datablock name, for messages."""
+        return Path(self.source).name or self.source
+
+    @property
     def rgb(self) -> np.ndarray:
         """(H, W, 3) float32 sRGB in [0, 1] at full resolution (decoded and converted on first use)."""
         if self._rgb is None:

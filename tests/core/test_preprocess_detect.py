@@ -56,6 +56,11 @@ def photo_and_crop(request):
     return photo, crop_face(photo)
 
 
+@pytest.fixture(scope="module")
+def opencv_crop(photo_and_crop):
+    return crop_face(photo_and_crop[0], detector="opencv")
+
+
 def test_one_face_found(photo_and_crop):
     photo, _ = photo_and_crop
     faces = detect_faces(photo)
@@ -134,11 +139,11 @@ def test_crop_image_is_the_photo_resampled(photo_and_crop):
     assert difference.mean() < 0.003 and np.percentile(difference, 99) < 0.01
 
 
-def test_opencv_fallback_detector(photo_and_crop):
+def test_opencv_fallback_detector(photo_and_crop, opencv_crop):
     photo, reference = photo_and_crop
     faces = detect_faces(photo, detector="opencv")
     assert len(faces) == 1 and faces[0].detector == "opencv" and faces[0].keypoints is None
-    crop = crop_face(photo, detector="opencv")
+    crop = opencv_crop
     assert crop.landmarks is None
     assert crop.approximate_masks == frozenset(MASK_KEYS) - {"valid"}
     # Close to mediapipe's crop: same face, comparable framing.
@@ -160,9 +165,9 @@ def _resample_mask(source_crop, target_crop):
                      cv2.INTER_NEAREST).astype(bool)
 
 
-def test_prediction_mask_refines_landmark_less_crop(photo_and_crop):
-    photo, reference = photo_and_crop
-    crop = crop_face(photo, detector="opencv")
+def test_prediction_mask_refines_landmark_less_crop(photo_and_crop, opencv_crop):
+    _, reference = photo_and_crop
+    crop = opencv_crop
     prediction_mask = _resample_mask(reference, crop)
     refined = refine_crop_masks(crop, prediction_mask)
     np.testing.assert_array_equal(refined.masks["face"], prediction_mask & crop.masks["valid"])
