@@ -10,9 +10,9 @@ from core.preprocess.intake import Photo
 
 def _dot_image(h, w, centre, sigma):
     """Gaussian dot sampled at pixel centres (integer + 0.5)."""
-    y, x = np.mgrid[0:h, 0:w] + 0.5
-    g = np.exp(-((x - centre[0]) ** 2 + (y - centre[1]) ** 2) / (2 * sigma**2)).astype(np.float32)
-    return np.repeat(g[:, :, None], 3, axis=2)
+    gx = np.exp(-((np.arange(w) + 0.5 - centre[0]) ** 2) / (2 * sigma**2))
+    gy = np.exp(-((np.arange(h) + 0.5 - centre[1]) ** 2) / (2 * sigma**2))
+    return np.repeat(np.outer(gy, gx).astype(np.float32)[:, :, None], 3, axis=2)
 
 
 def _centroid(image):
