@@ -287,12 +287,13 @@ def synthetic_flame(size: str = "small", seed: int = 0) -> tuple[FlameData, UVTe
     expr_mask = frontness * np.maximum.reduce(
         [
             _gauss(x, y, 0.0, -0.045, 0.03, 0.03),
-            _gauss(x, y, _EYE_X, _EYE_Y, 0.018, 0.018),
-            _gauss(x, y, -_EYE_X, _EYE_Y, 0.018, 0.018),
-            _gauss(x, y, 0.0, 0.05, 0.04, 0.012),
+            _gauss(x, y, _EYE_X, _EYE_Y, 0.022, 0.022),
+            _gauss(x, y, -_EYE_X, _EYE_Y, 0.022, 0.022),
+            _gauss(x, y, 0.0, 0.05, 0.045, 0.02),
         ]
     ) * head
-    exprdirs = _smooth_basis(features, expr_mask, 0.004 * np.arange(1, plan.n_expr + 1) ** -0.5, rng, head)
+    active = expr_mask > 0.3
+    exprdirs = _smooth_basis(features, expr_mask, 0.004 * np.arange(1, plan.n_expr + 1) ** -0.5, rng, active)
     posedirs = np.zeros((n_v, 3, 36))
     neck_mask = np.exp(-(((y + 0.1) / 0.04) ** 2)) * head
     posedirs[..., :9] = _smooth_basis(features, neck_mask, np.full(9, 0.002), rng, head)
