@@ -20,13 +20,13 @@ from .crop import (
     refine_crop_masks,
     render_crop,
 )
-from .detect import DetectorUnavailableError, FaceDetection, detect_faces
+from .detect import DetectorUnavailableError, FaceDetection, FaceDetector, detect_faces
 from .intake import Photo, linear_to_srgb, load_photo, photo_from_pixels
 from .masks import MASK_KEYS, fitting_masks, masks_from_prediction_mask
 
 __all__ = [
     "CROP_SCALE", "MASK_KEYS", "MIN_FACE_PX", "OUT_SIZE", "CropTransform", "DetectorUnavailableError",
-    "FaceCrop", "FaceDetection", "Photo", "crop_face", "crop_transform_for_box", "detect_faces",
+    "FaceCrop", "FaceDetection", "FaceDetector", "Photo", "crop_face", "crop_transform_for_box", "detect_faces",
     "fitting_masks", "linear_to_srgb", "load_photo", "masks_from_prediction_mask", "photo_from_pixels",
     "refine_crop_masks", "render_crop",
 ]

@@ -260,13 +260,14 @@ def _canonical(decoded: np.ndarray, name: str, notes: list[str]) -> np.ndarray:
     return np.ascontiguousarray(rgb)
 
 
-def load_photo(path: str | Path) -> Photo:
+def load_photo(path: str | Path | np.ndarray) -> Photo:
     """Read an image file into a :class:`Photo` (decoding is deferred until pixels are asked for).
 
     Parameters
     ----------
-    path : str or Path
-        Any format OpenCV reads: JPEG (also CMYK), PNG (grey, palette, alpha, 16-bit), TIFF (also float),
+    path : str, Path or np.ndarray
+        An (H, W, 3) sRGB array (uint8, uint16 or float in [0, 1]) is wrapped by :meth:`Photo.from_array`.
+        A file may be any format OpenCV reads: JPEG (also CMYK), PNG (grey, palette, alpha, 16-bit), TIFF (also float),
         WebP, BMP, ... EXIF orientation is applied; alpha is composited over white; float images are taken
         as scene-linear and encoded to sRGB.
 
@@ -279,6 +280,8 @@ def load_photo(path: str | Path) -> Photo:
     ImageError
         The file is missing, empty, not an image, truncated or corrupt.
     """
+    if isinstance(path, np.ndarray):
+        return Photo.from_array(path)
     path = Path(path)
     name = path.name
     if not path.is_file():

@@ -161,3 +161,12 @@ def test_bad_pixel_buffers(values, w, h, words):
     with pytest.raises(ImageError, match=words) as info:
         photo_from_pixels(values, w, h, name="Broken")
     assert "Broken" in str(info.value)
+
+
+def test_arrays_are_accepted_and_checked():
+    rgb = _pattern()
+    photo = load_photo(rgb)
+    np.testing.assert_allclose(photo.rgb, rgb / 255, atol=1e-7)
+    assert photo.pixels(2).shape == (12, 20, 3)
+    with pytest.raises(ImageError, match="H×W×3"):
+        load_photo(np.zeros((0, 5, 3)))
