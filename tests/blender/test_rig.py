@@ -9,15 +9,19 @@ import numpy as np
 import pytest
 from mathutils import Matrix
 
+from core.flame.synthetic import synthetic_flame
 from pixel3dmm_blender import scene
 from heads import flame_forward, random_fit, random_rotation, rodrigues, synthetic_head
 
 TOLERANCE_M = 1e-5  # 0.01 mm
 
 
-@pytest.fixture(scope="module")
-def head():
-    return synthetic_head(seed=3)
+@pytest.fixture(scope="module", params=["tests", "core-small"])
+def head(request):
+    """Two different heads: this folder's sphere head and core's FLAME-like synthetic head (with eyeballs)."""
+    if request.param == "tests":
+        return synthetic_head(seed=3)
+    return synthetic_flame("small", seed=3)
 
 
 def evaluated_world(obj) -> np.ndarray:
@@ -121,10 +125,11 @@ def test_rig_structure(head):
     keys = built.mesh.data.shape_keys.key_blocks
     names = [key.name for key in keys]
     assert names[0] == "Basis"
-    assert names[1:101] == [f"expression_{k:03d}" for k in range(100)]
-    assert names[101:103] == ["eyelid.L", "eyelid.R"]
-    assert len(names) == 1 + 100 + 2 + 36
-    for k in range(100):
+    n_expr = flame.n_expr
+    assert names[1:1 + n_expr] == [f"expression_{k:03d}" for k in range(n_expr)]
+    assert names[1 + n_expr:3 + n_expr] == ["eyelid.L", "eyelid.R"]
+    assert len(names) == 1 + n_expr + 2 + 36
+    for k in range(n_expr):
         key = keys[f"expression_{k:03d}"]
         assert key.slider_min < 0 < key.slider_max
         assert key.value == pytest.approx(float(fit.expression[k]), abs=1e-6)
