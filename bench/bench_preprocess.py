@@ -1,8 +1,8 @@
 """Per-photo time of intake + detection + crop + landmarks + masks on a 512 px and a 6000×4000 px photo.
 
 Run: ``.venv/bin/python bench/bench_preprocess.py [--repeat N]``. Prints one line per stage (median and
-min over the repeats) for each photo. The 6000 px photo is the astronaut scaled to 4000 px on a gradient
-canvas with mild noise (about 4 MB JPEG, q92), written to a temporary folder. The first mediapipe import is
+min over the repeats) for each photo. The 6000 px photos are the astronaut scaled to 4000 px or 2000 px on a
+gradient canvas with mild noise (about 4 MB JPEG, q92), written to a temporary folder. The first mediapipe import is
 timed separately and excluded from the per-photo figures.
 """
 
@@ -32,14 +32,16 @@ def _astronaut() -> Path:
     return Path(skimage.__file__).parent / "data" / "astronaut.png"
 
 
-def _large_jpeg(folder: Path) -> Path:
+def _large_jpeg(folder: Path, face_px: int) -> Path:
+    """6000×4000 JPEG with the astronaut photo scaled to ``face_px`` (its face box is about face_px / 5)."""
     face = cv2.imread(str(_astronaut()))
     canvas = np.empty((4000, 6000, 3), np.uint8)
     canvas[:] = np.linspace(40, 200, 6000, dtype=np.float32)[None, :, None].astype(np.uint8)
-    canvas[:, 1000:5000] = cv2.resize(face, (4000, 4000), interpolation=cv2.INTER_CUBIC)
+    x0, y0 = 3000 - face_px // 2, 4000 - face_px
+    canvas[y0:y0 + face_px, x0:x0 + face_px] = cv2.resize(face, (face_px, face_px), interpolation=cv2.INTER_CUBIC)
     noise = np.random.default_rng(0).normal(0, 4, canvas.shape).astype(np.float32)
     canvas = np.clip(canvas + noise, 0, 255).astype(np.uint8)
-    path = folder / "large_6000x4000.jpg"
+    path = folder / f"large_6000x4000_astronaut{face_px}.jpg"
     cv2.imwrite(str(path), canvas, [cv2.IMWRITE_JPEG_QUALITY, 92])
     return path
 
@@ -93,7 +95,8 @@ def main() -> None:
         small = Path(folder) / "astronaut_512.jpg"
         cv2.imwrite(str(small), cv2.imread(str(_astronaut())), [cv2.IMWRITE_JPEG_QUALITY, 95])
         bench(small, args.repeat)
-        bench(_large_jpeg(Path(folder)), args.repeat)
+        bench(_large_jpeg(Path(folder), 4000), args.repeat)   # big face: the crop decodes at 1/2
+        bench(_large_jpeg(Path(folder), 2000), args.repeat)   # smaller face: the crop needs full resolution
 
 
 if __name__ == "__main__":

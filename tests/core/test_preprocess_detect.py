@@ -261,3 +261,20 @@ def test_large_photo_is_detected_on_a_reduced_decode(tmp_path):
     assert photo._full is not None   # the crop (about 600 px wide) needs full resolution
     reference = crop_face(Photo.from_array(big[:, :, ::-1].copy()))
     assert np.abs(crop.transform.to_photo(crop.landmarks) - reference.transform.to_photo(reference.landmarks)).max() < 3
+
+
+def test_exif_rotated_cmyk_photo_gives_the_upright_crop(tmp_path, photo_and_crop):
+    photo, reference = photo_and_crop
+    from PIL import Image
+
+    stored = Image.fromarray((photo.rgb * 255).round().astype(np.uint8)).transpose(Image.Transpose.ROTATE_90)
+    exif = Image.Exif()
+    exif[0x0112] = 6   # "rotate 90° clockwise to display" undoes the counter-clockwise ROTATE_90
+    stored.convert("CMYK").save(tmp_path / "rotated.jpg", exif=exif, quality=95)
+    rotated = load_photo(tmp_path / "rotated.jpg")
+    assert rotated.original_size == photo.original_size
+    assert {"EXIF rotated 90°", "converted from CMYK"} <= set(rotated.notes)
+    crop = crop_face(rotated)
+    t, r = crop.transform, reference.transform
+    assert max(abs(t.x0 - r.x0), abs(t.y0 - r.y0), abs(t.size - r.size)) <= 2.0
+    assert np.abs(crop.landmarks - reference.landmarks).mean() < 2.0
