@@ -92,6 +92,20 @@ def test_unsaved_image_datablock_is_sent_as_pixels(fake_core):
     assert bpy.context.scene.p3dmm.head.users_collection[0].name == "painted"
 
 
+def test_image_editor_source(fake_core):
+    area = bpy.context.screen.areas[0]
+    area.type = "IMAGE_EDITOR"
+    image = bpy.data.images.new("shown.jpg", 8, 6)
+    area.spaces.active.image = image
+    bpy.context.scene.p3dmm.image_source = "EDITOR"
+    assert bpy.ops.pixel3dmm.reconstruct_face() == {"FINISHED"}
+    assert fake_core[0].source.shape == (6, 8, 3)
+    head = bpy.context.scene.p3dmm.head
+    assert head.users_collection[0].name == "shown"
+    camera = next(o for o in head.users_collection[0].objects if o.type == "CAMERA")
+    assert camera.data.background_images[0].image == image
+
+
 def test_float_image_pixels_are_converted_to_srgb():
     image = bpy.data.images.new("linear", 2, 1, float_buffer=True)
     image.pixels.foreach_set(np.array([0.0, 0.18, 1.0, 1.0, 0.001, 0.5, 0.2, 1.0], dtype=np.float32))
@@ -206,6 +220,16 @@ def test_cancel_leaves_the_scene_and_stops_the_worker(monkeypatch, photo_file):
     assert outcome.status == {"CANCELLED"} and outcome.reports[0][0] == "WARNING"
     assert stopped.wait(5.0)
     assert scene_counts() == before and jobs.active_job() is None
+
+
+def test_result_arriving_in_sculpt_mode_is_built_in_object_mode(fake_core, photo_file):
+    bpy.ops.mesh.primitive_cube_add()
+    bpy.ops.object.mode_set(mode="SCULPT")
+    source = operators.PhotoSource(str(photo_file), None, str(photo_file), "late")
+    request = bridge.ReconstructionRequest(str(photo_file), {}, "fast", "cpu", 512, None)
+    outcome = _wait_for_outcome(operators.ReconstructionRun(bpy.context, request, source))
+    assert outcome.status == {"FINISHED"} and bpy.context.mode == "OBJECT"
+    assert bpy.context.scene.p3dmm.head.name == "late head"
 
 
 def test_worker_failure_becomes_an_error_outcome(monkeypatch, photo_file):
