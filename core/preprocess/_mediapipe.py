@@ -141,12 +141,12 @@ def detect(rgb: np.ndarray, model_selection: int, min_confidence: float = 0.5) -
 
 
 def face_mesh(rgb: np.ndarray) -> np.ndarray | None:
-    """478-point face mesh with irises on one image (the largest face).
+    """478-point face mesh with irises of the face nearest the image centre.
 
     Parameters
     ----------
     rgb : np.ndarray
-        (H, W, 3) uint8 RGB, C-contiguous.
+        (H, W, 3) uint8 RGB, C-contiguous (a face crop: the wanted face is centred).
 
     Returns
     -------
@@ -156,12 +156,13 @@ def face_mesh(rgb: np.ndarray) -> np.ndarray | None:
     h, w = rgb.shape[:2]
 
     def task(solutions: Any) -> np.ndarray | None:
-        with solutions.face_mesh.FaceMesh(static_image_mode=True, max_num_faces=1, refine_landmarks=True,
+        with solutions.face_mesh.FaceMesh(static_image_mode=True, max_num_faces=3, refine_landmarks=True,
                                           min_detection_confidence=0.5) as graph:
             found = graph.process(rgb).multi_face_landmarks
-        if not found:
+        meshes = [np.array([[p.x * w, p.y * h] for p in face.landmark], dtype=np.float64) for face in found or []]
+        if not meshes:
             return None
-        return np.array([[p.x * w, p.y * h] for p in found[0].landmark], dtype=np.float64)
+        return min(meshes, key=lambda m: float(np.linalg.norm(m.mean(axis=0) - (w / 2, h / 2))))
 
     return run(task, "face mesh")
 

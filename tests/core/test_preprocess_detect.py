@@ -278,3 +278,14 @@ def test_exif_rotated_cmyk_photo_gives_the_upright_crop(tmp_path, photo_and_crop
     t, r = crop.transform, reference.transform
     assert max(abs(t.x0 - r.x0), abs(t.y0 - r.y0), abs(t.size - r.size)) <= 2.0
     assert np.abs(crop.landmarks - reference.landmarks).mean() < 2.0
+
+
+
+def test_mesh_belongs_to_the_centred_face_when_another_face_intrudes(photo_and_crop):
+    _, reference = photo_and_crop
+    small = cv2.resize(reference.image, (256, 256), interpolation=cv2.INTER_AREA)
+    image = np.zeros((512, 512, 3), np.float32)
+    image[128:384, 60:316] = small            # the face nearer the centre
+    image[128:384, 316:512] = small[:, :196]  # a cut-off neighbour on the right
+    landmarks = _mediapipe.face_mesh((image * 255).round().astype(np.uint8))
+    np.testing.assert_allclose(landmarks, reference.landmarks / 2 + (60, 128), atol=6)
