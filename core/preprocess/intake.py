@@ -140,7 +140,8 @@ class Photo:
         if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.shape[0] == 0 or rgb.shape[1] == 0:
             raise ImageError(f"The image '{source}' has shape {rgb.shape}; pass a non-empty H×W×3 RGB array.")
         if rgb.dtype not in (np.uint8, np.uint16):
-            rgb = np.clip(np.nan_to_num(rgb.astype(np.float32), nan=0.0), 0.0, 1.0)
+            rgb = np.nan_to_num(rgb.astype(np.float32), nan=0.0, copy=False)   # one copy, then in place
+            np.clip(rgb, 0.0, 1.0, out=rgb)
         photo = cls(lambda r: _block_reduce(rgb, r), rgb.shape[:2], source, notes)
         photo._full = rgb
         return photo
@@ -385,9 +386,7 @@ def photo_from_pixels(pixels: np.ndarray | Sequence[float], width: int, height: 
     if linear:
         notes.append("linear→sRGB")
         rgb = linear_to_srgb(rgb)
-    else:
-        rgb = np.clip(np.nan_to_num(rgb, nan=0.0), 0.0, 1.0)
     if alpha is not None and float(alpha.min()) < 1.0:
-        rgb = rgb * alpha + (1.0 - alpha)
+        rgb = np.clip(np.nan_to_num(rgb, nan=0.0), 0.0, 1.0) * alpha + (1.0 - alpha)
         notes.append("alpha composited over white")
-    return Photo.from_array(np.ascontiguousarray(rgb, dtype=np.float32), name or "image", notes)
+    return Photo.from_array(rgb, name or "image", notes)   # copies once, clips, NaN → 0

@@ -170,3 +170,9 @@ def test_arrays_are_accepted_and_checked():
     assert photo.pixels(2).shape == (12, 20, 3)
     with pytest.raises(ImageError, match="H×W×3"):
         load_photo(np.zeros((0, 5, 3)))
+
+
+def test_blender_pixels_nan_and_out_of_range_values_are_sanitised():
+    values = np.array([[np.nan, 2.0, -1.0, 1.0], [0.25, 0.5, 0.75, 1.0]], np.float32)   # two RGBA pixels
+    photo = photo_from_pixels(values.reshape(-1), 2, 1)
+    np.testing.assert_array_equal(photo.rgb, [[[0.0, 1.0, 0.0], [0.25, 0.5, 0.75]]])
