@@ -52,8 +52,8 @@ def _import() -> Any:
     return solutions
 
 
-def run(task: Callable[[Any], T], what: str, timeout_s: float | None = None) -> T:
-    """Run ``task(mp.solutions)`` in a daemon thread with a timeout.
+def run(task: Callable[[Any], T], what: str) -> T:
+    """Run ``task(mp.solutions)`` in a daemon thread, abandoning it after :data:`TIMEOUT_S` seconds.
 
     Parameters
     ----------
@@ -61,8 +61,6 @@ def run(task: Callable[[Any], T], what: str, timeout_s: float | None = None) -> 
         Builds its own graph(s) in a ``with`` block, processes, returns plain numpy data.
     what : str
         Short description for logs and messages.
-    timeout_s : float, optional
-        Defaults to :data:`TIMEOUT_S`.
 
     Returns
     -------
@@ -86,9 +84,9 @@ def run(task: Callable[[Any], T], what: str, timeout_s: float | None = None) -> 
 
     thread = threading.Thread(target=target, name=f"mediapipe-{what}", daemon=True)
     thread.start()
-    thread.join(TIMEOUT_S if timeout_s is None else timeout_s)
+    thread.join(TIMEOUT_S)
     if thread.is_alive():
-        disable(f"{what} did not finish within {TIMEOUT_S if timeout_s is None else timeout_s:.0f} s")
+        disable(f"{what} did not finish within {TIMEOUT_S:g} s")
         raise MediapipeUnavailableError(f"mediapipe {what} hung; it is disabled for this session.")
     error = result.get("error")
     if isinstance(error, ImportError):

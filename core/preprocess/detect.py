@@ -43,7 +43,7 @@ class DetectorUnavailableError(Pixel3DMMError):
     """The face detector that was asked for explicitly cannot run here."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class FaceDetection:
     """One detected face in full-photo pixels.
 

@@ -24,6 +24,7 @@ _SHIFT = 4  # fixed-point bits for cv2.fillPoly
 
 def _paths(edges: Iterable[tuple[int, int]]) -> list[list[int]]:
     """Chain unordered edges into vertex paths; a closed loop repeats its first vertex at the end."""
+    edges = list(edges)
     neighbours: dict[int, list[int]] = {}
     for a, b in edges:
         neighbours.setdefault(a, []).append(b)
