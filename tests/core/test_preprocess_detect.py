@@ -250,15 +250,15 @@ def test_several_faces_largest_first_and_selectable():
 
 def test_large_photo_is_detected_on_a_reduced_decode(tmp_path):
     a = cv2.imread(str(_astronaut()))
-    big = np.full((2400, 3200, 3), 128, np.uint8)
-    big[200:2248, 600:2648] = cv2.resize(a, (2048, 2048), interpolation=cv2.INTER_LINEAR)
+    big = np.full((1600, 2000, 3), 128, np.uint8)
+    big[100:1500, 300:1700] = cv2.resize(a, (1400, 1400), interpolation=cv2.INTER_LINEAR)
     path = tmp_path / "big.jpg"
     cv2.imwrite(str(path), big, [cv2.IMWRITE_JPEG_QUALITY, 90])
     photo = load_photo(path)
     faces = detect_faces(photo)
-    assert photo._full is None and set(photo._reduced) == {4, 8}   # preview at 1/8, refinement at 1/4
+    assert photo._full is None and photo._reduced and min(photo._reduced) >= 2   # only reduced decodes so far
     crop = crop_face(photo, faces[0])
-    assert photo._full is not None   # the crop (about 600 px wide) needs full resolution
+    assert photo._full is not None   # the crop (about 400 px wide) needs full resolution
     reference = crop_face(Photo.from_array(big[:, :, ::-1].copy()))
     assert np.abs(crop.transform.to_photo(crop.landmarks) - reference.transform.to_photo(reference.landmarks)).max() < 3
 
