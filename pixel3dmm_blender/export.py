@@ -29,7 +29,11 @@ def head_parts(mesh_obj: bpy.types.Object) -> tuple[bpy.types.Object, bpy.types.
 
 
 def export_glb(context: bpy.types.Context, mesh_obj: bpy.types.Object, filepath: str) -> Path:
-    """Write the head as binary glTF (+Y up): morph targets with their weights, skin, baked texture."""
+    """Write the head as binary glTF (+Y up): morph targets with their weights, skin, baked texture.
+
+    The joint nodes carry the current pose (inverse bind matrices hold the rest pose), so a viewer shows the
+    fitted head: skinned morphed positions equal the evaluated Blender mesh in FLAME's +Y-up frame.
+    """
 
     def write(tmp: str) -> None:
         bpy.ops.export_scene.gltf(
@@ -41,6 +45,7 @@ def export_glb(context: bpy.types.Context, mesh_obj: bpy.types.Object, filepath:
             export_morph=True,
             export_morph_normal=True,
             export_skins=True,
+            export_rest_position_armature=False,
             export_leaf_bone=False,
             export_animations=False,
             export_materials="EXPORT",

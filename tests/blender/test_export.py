@@ -10,32 +10,49 @@ import numpy as np
 import pygltflib
 import pytest
 
-from heads import random_fit, synthetic_head
+from core.flame.synthetic import synthetic_flame
+from heads import random_fit
 from pixel3dmm_blender import export, scene
 
 JS_DIR = Path(__file__).resolve().parent / "js"
-N_KEYS = 100 + 2 + 36
 
 
 @pytest.fixture()
 def head():
-    flame, uv = synthetic_head(seed=8)
+    """Core's synthetic head: at most 3 skin influences per vertex, so glTF's 4 keep the skin exact."""
+    flame, uv = synthetic_flame("small", seed=8)
     fit = random_fit(flame, seed=9, eyelids=True)
     texture = np.random.default_rng(1).random((32, 32, 3)).astype(np.float32)
     built = scene.build_head(bpy.context, flame, uv, fit, name="export", texture=texture)
     return flame, fit, built
 
 
-def _accessor(gltf: pygltflib.GLTF2, index: int) -> np.ndarray:
-    accessor = gltf.accessors[index]
-    view = gltf.bufferViews[accessor.bufferView]
-    dtype = {5126: np.float32, 5123: np.uint16, 5121: np.uint8, 5125: np.uint32}[accessor.componentType]
-    width = {"SCALAR": 1, "VEC3": 3, "VEC4": 4, "MAT4": 16}[accessor.type]
-    blob = gltf.binary_blob()
-    start = (view.byteOffset or 0) + (accessor.byteOffset or 0)
+_DTYPES = {5126: np.float32, 5123: np.uint16, 5121: np.uint8, 5125: np.uint32}
+_WIDTHS = {"SCALAR": 1, "VEC3": 3, "VEC4": 4, "MAT4": 16}
+
+
+def _view_rows(gltf, view_index, offset, dtype, width, count) -> np.ndarray:
+    view = gltf.bufferViews[view_index]
+    start = (view.byteOffset or 0) + (offset or 0)
     stride = view.byteStride or width * np.dtype(dtype).itemsize
-    rows = [np.frombuffer(blob, dtype, width, start + i * stride) for i in range(accessor.count)]
-    return np.array(rows)
+    blob = gltf.binary_blob()
+    return np.array([np.frombuffer(blob, dtype, width, start + i * stride) for i in range(count)])
+
+
+def _accessor(gltf: pygltflib.GLTF2, index: int) -> np.ndarray:
+    """An accessor's data as (count, width), sparse accessors included (glTF 2.0 section 3.6.2.3)."""
+    accessor = gltf.accessors[index]
+    dtype, width = _DTYPES[accessor.componentType], _WIDTHS[accessor.type]
+    if accessor.bufferView is None:
+        data = np.zeros((accessor.count, width), dtype=dtype)
+    else:
+        data = _view_rows(gltf, accessor.bufferView, accessor.byteOffset, dtype, width, accessor.count)
+    if accessor.sparse is not None:
+        sparse = accessor.sparse
+        rows = _view_rows(gltf, sparse.indices.bufferView, sparse.indices.byteOffset,
+                          _DTYPES[sparse.indices.componentType], 1, sparse.count)[:, 0].astype(int)
+        data[rows] = _view_rows(gltf, sparse.values.bufferView, sparse.values.byteOffset, dtype, width, sparse.count)
+    return data
 
 
 def _node_worlds(gltf: pygltflib.GLTF2) -> list[np.ndarray]:
@@ -62,7 +79,7 @@ def _node_worlds(gltf: pygltflib.GLTF2) -> list[np.ndarray]:
     return [world(i) for i in range(len(gltf.nodes))]
 
 
-def test_glb_has_morph_targets_skin_and_flame_frame(head, tmp_path):
+def test_glb_has_morph_targets_skin_and_key_values(head, tmp_path):
     flame, fit, built = head
     path = export.export_glb(bpy.context, built.mesh, str(tmp_path / "head"))
     assert path == tmp_path / "head.glb" and path.is_file()
@@ -71,27 +88,62 @@ def test_glb_has_morph_targets_skin_and_flame_frame(head, tmp_path):
     (mesh,) = gltf.meshes
     names = mesh.extras["targetNames"]
     keys = built.mesh.data.shape_keys.key_blocks
-    assert names == [k.name for k in keys][1:] and len(names) == N_KEYS
-    assert all(len(p.targets) == N_KEYS for p in mesh.primitives)
+    n_keys = flame.n_expr + 2 + 36
+    assert names == [k.name for k in keys][1:] and len(names) == n_keys
+    assert all(len(p.targets) == n_keys for p in mesh.primitives)
     np.testing.assert_allclose(mesh.weights, [keys[n].value for n in names], atol=1e-6)
     (skin,) = gltf.skins
     assert sorted(gltf.nodes[j].name for j in skin.joints) == sorted(scene.BONE_NAMES)
     attributes = mesh.primitives[0].attributes
     assert all(getattr(attributes, a) is not None for a in ("JOINTS_0", "WEIGHTS_0", "NORMAL", "TEXCOORD_0"))
     assert len(gltf.images) == 1
-    # Rest-pose skinning in the file gives R @ v_neutral + t in FLAME's +Y-up frame (the fit's world)
+
+
+def _glb_default_state(gltf: pygltflib.GLTF2) -> np.ndarray:
+    """World positions a glTF viewer shows: morph targets at the mesh weights, then skinning by the joint
+    nodes' world matrices times the inverse bind matrices (glTF 2.0 spec, section 3.7.3)."""
+    (mesh,), (skin,) = gltf.meshes, gltf.skins
     worlds = _node_worlds(gltf)
     inverse_bind = _accessor(gltf, skin.inverseBindMatrices).reshape(-1, 4, 4).transpose(0, 2, 1)
-    bind = np.stack([worlds[j] @ ibm for j, ibm in zip(skin.joints, inverse_bind)])
-    neutral = fit.vertices_neutral.astype(np.float64) @ fit.head_rotation.astype(np.float64).T + fit.head_translation
+    joint_matrices = np.stack([worlds[j] @ ibm for j, ibm in zip(skin.joints, inverse_bind)])
+    out = []
     for primitive in mesh.primitives:
         positions = _accessor(gltf, primitive.attributes.POSITION).astype(np.float64)
+        for weight, target in zip(mesh.weights, primitive.targets):
+            positions = positions + weight * _accessor(gltf, target["POSITION"] if isinstance(target, dict)
+                                                         else target.POSITION)
         joints = _accessor(gltf, primitive.attributes.JOINTS_0).astype(int)
         weights = _accessor(gltf, primitive.attributes.WEIGHTS_0).astype(np.float64)
-        blend = np.einsum("vk,vkab->vab", weights, bind[joints])
-        skinned = np.einsum("vab,vb->va", blend[:, :3, :3], positions) + blend[:, :3, 3]
-        distance = np.linalg.norm(skinned[:, None, :] - neutral[None, :, :], axis=2).min(axis=1)
-        assert distance.max() < 1e-5
+        blend = np.einsum("vk,vkab->vab", weights, joint_matrices[joints])
+        out.append(np.einsum("vab,vb->va", blend[:, :3, :3], positions) + blend[:, :3, 3])
+    return np.concatenate(out)
+
+
+def _evaluated_world(obj) -> np.ndarray:
+    bpy.context.view_layer.update()
+    evaluated = obj.evaluated_get(bpy.context.evaluated_depsgraph_get())
+    mesh = evaluated.to_mesh()
+    local = np.array([v.co for v in mesh.vertices], dtype=np.float64)
+    evaluated.to_mesh_clear()
+    world = np.array(obj.matrix_world)
+    return local @ world[:3, :3].T + world[:3, 3]
+
+
+def _nearest_distance(points: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    return np.linalg.norm(points[:, None, :] - reference[None, :, :], axis=2).min(axis=1)
+
+
+def test_glb_shows_the_fitted_head_in_flame_frame(tmp_path):
+    flame, uv = synthetic_flame("small", seed=5)
+    fit = random_fit(flame, seed=6)
+    built = scene.build_head(bpy.context, flame, uv, fit, name="frame")
+    blender_world = _evaluated_world(built.mesh)
+    flame_world = blender_world @ np.array([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]])  # Z-up -> Y-up
+    np.testing.assert_allclose(flame_world, fit.vertices_posed, atol=1e-5)  # the rig check, restated
+    path = export.export_glb(bpy.context, built.mesh, str(tmp_path / "frame.glb"))
+    shown = _glb_default_state(pygltflib.GLTF2().load(str(path)))
+    # the exporter splits vertices along UV seams: match every exported vertex to its nearest fitted vertex
+    assert shown.shape[0] >= flame_world.shape[0] and _nearest_distance(shown, flame_world).max() < 1e-5
 
 
 def test_glb_passes_the_khronos_validator(head, tmp_path):
@@ -123,9 +175,12 @@ def _reimported(path: Path):
 def test_reimport_keeps_keys_values_and_bones(head, tmp_path, suffix):
     _, _, built = head
     keys = {k.name: k.value for k in built.mesh.data.shape_keys.key_blocks[1:]}
+    fitted = _evaluated_world(built.mesh)
     writer = export.export_glb if suffix == ".glb" else export.export_fbx
     path = writer(bpy.context, built.mesh, str(tmp_path / f"head{suffix}"))
     meshes, armatures = _reimported(path)
+    # the re-imported head shows the fitted pose and expression (drivers are gone, their values stay)
+    assert _nearest_distance(_evaluated_world(meshes[0]), fitted).max() < 1e-5
     assert len(meshes) == 1 and len(armatures) == 1
     got = {k.name: k.value for k in meshes[0].data.shape_keys.key_blocks[1:]}
     assert set(got) == set(keys)
