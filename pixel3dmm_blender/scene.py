@@ -27,6 +27,16 @@ Bone heads sit at FLAME's joints regressed from the fitted identity *with the fi
 FLAME does; the evaluated mesh therefore equals FLAME's forward pass for the fitted parameters. When the user
 moves expression sliders afterwards the joints do not follow (FLAME would move them by the regressor applied to
 the expression offset, typically well under a millimetre).
+
+Shape keys are applied before the Armature modifier, as in glTF and FBX. FLAME's expression and corrective
+offsets are also added before skinning, so they match exactly; Pixel3DMM's two eyelid blendshapes, however,
+are added *after* skinning in core. Here they are ordinary (skinned) keys, so with non-zero eyelid values and a
+rotated neck the eyelid region differs from core's forward pass by (blended skinning rotation - I) applied to
+the eyelid offset, about the offset times the rotation angle (a few tenths of a millimetre for a 10 degree neck
+pose); everything else matches to float precision.
+
+Shape keys are named ``expression_000`` ... (slider = FLAME coefficient, signed range), ``eyelid.L/R`` and
+``pose_<bone>_<row><col>`` (driven; value = entry of ``R_bone - I``).
 """
 
 from __future__ import annotations
