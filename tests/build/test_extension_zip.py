@@ -38,6 +38,13 @@ INSTALL_SCRIPT = textwrap.dedent(
     out["panel"] = hasattr(bpy.types, "P3DMM_PT_main")
     out["operator"] = hasattr(bpy.ops.pixel3dmm, "reconstruct_face")
     out["label"] = bpy.ops.pixel3dmm.reconstruct_face.get_rna_type().name if out["operator"] else None
+    # Blender's own Python has none of these: hide the test venv's copies (torch and numpy stay, as the
+    # zip was built with --torch none and numpy is Blender's) so that only the bundled wheels can serve.
+    import numpy, torch, torchvision
+    venv_site = str(Path(torch.__file__).parents[1])
+    sys.path[:] = [p for p in sys.path if p != venv_site]
+    for name in [m for m in sys.modules if m.split(".")[0] in ("cv2", "timm", "mediapipe", "safetensors")]:
+        del sys.modules[name]
     import timm, cv2, mediapipe, safetensors
     out["modules"] = {m.__name__: m.__file__ for m in (timm, cv2, mediapipe, safetensors)}
     out["site"] = str(Path(bpy.utils.user_resource("EXTENSIONS")) / ".local")
