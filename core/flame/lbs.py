@@ -39,7 +39,9 @@ def vertices2joints(j_regressor: torch.Tensor, vertices: torch.Tensor) -> torch.
     -------
     (B, J, 3) joint locations.
     """
-    return torch.einsum("jv,bvc->bjc", j_regressor, vertices)
+    b, v, c = vertices.shape
+    flat = vertices.transpose(0, 1).reshape(v, b * c)
+    return (j_regressor @ flat).reshape(-1, b, c).transpose(0, 1)
 
 
 def pose_feature(rot_mats: torch.Tensor) -> torch.Tensor:
@@ -126,9 +128,12 @@ def lbs(
     rest_joints = vertices2joints(j_regressor, v_shaped)
     v_posed = v_shaped + blend_shapes(pose_feature(rot_mats), posedirs)
     world, skinning = batch_rigid_transform(rot_mats, rest_joints, parents)
+    # Blend the 3x4 joint transforms per vertex with one 2-D matmul, then apply them elementwise (a batched
+    # matmul of V tiny 3x3 matrices is far slower on the CPU).
     b, j = rest_joints.shape[:2]
-    per_vertex = (weights @ skinning[..., :3, :].reshape(b, j, 12)).reshape(b, -1, 3, 4)
-    vertices = (per_vertex[..., :3] @ v_posed[..., None]).squeeze(-1) + per_vertex[..., 3]
+    flat = skinning[:, :, :3, :].reshape(b, j, 12).transpose(0, 1).reshape(j, b * 12)
+    per_vertex = (weights @ flat).reshape(-1, b, 3, 4).transpose(0, 1)  # (B, V, 3, 4)
+    vertices = (per_vertex[..., :3] * v_posed[:, :, None, :]).sum(-1) + per_vertex[..., 3]
     return vertices, world[..., :3, 3], world, v_shaped
 
 

@@ -224,7 +224,7 @@ class FlameModel(nn.Module):
         if params.eyelids is not None:
             if self.eyelids is None:
                 raise ValueError("This FLAME model has no eyelid blendshapes; pass eyelids=None.")
-            vertices = vertices + torch.einsum("bk,kvc->bvc", params.eyelids, self.eyelids)
+            vertices = vertices + blend_shapes(params.eyelids, self.eyelids.permute(1, 2, 0))
         if params.translation is not None:
             t = params.translation
             vertices = vertices + t[:, None]
