@@ -149,17 +149,13 @@ def _looks_like_html(head: bytes) -> bool:
     return start.startswith(b"<") or b"<html" in start or b"<!doctype" in start
 
 
-def read_pickle(path: Path, skip_torch: bool = False) -> Any:
-    """Unpickle ``path`` with :class:`RestrictedUnpickler`, turning every failure into one clear error.
+def unpickle_bytes(raw: bytes, path: Path, skip_torch: bool = False) -> Any:
+    """Unpickle the bytes of ``path`` with :class:`RestrictedUnpickler`, turning every failure into one clear error.
 
     Raises
     ------
-    AssetMissingError : no such file.
     AssetInvalidError : an HTML page, a truncated or damaged file, or a pickle that references other classes.
     """
-    if not path.is_file():
-        raise AssetMissingError(f"The file {path} does not exist; choose the downloaded FLAME file.")
-    raw = path.read_bytes()
     if _looks_like_html(raw[:2048]):
         raise AssetInvalidError(
             f"{path} is a web page, not a FLAME file (the download failed, usually because of a login); log in "
@@ -341,7 +337,10 @@ def load_flame(
     if magic == b"PK\x03\x04":
         data = _read_npz(path, None)
         if data is None:
-            raise AssetInvalidError(f"{path} is not a converted FLAME model; choose the original FLAME .pkl.")
+            raise AssetInvalidError(
+                f"{path} is a zip archive but not a converted FLAME model; if it is the FLAME download, unzip it "
+                "and choose the .pkl inside."
+            )
         hit = True
     else:
         if cache_dir is None:
@@ -353,9 +352,8 @@ def load_flame(
         data = _read_npz(target, key) if target.is_file() else None
         hit = data is not None
         if data is None:
-            raw = read_pickle(path)
-            digest = hashlib.sha256(path.read_bytes()).hexdigest()
-            data = flame_data_from_dict(raw, path, digest)
+            content = path.read_bytes()
+            data = flame_data_from_dict(unpickle_bytes(content, path), path, hashlib.sha256(content).hexdigest())
             try:
                 save_npz(data, target, key)
             except OSError as exc:

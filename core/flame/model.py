@@ -70,20 +70,22 @@ class FlameParams:
         eyelids : also create (B, 2) zero eyelid coefficients.
         """
         kw = {"device": device, "dtype": dtype}
-        if rotation == "axis_angle":
-            make_rot = lambda: torch.zeros(batch, 3, **kw)  # noqa: E731
-        elif rotation == "6d":
-            make_rot = lambda: torch.tensor(_IDENTITY_6D, **kw).repeat(batch, 1)  # noqa: E731
-        elif rotation == "matrix":
-            make_rot = lambda: torch.eye(3, **kw).repeat(batch, 1, 1)  # noqa: E731
-        else:
+        if rotation not in ("axis_angle", "6d", "matrix"):
             raise ValueError(f"Unknown rotation representation '{rotation}'; use axis_angle, 6d or matrix.")
+
+        def identity() -> torch.Tensor:
+            if rotation == "axis_angle":
+                return torch.zeros(batch, 3, **kw)
+            if rotation == "6d":
+                return torch.tensor(_IDENTITY_6D, **kw).repeat(batch, 1)
+            return torch.eye(3, **kw).repeat(batch, 1, 1)
+
         return cls(
             shape=torch.zeros(batch, n_shape, **kw),
             expression=torch.zeros(batch, n_expr, **kw),
             eyelids=torch.zeros(batch, 2, **kw) if eyelids else None,
             translation=torch.zeros(batch, 3, **kw),
-            **{name: make_rot() for name in _ROTATION_FIELDS},
+            **{name: identity() for name in _ROTATION_FIELDS},
         )
 
 

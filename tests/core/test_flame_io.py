@@ -2,6 +2,7 @@
 
 import os
 import pickle
+import zipfile
 
 import numpy as np
 import pytest
@@ -67,8 +68,8 @@ def test_cache_is_reused_then_invalidated(files, tmp_path, monkeypatch):
     src = tmp_path / "generic_model.pkl"
     src.write_bytes(files["plain"].read_bytes())
     calls = []
-    real = flame_io.read_pickle
-    monkeypatch.setattr(flame_io, "read_pickle", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = flame_io.unpickle_bytes
+    monkeypatch.setattr(flame_io, "unpickle_bytes", lambda *a, **k: calls.append(1) or real(*a, **k))
     first = load_flame(src, cache_dir=tmp_path / "cache")
     second = load_flame(src, cache_dir=tmp_path / "cache")
     assert len(calls) == 1
@@ -140,6 +141,11 @@ def test_bad_files_get_one_clear_message(files, reference, tmp_path):
         with pytest.raises(AssetInvalidError, match=message) as info:
             load_flame(path, cache_dir=tmp_path / "c")
         assert str(info.value).count(". ") == 0 and str(info.value).endswith(".")
+    archive = tmp_path / "FLAME2020.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("generic_model.pkl", b"not here")
+    with pytest.raises(AssetInvalidError, match="unzip"):
+        load_flame(archive, cache_dir=tmp_path / "c")
     with pytest.raises(AssetMissingError):
         load_flame(tmp_path / "missing.pkl", cache_dir=tmp_path / "c")
 
