@@ -32,8 +32,8 @@ Steps
    its triangle's corners (``mirror_index``), picking for each partner the UV corner closest to the corner's UV
    reflected about the layout's measured mirror axis (this resolves vertices that sit on UV seams).
    The skin tone is the per-channel median of ``skin_mask`` photo pixels, or else of fully visible texels.
-5. Seam padding: ``padding`` rounds of neighbour averaging grow every chart outwards; texels further away get
-   the skin tone, so the whole image is defined.
+5. Seam padding: every texel within ``padding`` texels of a chart takes the colour of the nearest chart texel
+   (cv2 distance transform); texels further away get the skin tone, so the whole image is defined.
 """
 
 from __future__ import annotations
@@ -279,10 +279,27 @@ def _depth_map(
     return out.reshape(h_px, w_px), lo, scale
 
 
-def _uv_mirror_positions(
-    raster: UVRaster, faces: np.ndarray, corner_uv: np.ndarray, mirror_index: np.ndarray
-) -> np.ndarray:
-    """UV (N, 2) of each covered texel's mirror image on the surface (see step 4 of the module docstring)."""
+def mirror_corner_uv(faces: np.ndarray, corner_uv: np.ndarray, mirror_index: np.ndarray) -> np.ndarray:
+    """UV of the mirror image of every triangle corner (step 4 of the module docstring).
+
+    For each corner, among the UV corners of its vertex's mirror partner, the one closest to the corner's UV
+    reflected about the layout's mirror axis (the median of ``(u_i + u_mirror(i)) / 2`` over vertices).
+
+    Parameters
+    ----------
+    faces : np.ndarray
+        (F, 3) integer triangles.
+    corner_uv : np.ndarray
+        (F, 3, 2) UV of each triangle corner.
+    mirror_index : np.ndarray
+        (V,) mirror partner of each vertex.
+
+    Returns
+    -------
+    np.ndarray
+        (F, 3, 2) float64 mirrored corner UVs; a texel with barycentrics ``b`` in face ``f`` mirrors to
+        ``b @ result[f]``.
+    """
     faces = np.asarray(faces, dtype=np.int64)
     flat_v = faces.reshape(-1)
     flat_uv = np.asarray(corner_uv, dtype=np.float64).reshape(-1, 2)
@@ -293,23 +310,31 @@ def _uv_mirror_positions(
     used[flat_v] = True
     mi = np.asarray(mirror_index, dtype=np.int64)
     axis = float(np.median(0.5 * (any_uv[used, 0] + any_uv[mi[used], 0])))
-    # distinct UV corners of every vertex: (V, K) table of indices into `uniq`, padded with -1
-    key = np.concatenate([flat_v[:, None].astype(np.float64), flat_uv], axis=1)
-    uniq = np.unique(key, axis=0)
-    owner = uniq[:, 0].astype(np.int64)
+    # distinct UV corners of every vertex, grouped by vertex
+    bits = np.ascontiguousarray(flat_uv).view(np.int64)  # exact identity of the UV values
+    order = np.lexsort((bits[:, 1], bits[:, 0], flat_v))
+    sv, sb = flat_v[order], bits[order]
+    first = order[np.r_[True, (sv[1:] != sv[:-1]) | np.any(sb[1:] != sb[:-1], axis=1)]]
+    uniq_uv = flat_uv[first]  # sorted by vertex
+    owner = flat_v[first]
     counts = np.bincount(owner, minlength=any_uv.shape[0])
-    slot = np.arange(uniq.shape[0]) - (np.cumsum(counts) - counts)[owner]
-    table = np.full((any_uv.shape[0], max(1, counts.max())), -1, dtype=np.int64)
-    table[owner, slot] = np.arange(uniq.shape[0])
+    starts = np.cumsum(counts) - counts
     # for each face corner, the UV corner of its mirror vertex nearest to the reflected corner UV
     reflected = np.stack([2.0 * axis - flat_uv[:, 0], flat_uv[:, 1]], axis=1)  # (3F, 2)
-    cand = table[mi[flat_v]]  # (3F, K)
-    cand_uv = uniq[np.maximum(cand, 0), 1:]  # (3F, K, 2)
-    dist = np.where(cand >= 0, np.linalg.norm(cand_uv - reflected[:, None], axis=-1), np.inf)
-    mirror_corner_uv = cand_uv[np.arange(cand.shape[0]), dist.argmin(axis=1)].reshape(-1, 3, 2)
+    n_cand = counts[mi[flat_v]]
+    if np.any(n_cand == 0):
+        raise Pixel3DMMError("The mirror index points at vertices outside the UV layout; pass UVTemplate.mirror_index.")
+    seg = np.repeat(np.arange(flat_v.size), n_cand)
+    cand = np.repeat(starts[mi[flat_v]], n_cand) + np.arange(seg.size) - np.repeat(np.cumsum(n_cand) - n_cand, n_cand)
+    diff = uniq_uv[cand] - reflected[seg]
+    d2 = np.einsum("nc,nc->n", diff, diff)
+    seg_start = np.cumsum(n_cand) - n_cand
+    best = np.minimum.reduceat(d2, seg_start)
+    hits = np.flatnonzero(d2 == best[seg])
+    chosen = hits[np.r_[True, seg[hits][1:] != seg[hits][:-1]]]  # first minimum of every corner
     logger.debug("UV mirror axis u = %.4f; largest deviation from a plain reflection %.4f", axis,
-                 float(np.min(dist, axis=1).max()))
-    return np.einsum("nk,nkc->nc", raster.bary, mirror_corner_uv[raster.face])
+                 float(np.sqrt(best.max())))
+    return uniq_uv[cand[chosen]].reshape(-1, 3, 2)
 
 
 def _sample(image: np.ndarray, xy: np.ndarray) -> np.ndarray:
@@ -328,18 +353,17 @@ def _sample(image: np.ndarray, xy: np.ndarray) -> np.ndarray:
 
 
 def _pad_charts(image: np.ndarray, filled: np.ndarray, rounds: int) -> tuple[np.ndarray, np.ndarray]:
-    """Grow filled regions outwards by ``rounds`` texels, each new texel the mean of its filled 3×3 neighbours."""
-    img = image.copy()
-    mask = filled.astype(np.float32)
-    for _ in range(rounds):
-        total = cv2.boxFilter(img * mask[..., None], -1, (3, 3), normalize=False, borderType=cv2.BORDER_CONSTANT)
-        count = cv2.boxFilter(mask, -1, (3, 3), normalize=False, borderType=cv2.BORDER_CONSTANT)
-        grow = (mask == 0) & (count > 0)
-        if not grow.any():
-            break
-        img[grow] = total[grow] / count[grow][:, None]
-        mask[grow] = 1.0
-    return img, mask > 0
+    """Copy into every texel within ``rounds`` texels (Euclidean) of a filled texel the colour of the nearest
+    filled texel; returns the image and the mask of defined texels."""
+    distance, label = cv2.distanceTransformWithLabels(
+        (~filled).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE, labelType=cv2.DIST_LABEL_PIXEL
+    )
+    source = np.zeros(int(label.max()) + 1, dtype=np.int64)
+    source[label[filled]] = np.flatnonzero(filled)  # every filled texel is its own label's seed
+    grow = ~filled & (distance <= rounds)
+    out = image.copy()
+    out[grow] = image.reshape(-1, image.shape[-1])[source[label[grow]]]
+    return out, filled | grow
 
 
 def bake_texture(
@@ -386,7 +410,7 @@ def bake_texture(
     depth_resolution : int
         Size in pixels of the longer side of the depth render over the head's bounding box.
     padding : int
-        Texels of padding grown around every UV chart.
+        Width in texels of the padding grown around every UV chart.
 
     Returns
     -------
@@ -457,7 +481,8 @@ def bake_texture(
     fallback = np.broadcast_to(skin, (points.shape[0], 3)).astype(np.float32)
     mirror_w = np.zeros(points.shape[0], dtype=np.float32)
     if mirror_index is not None:
-        mirror_xy = uv_to_texel(_uv_mirror_positions(raster, faces, corner_uv, mirror_index), size)
+        m = uv_to_texel(mirror_corner_uv(faces, corner_uv, mirror_index), size).astype(np.float32)[raster.face]
+        mirror_xy = bary[:, 0:1] * m[:, 0] + bary[:, 1:2] * m[:, 1] + bary[:, 2:3] * m[:, 2]
         sampled = _sample(np.concatenate([premult, w_img[:, None]], axis=1).reshape(size, size, 4), mirror_xy)
         mirror_w = np.clip(sampled[:, 3], 0.0, 1.0)
         # premultiplied colour over weight: the mirrored photo colour, blended with the skin tone by its weight
