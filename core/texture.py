@@ -44,10 +44,11 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 from .errors import ImageError, Pixel3DMMError
+from .render.camera import CAMERA_POSITION as _CAMERA
 
 logger = logging.getLogger(__name__)
 
-CAMERA_POSITION = np.array([0.0, 0.0, 1.0])
+CAMERA_POSITION = np.asarray(_CAMERA, dtype=np.float64)  # the fixed camera centre in world space (metres)
 
 
 @dataclass(frozen=True)
