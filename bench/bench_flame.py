@@ -1,8 +1,9 @@
 """Benchmark the FLAME layer and loaders on the full-size synthetic head (CPU).
 
-Prints median and minimum times (the machine may be shared: the minimum is the less noisy figure) for forward and forward+backward of the layer at batch 1 and 16 next to a matmul-only
-baseline (the identity/expression blendshape product alone, measured in the same run), then loader timings:
-pickle conversion, cached .npz load, the cache key and a full sha256 of the source.
+Prints median and minimum times (on a shared machine the minimum is the less noisy figure) of forward and
+forward+backward of the layer at batch 1 and 16, next to a matmul-only baseline measured in the same run (the
+identity/expression blendshape product alone), then loader timings: pickle conversion, cached .npz load, the
+cache key and a full sha256 of the source.
 
     .venv/bin/python bench/bench_flame.py [--repeats 50] [--threads 1 2] [--skip-loading]
 """

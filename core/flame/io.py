@@ -224,14 +224,20 @@ def flame_data_from_dict(raw: Any, path: Path, digest: str = "") -> FlameData:
         raise AssetInvalidError(f"{path} has a damaged array ({exc}); download it again.") from exc
     bs_type = raw.get("bs_type", "lrotmin")
     if bs_type != "lrotmin":
-        raise AssetInvalidError(f"{path} uses pose blendshapes of type '{bs_type}' instead of FLAME's 'lrotmin'; choose a FLAME model file.")
+        raise AssetInvalidError(
+            f"{path} uses pose blendshapes of type '{bs_type}' instead of FLAME's 'lrotmin'; choose a FLAME model file."
+        )
     dirs = arrays["shapedirs"]
     if dirs.ndim != 3:
-        raise AssetInvalidError(f"{path} has 'shapedirs' of shape {dirs.shape} instead of (V, 3, K); download it again.")
+        raise AssetInvalidError(
+            f"{path} has 'shapedirs' of shape {dirs.shape} instead of (V, 3, K); download it again."
+        )
     n_expr = _n_expr(raw, dirs.shape[2])
     kintree = arrays["kintree_table"]
     if kintree.shape != (2, N_JOINTS) or not np.array_equal(kintree[1], np.arange(N_JOINTS)):
-        raise AssetInvalidError(f"{path} has a kinematic tree of shape {kintree.shape} that is not FLAME's 5 joints; choose a FLAME model file.")
+        raise AssetInvalidError(
+            f"{path} has a kinematic tree {kintree.shape} that is not FLAME's 5 joints; choose a FLAME model file."
+        )
     parents = kintree[0].astype(np.int64)
     parents[(parents == _ROOT_SENTINEL) | (parents < 0)] = -1
     return FlameData(
@@ -369,13 +375,17 @@ def load_eyelids(left: str | Path, right: str | Path, n_vertices: int) -> np.nda
     shapes = []
     for p in (Path(left), Path(right)):
         if not p.is_file():
-            raise AssetMissingError(f"The eyelid blendshape {p} does not exist; choose l_eyelid.npy and r_eyelid.npy or none.")
+            raise AssetMissingError(
+                f"The eyelid blendshape {p} does not exist; choose l_eyelid.npy and r_eyelid.npy or none."
+            )
         try:
             arr = np.load(p, allow_pickle=False)
         except (ValueError, OSError) as exc:
             raise AssetInvalidError(f"{p} is not a numpy eyelid blendshape; download it again.") from exc
         if arr.shape != (n_vertices, 3):
-            raise AssetInvalidError(f"{p} has shape {arr.shape} instead of ({n_vertices}, 3); choose the eyelid file that matches the model.")
+            raise AssetInvalidError(
+                f"{p} has shape {arr.shape} instead of ({n_vertices}, 3); choose the eyelid file of this model."
+            )
         shapes.append(arr.astype(np.float64))
     return np.stack(shapes)
 
@@ -490,7 +500,10 @@ def load_landmark_embedding(path: str | Path) -> LandmarkEmbedding:
     path = Path(path)
     if not path.is_file():
         raise AssetMissingError(f"The landmark embedding {path} does not exist; choose it or leave it empty.")
-    bad = f"{path} is not a FLAME landmark embedding; choose landmark_embedding.npy or mediapipe_landmark_embedding.npz."
+    bad = (
+        f"{path} is not a FLAME landmark embedding; choose landmark_embedding.npy or "
+        "mediapipe_landmark_embedding.npz."
+    )
     with path.open("rb") as f:
         magic = f.read(6)
         f.seek(0)
@@ -506,7 +519,8 @@ def load_landmark_embedding(path: str | Path) -> LandmarkEmbedding:
                     )
             elif magic == b"\x93NUMPY":
                 version = np.lib.format.read_magic(f)
-                header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                fmt = np.lib.format
+                header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
                 _, _, dtype = header(f)
                 if dtype != np.dtype(object):
                     raise AssetInvalidError(bad)

@@ -118,7 +118,8 @@ def _head(plan: _Plan) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, 
             _ring(plan.head_ring, _HEAD_YC + _HEAD_AY * np.cos(a), _HEAD_AX * sa, _HEAD_ZF * sa, _HEAD_ZB * sa, 0.0)
         )
     a = _HEAD_ALPHA
-    y0, rx0, zf0, zb0 = _HEAD_YC + _HEAD_AY * np.cos(a), _HEAD_AX * np.sin(a), _HEAD_ZF * np.sin(a), _HEAD_ZB * np.sin(a)
+    y0 = _HEAD_YC + _HEAD_AY * np.cos(a)
+    rx0, zf0, zb0 = _HEAD_AX * np.sin(a), _HEAD_ZF * np.sin(a), _HEAD_ZB * np.sin(a)
     for n in range(1, plan.neck_rings + 1):
         s = n / plan.neck_rings
         w = 3 * min(1.0, 2 * s) ** 2 - 2 * min(1.0, 2 * s) ** 3
@@ -252,7 +253,9 @@ def synthetic_flame(size: str = "small", seed: int = 0) -> tuple[FlameData, UVTe
     # Joint regressor: root = bottom neck ring, neck = middle neck ring, jaw = head ring nearest y = -0.03,
     # eyes = eyeball vertices; each a uniform average, so every joint lies on the symmetry plane or eye centre.
     regressor = np.zeros((N_JOINTS, n_v))
-    ring_of = lambda r: np.arange(starts[r], starts[r] + (plan.neck_ring if r >= plan.head_rings else plan.head_ring))  # noqa: E731
+    def ring_of(r: int) -> np.ndarray:
+        return np.arange(starts[r], starts[r] + (plan.neck_ring if r >= plan.head_rings else plan.head_ring))
+
     head_ring_y = np.array([verts[starts[r], 1] for r in range(plan.head_rings)])
     for j, idx in enumerate(
         (

@@ -65,13 +65,20 @@ class UVTemplate:
         uv_faces = np.asarray(uv_faces, dtype=np.int64)
         v = vertices.shape[0]
         if faces.shape != uv_faces.shape or faces.ndim != 2 or faces.shape[1] != 3:
-            raise AssetInvalidError(f"The UV template {source} needs triangles with texture coordinates on every corner; export it again as a triangulated OBJ with UVs.")
+            raise AssetInvalidError(
+                f"The UV template {source} needs texture coordinates on every triangle corner; "
+                "export it again as a triangulated OBJ with UVs."
+            )
         if faces.min() < 0 or faces.max() >= v or uv_faces.min() < 0 or uv_faces.max() >= uv.shape[0]:
-            raise AssetInvalidError(f"The UV template {source} has faces that index missing vertices or UVs; export it again.")
+            raise AssetInvalidError(
+                f"The UV template {source} has faces that index missing vertices or UVs; export it again."
+            )
         used = np.zeros(v, dtype=bool)
         used[faces.ravel()] = True
         if not used.all():
-            raise AssetInvalidError(f"The UV template {source} has {int((~used).sum())} vertices without UVs; export it again.")
+            raise AssetInvalidError(
+                f"The UV template {source} has {int((~used).sum())} vertices without UVs; export it again."
+            )
         # Last corner in face order wins: reverse, then take the first occurrence of each vertex.
         flat_v, flat_t = faces.ravel()[::-1], uv_faces.ravel()[::-1]
         _, first = np.unique(flat_v, return_index=True)

@@ -60,7 +60,8 @@ def test_sparse_regressor_is_rebuilt_exactly(reference):
     dense[2, 7] = 0.25  # an extra entry in a column that already has none
     sparse = flame_io._CscWriter(dense)
     stand_in = flame_io._CscStandIn()
-    stand_in.__setstate__({"data": sparse.data, "indices": sparse.indices, "indptr": sparse.indptr, "shape": dense.shape})
+    state = {"data": sparse.data, "indices": sparse.indices, "indptr": sparse.indptr, "shape": dense.shape}
+    stand_in.__setstate__(state)
     np.testing.assert_array_equal(stand_in.to_array(), dense)
 
 
@@ -190,7 +191,8 @@ def test_landmark_embeddings(tmp_path):
 
     mp = tmp_path / "mediapipe_landmark_embedding.npz"
     idx = rng.integers(0, 468, size=105)
-    np.savez(mp, lmk_face_idx=faces[0, :1].repeat(105).astype(np.uint32), lmk_b_coords=np.full((105, 3), 1 / 3), landmark_indices=idx)
+    face_idx = faces[0, :1].repeat(105).astype(np.uint32)
+    np.savez(mp, lmk_face_idx=face_idx, lmk_b_coords=np.full((105, 3), 1 / 3), landmark_indices=idx)
     emb = load_landmark_embedding(mp)
     assert emb.kind == "mediapipe" and emb.face_idx.shape == (105,)
     np.testing.assert_array_equal(emb.landmark_indices, idx)

@@ -112,7 +112,8 @@ def test_none_fields_mean_zero_and_identity(data):
     np.testing.assert_allclose(out.vertices[0].numpy(), data.v_template, atol=1e-12)
     np.testing.assert_allclose(out.joints[0].numpy(), data.J_regressor @ data.v_template, atol=1e-12)
     zeros = FlameParams.zeros(2, data.n_shape, data.n_expr, dtype=torch.float64, rotation="6d", eyelids=True)
-    np.testing.assert_allclose(model(zeros).vertices.numpy(), np.broadcast_to(data.v_template, (2,) + data.v_template.shape), atol=1e-12)
+    want = np.broadcast_to(data.v_template, (2,) + data.v_template.shape)
+    np.testing.assert_allclose(model(zeros).vertices.numpy(), want, atol=1e-12)
 
 
 def test_fewer_components_and_neutral(data):

@@ -45,7 +45,8 @@ def test_axis_angle_round_trip_and_near_pi():
     back = matrix_to_axis_angle(axis_angle_to_matrix(torch.tensor(aa))).numpy()
     np.testing.assert_allclose(back, aa, atol=1e-9)
     # Exactly pi: the axis sign is ambiguous, the matrix is not.
-    pi_rot = torch.tensor([[0.0, math.pi, 0.0], [math.pi / math.sqrt(2), math.pi / math.sqrt(2), 0.0]], dtype=torch.float64)
+    half = math.pi / math.sqrt(2)
+    pi_rot = torch.tensor([[0.0, math.pi, 0.0], [half, half, 0.0]], dtype=torch.float64)
     mats = axis_angle_to_matrix(pi_rot)
     np.testing.assert_allclose(axis_angle_to_matrix(matrix_to_axis_angle(mats)).numpy(), mats.numpy(), atol=1e-9)
 
