@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from core.errors import CheckpointError
+from core.errors import CheckpointError, Pixel3DMMError
 from core.network import NetworkCfg, PixelNetwork, get_config
 
 
@@ -179,3 +179,42 @@ def test_pixel_head_unpatchify_layout():
     assert out.shape == (1, p, 512, 512)
     for (y, x, c) in [(0, 0, 0), (1, 0, 2), (0, 1, 1), (511, 511, 2), (300, 7, 1)]:
         assert out[0, c, y, x] == code[0, y // 2, x // 2, y % 2, x % 2, c]
+
+
+def _straightforward_forward(net, image):
+    """The reference forward written plainly with the torch modules (nn.MultiheadAttention calls,
+    ConvTranspose2d with output_size, unpatchify as described in pixel3dmm.md section 1.2)."""
+    b = image.shape[0]
+    feats = net.img_encoder(image).transpose(1, 2).reshape(b, -1, 32, 32)  # B C h w
+    feats = feats.reshape(b, 1, -1, 32, 32)
+    emb = net.view_embed[:, :1].repeat(b, 1, 1, 32, 32)
+    feats = torch.cat((feats, emb), dim=2)
+    x = net.vol_decoder.down_proj(feats.permute(0, 1, 3, 4, 2)).reshape(b, 32 * 32, -1)
+    for blk in net.vol_decoder.layers:
+        x = blk.norm1(x)
+        x = x + blk.self_attn(x, x, x, need_weights=False)[0]
+        x = x + blk.mlp(blk.norm2(x))
+        x = blk.norm3(x)
+        x = x + blk.self_attn2(x, x, x, need_weights=False)[0]
+        x = x + blk.mlp2(blk.norm4(x))
+    x = x.reshape(b, 32, 32, -1).permute(0, 3, 1, 2)
+    x = F.gelu(net.t_conv1(x, output_size=(64, 64)))
+    x = F.gelu(net.t_conv2(x, output_size=(128, 128)))
+    x = F.gelu(net.t_conv3(x, output_size=(256, 256)))
+    x = net.token_2_patch_content(x.permute(0, 2, 3, 1).reshape(b, 256 * 256, -1))
+    p = net.cfg.prediction_dim
+    x = x.reshape(b, 256, 256, 2, 2, p)
+    return torch.einsum("nhwpqc->nchpwq", x).reshape(b, p, 512, 512)
+
+
+def test_forward_matches_the_straightforward_module_forward():
+    torch.manual_seed(2)
+    net = PixelNetwork(get_config("tiny"))
+    with torch.no_grad():
+        net.view_embed.normal_()
+        for conv in (net.t_conv1, net.t_conv2, net.t_conv3):
+            conv.bias.normal_(0, 0.5)
+        image = torch.rand(2, 3, 512, 512)
+        torch.testing.assert_close(net(image), _straightforward_forward(net, image), rtol=1e-4, atol=1e-5)
+        with pytest.raises(Pixel3DMMError, match="512x512"):
+            net(torch.rand(1, 3, 256, 256))
