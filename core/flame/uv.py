@@ -107,8 +107,7 @@ def mirror_vertex_index(vertices: np.ndarray) -> tuple[np.ndarray, float]:
     best = np.empty(len(pts))
     for start in range(0, len(pts), _MIRROR_CHUNK):
         q = reflected[start : start + _MIRROR_CHUNK]
-        d2 = (q * q).sum(1)[:, None] + sq[None, :] - 2.0 * q @ pts.T
-        idx = d2.argmin(1)
+        idx = (sq[None, :] - 2.0 * (q @ pts.T)).argmin(1)  # |q - p|^2 minus the constant |q|^2
         index[start : start + len(q)] = idx
         best[start : start + len(q)] = np.linalg.norm(q - pts[idx], axis=1)
     return index, float(best.max(initial=0.0))

@@ -155,3 +155,32 @@ def test_buffers_follow_dtype_and_eyelids_require_blendshapes(data):
     assert not no_lids.has_eyelids
     with pytest.raises(ValueError, match="eyelid"):
         no_lids(FlameParams(eyelids=torch.zeros(1, 2, dtype=torch.float64)))
+
+
+def test_vertices2landmarks_is_barycentric_interpolation(data):
+    from core.flame import vertices2landmarks
+
+    rng = np.random.default_rng(4)
+    verts = rng.normal(size=(2,) + data.v_template.shape)
+    face_idx = rng.integers(0, len(data.faces), size=7)
+    bary = rng.dirichlet(np.ones(3), size=7)
+    got = vertices2landmarks(torch.tensor(verts), torch.tensor(data.faces), torch.tensor(face_idx), torch.tensor(bary))
+    for b in range(2):
+        for i, (f, w) in enumerate(zip(face_idx, bary)):
+            want = sum(w[c] * verts[b, data.faces[f, c]] for c in range(3))
+            np.testing.assert_allclose(got[b, i].numpy(), want, atol=1e-12)
+
+
+def test_flame_data_rejects_inconsistent_arrays(data):
+    from core.errors import AssetInvalidError
+
+    base = dict(vars(data))
+    broken = {
+        "weights": np.ones((len(data.v_template), 4)),
+        "faces": np.array([[0, 1, len(data.v_template)]]),
+        "parents": np.array([-1, 0, 3, 1, 1]),
+        "eyelids": np.zeros((1, len(data.v_template), 3)),
+    }
+    for name, value in broken.items():
+        with pytest.raises(AssetInvalidError, match="download the model file again"):
+            type(data)(**{**base, name: value})
