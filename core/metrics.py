@@ -195,22 +195,20 @@ class _Grid:
         self.lo = points.min(axis=0)
         extent = np.maximum(points.max(axis=0) - self.lo, 1e-12)
         n = points.shape[0]
-        # Cell size for ~16 points per occupied cell on a surface: start from the volume estimate and correct it
+        finest = float(extent.max()) / 2048.0  # bounds the number of cells per axis
+        # Cell size for ~6 points per occupied cell on a surface: start from the volume estimate and correct it
         # once with the measured occupancy (points on a 2D surface fill cells as 1/h²).
-        h = float(np.prod(extent) / n) ** (1.0 / 3.0)
-        occupancy = n / np.unique(self._keys_of(np.floor((points - self.lo) / h).astype(np.int64), extent, h)).size
-        self.h = max(h * float(np.sqrt(16.0 / occupancy)), float(extent.max()) / 2048.0)
-        self.dims = np.floor(extent / self.h).astype(np.int64) + 1
-        cells = np.floor((points - self.lo) / self.h).astype(np.int64)
-        keys = self._linear(cells)
+        h = max(float(np.prod(extent) / n) ** (1.0 / 3.0), finest)
+        occupancy = n / np.unique(self._cell_keys(h, extent)).size
+        keys = self._cell_keys(max(h * float(np.sqrt(6.0 / occupancy)), finest), extent)
         self.order = np.argsort(keys, kind="stable")
-        sorted_keys = keys[self.order]
-        self.keys, self.starts, self.counts = np.unique(sorted_keys, return_index=True, return_counts=True)
+        self.keys, self.starts, self.counts = np.unique(keys[self.order], return_index=True, return_counts=True)
 
-    @staticmethod
-    def _keys_of(cells: np.ndarray, extent: np.ndarray, h: float) -> np.ndarray:
-        dims = np.floor(extent / h).astype(np.int64) + 1
-        return (cells[:, 0] * dims[1] + cells[:, 1]) * dims[2] + cells[:, 2]
+    def _cell_keys(self, h: float, extent: np.ndarray) -> np.ndarray:
+        """Set the cell size ``h`` and grid shape; return the linear cell key of every point (N,)."""
+        self.h = h
+        self.dims = np.floor(extent / h).astype(np.int64) + 1
+        return self._linear(np.floor((self.points - self.lo) / h).astype(np.int64))
 
     def _linear(self, cells: np.ndarray) -> np.ndarray:
         return (cells[..., 0] * self.dims[1] + cells[..., 1]) * self.dims[2] + cells[..., 2]
