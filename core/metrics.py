@@ -7,9 +7,11 @@ crop of the scans, alignment details) is not published in material available to 
 (``pixel3dmm.md`` §4), so this module implements one explicit, documented protocol in that style:
 
 1. The predicted mesh is sampled uniformly by area (``n_samples`` points with face normals, fixed seed).
-2. Alignment (``align="rigid"``): trimmed point-to-point ICP moves the prediction onto the scan; it starts
-   from ``init`` (for example :func:`rigid_align` on a few landmark correspondences) or from the identity. With
-   ``align="similarity"`` a uniform scale is estimated as well; ``align="none"`` scores the mesh as given.
+2. Alignment (``align="rigid"``): trimmed ICP (:func:`icp_align`, point-to-plane on the prediction's face
+   normals, 90 % of the closest pairs kept, at most 5000 samples per iteration) moves the prediction onto the
+   scan; it starts from ``init`` (for example :func:`rigid_align` on a few landmark correspondences) or from the
+   identity, so the prediction must start roughly on the scan (within about a centimetre and a few degrees).
+   With ``align="similarity"`` a uniform scale is estimated as well; ``align="none"`` scores the mesh as given.
 3. Optional ``region`` (a vertex mask or vertex indices of the predicted mesh, e.g. the FLAME face region):
    only faces whose three vertices are in the region are sampled, ICP uses only those samples, and the scan is
    cropped to the points whose nearest point on the whole aligned prediction lies inside the region.

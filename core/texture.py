@@ -22,9 +22,12 @@ Steps
    with :func:`core.render.rasterize`, which gives the same triangles and barycentrics (the tests check it) but
    takes seconds at 1024² on a CPU.
 2. Visibility: a texel is visible when its point lies in front of the camera, projects inside the photo, passes
-   a depth test against a depth render of the posed mesh (:func:`core.render.rasterize`) and faces the camera.
-   Its weight ramps smoothly from 0 at ``cos = min_cos`` to 1 at ``cos = full_cos`` between the normal and the
-   direction to the camera.
+   a depth test and faces the camera. The depth test compares the texel's depth with a depth render of the posed
+   mesh over its bounding box in the photo (an exact z-buffer of ray–plane depths at pixel centres, the same
+   pixel-centre rule as :func:`core.render.rasterize`, again in numpy for speed), allowing ``depth_tolerance``
+   plus the depth change across one depth pixel on the texel's slanted surface. Its weight ramps smoothly
+   (smoothstep) from 0 at ``cos = min_cos`` to 1 at ``cos = full_cos`` between the interpolated vertex normal
+   and the direction to the camera.
 3. Photo colours are sampled bilinearly at the projected positions (``cv2.remap``).
 4. Fill: the colour is ``w · photo + (1 − w) · fallback``. The fallback is the mirrored texel's photo colour
    (blended by that texel's own weight with the skin tone) and otherwise the skin tone. The mirrored position
@@ -43,6 +46,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+
 from .errors import ImageError, Pixel3DMMError
 from .render.camera import CAMERA_POSITION as _CAMERA
 
