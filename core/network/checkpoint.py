@@ -33,7 +33,7 @@ import safetensors.torch
 import torch
 
 from ..assets import cache_dir, sniff_kind
-from ..device import resolve_device
+from ..device import is_gpu, is_out_of_memory, release_memory, resolve_device
 from ..errors import CheckpointError
 from .config import NetworkCfg
 from .model import PixelNetwork
@@ -429,7 +429,7 @@ def load_network(path: str | os.PathLike, device: str | torch.device | None = No
             cached.unlink(missing_ok=True)
         else:
             logger.info("loaded %s from its cached conversion in %.1f s", path.name, time.perf_counter() - start)
-            return model.to(target)
+            return _move(model, target)
     state, cfg = read_network_file(path)
     model = build_from_state(state, cfg, f"checkpoint {_describe(path)}")
     del state
@@ -439,7 +439,19 @@ def load_network(path: str | os.PathLike, device: str | torch.device | None = No
         except OSError as exc:
             logger.warning("could not cache the converted network at %s: %s", cached, exc)
     logger.info("loaded %s in %.1f s", path.name, time.perf_counter() - start)
-    return model.to(target)
+    return _move(model, target)
+
+
+def _move(model: PixelNetwork, target: torch.device) -> PixelNetwork:
+    """Move the network to ``target``; a GPU out-of-memory error leaves it on the CPU with a warning."""
+    try:
+        return model.to(target)
+    except (RuntimeError, MemoryError) as exc:
+        if not (is_gpu(target) and is_out_of_memory(exc)):
+            raise
+        logger.warning("not enough GPU memory for the %s network; it runs on the CPU", model.cfg.prediction_type)
+    release_memory(target)
+    return model.to(resolve_device("cpu"))
 
 
 __all__ = [

@@ -13,6 +13,7 @@ import torch
 
 from core.errors import CheckpointError
 from core.network import NetworkCfg, PixelNetwork, convert_checkpoint, get_config, load_network, run_network
+import core.network.checkpoint as checkpoint
 from core.network.checkpoint import (
     cached_conversion_path, read_lightning_checkpoint, read_network_file, resolve_interpolations, to_plain,
 )
@@ -218,6 +219,24 @@ def test_to_plain_walks_nested_stand_ins(tiny_ckpt):
     from core.network.synthetic import to_dictconfig
     tree = {"a": [1, {"b": None}], "c": "x"}
     assert to_plain(to_dictconfig(tree)) == tree
+
+
+def test_gpu_out_of_memory_while_loading_keeps_the_network_on_cpu(tiny_ckpt, monkeypatch, caplog):
+    real_to = PixelNetwork.to
+    gpu = torch.device("cuda")
+
+    def to(self, device, *args, **kwargs):
+        if device == gpu:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 400 MiB")
+        return real_to(self, device, *args, **kwargs)
+
+    monkeypatch.setattr(PixelNetwork, "to", to)
+    monkeypatch.setattr(checkpoint, "is_gpu", lambda device: device == gpu)
+    monkeypatch.setattr(checkpoint, "release_memory", lambda device: None)
+    with caplog.at_level("WARNING", logger="core.network.checkpoint"):
+        net = load_network(tiny_ckpt, gpu, cache=False)
+    assert "not enough GPU memory" in caplog.text
+    assert next(net.parameters()).device.type == "cpu"
 
 
 @pytest.mark.slow
