@@ -1,0 +1,27 @@
+"""FLAME fitting to Pixel3DMM's per-pixel UV and normal predictions.
+
+Public API: :func:`fit` (Prediction + FaceCrop -> :class:`FitResult`), :class:`FitConfig` with the presets
+``fast`` / ``balanced`` (the reference's 500 + 800 steps) / ``best``, :class:`FitProgress`, and
+:func:`render_maps` (UV / normal / mask images of given FLAME parameters and camera).
+
+Deviations from the reference tracker (``pixel3dmm.md`` section 3), each behind a named option or documented:
+
+* Initial pose: robust PnP on the UV correspondences (``FitConfig.init = "pnp"``); the reference starts frontal
+  (``init = "frontal"``) and spends the first half of its camera stage on 68 landmarks, which this project does
+  not have, so the camera stage uses the UV correspondences (L1) throughout.
+* Landmarks: only the iris term (MediaPipe iris centres vs FLAME vertices 4051 / 4597, real FLAME only); the
+  eyelid and mouth landmark terms need FLAME's landmark embedding, which is not part of the model file.
+* Shape prior: no MICA identity, so ``reg_shape`` pulls towards zero like ``reg_shape_general``.
+* Vertex sets (UV-valid, eye region, silhouette region) are derived from the template geometry
+  (:mod:`.regions`) instead of the reference's asset files.
+* One pinhole camera for losses and rasterization (principal point at the exact image centre for pp = 0).
+* Masks: FaceCrop has no neck or ear classes (see :mod:`.targets`).
+"""
+
+from .config import FitConfig, StageSpec
+from .fitter import FitProgress, fit
+from .init import PoseInit
+from .maps import render_maps
+from .result import FitResult
+
+__all__ = ["fit", "FitConfig", "StageSpec", "FitProgress", "FitResult", "PoseInit", "render_maps"]

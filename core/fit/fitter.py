@@ -1,0 +1,388 @@
+"""FLAME fitting to the predicted UV and normal maps (Pixel3DMM's single-image tracker, re-designed).
+
+``fit`` is a function plus data: the stages come from :class:`~.config.FitConfig`, each a table of free
+parameter groups, learning rates and loss weights. The pose is initialised by robust PnP on the UV
+correspondences (or the frontal default), then Adam runs each stage. Deviations from the reference are listed in
+``core/fit/__init__.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..errors import FitCancelled, Pixel3DMMError
+from ..flame.model import FlameModel, FlameParams
+from ..flame.rotation import matrix_to_axis_angle, matrix_to_rotation_6d, rotation_6d_to_matrix
+from ..flame.uv import UVTemplate
+from ..render.camera import DEFAULT_FOCAL, crop_to_photo_intrinsics, intrinsics_matrix, project, world_to_camera
+from . import losses as L
+from .config import FitConfig, StageSpec
+from .init import PoseInit, frontal_pose, initial_pose
+from .maps import corner_uv_tensor, render_head, vertex_normals
+from .regions import derive_regions
+from .result import FitResult
+from .targets import build_targets
+
+__all__ = ["fit", "FitProgress"]
+
+log = logging.getLogger(__name__)
+
+_IDENTITY_6D = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+#: FLAME vertices at the iris centres used by the reference (right eye first after sorting by x).
+_IRIS_VERTICES = (4051, 4597)
+_FLAME_GROUPS = ("shape", "expression", "jaw", "neck", "eyes", "eyelids")
+
+
+@dataclass(frozen=True)
+class FitProgress:
+    """One progress report.
+
+    Attributes
+    ----------
+    stage : stage name; step : step within the stage (1-based); total_steps : steps in the stage
+    fraction : overall progress in [0, 1] across all stages
+    losses : weighted loss terms of this step and ``total``
+    """
+
+    stage: str
+    step: int
+    total_steps: int
+    fraction: float
+    losses: dict[str, float]
+
+
+class _Params:
+    """The fitter's free variables (leaf tensors) and their mapping to FLAME and the camera."""
+
+    def __init__(self, flame: FlameModel, pose: PoseInit, like: torch.Tensor, eyelids: bool) -> None:
+        def leaf(values) -> torch.Tensor:
+            return torch.as_tensor(np.asarray(values, dtype=np.float64), dtype=like.dtype, device=like.device).clone().requires_grad_(True)
+
+        ident = list(_IDENTITY_6D)
+        self.groups: dict[str, list[torch.Tensor]] = {
+            "shape": [leaf(np.zeros((1, flame.n_shape)))],
+            "expression": [leaf(np.zeros((1, flame.n_expr)))],
+            "jaw": [leaf([ident])],
+            "neck": [leaf([ident])],
+            "eyes": [leaf([ident]), leaf([ident])],
+            "eyelids": [leaf(np.zeros((1, 2)))] if eyelids else [],
+            "rotation": [leaf(matrix_to_rotation_6d(torch.as_tensor(pose.rotation)).numpy()[None])],
+            "translation": [leaf(pose.translation[None])],
+            "focal": [leaf([DEFAULT_FOCAL])],
+            "principal_point": [leaf(np.zeros((1, 2)))],
+        }
+
+    def __getattr__(self, name: str) -> torch.Tensor:
+        groups = self.__dict__["groups"]
+        if name in groups and groups[name]:
+            return groups[name][0]
+        raise AttributeError(name)
+
+    def all(self) -> list[torch.Tensor]:
+        return [p for ps in self.groups.values() for p in ps]
+
+    def flame_params(self, with_neck: bool = True) -> FlameParams:
+        return FlameParams(
+            shape=self.shape,
+            expression=self.expression,
+            neck_pose=self.neck if with_neck else None,
+            jaw_pose=self.jaw,
+            eye_pose_left=self.groups["eyes"][0],
+            eye_pose_right=self.groups["eyes"][1],
+            eyelids=self.groups["eyelids"][0] if self.groups["eyelids"] else None,
+        )
+
+    def snapshot(self) -> list[torch.Tensor]:
+        return [p.detach().clone() for p in self.all()]
+
+    def restore(self, snap: list[torch.Tensor]) -> None:
+        with torch.no_grad():
+            for p, s in zip(self.all(), snap):
+                p.copy_(s)
+
+
+def _finite(tensors: list[torch.Tensor]) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in tensors)
+
+
+class _Problem:
+    """Everything constant during a fit: targets, regions, topology, and the loss evaluation."""
+
+    def __init__(self, prediction, crop, flame: FlameModel, uv_template: UVTemplate, cfg: FitConfig) -> None:
+        ref = flame.v_template
+        self.flame = flame
+        self.cfg = cfg
+        self.size = cfg.resolution
+        faces = flame.faces
+        if uv_template.faces.shape != tuple(faces.shape) or uv_template.vertex_uv.shape[0] != ref.shape[0]:
+            raise Pixel3DMMError("The UV template does not match the FLAME model's topology; choose the template that belongs to this FLAME release.")
+        self.faces = faces
+        regions = derive_regions(
+            ref.detach().cpu().double().numpy(), faces.cpu().numpy(), flame.J_regressor.detach().cpu().double().numpy()
+        )
+        self.regions = regions
+        self.valid = torch.as_tensor(np.flatnonzero(regions.uv_valid), device=ref.device)
+        self.vertex_uv = torch.as_tensor(uv_template.vertex_uv, dtype=ref.dtype, device=ref.device)[self.valid]
+        self.region_attr = torch.as_tensor(
+            np.stack([regions.silhouette, regions.eye_region], 1), dtype=ref.dtype, device=ref.device
+        )
+        self.corner_uv = corner_uv_tensor(uv_template, ref)
+        self.mirror = torch.as_tensor(uv_template.mirror_index, device=ref.device)
+        self.targets = build_targets(prediction, crop, self.size, ref)
+        self.iris_vertices = None
+        if self.targets.iris is not None and flame.release != "synthetic" and ref.shape[0] > max(_IRIS_VERTICES):
+            ids = sorted(_IRIS_VERTICES, key=lambda i: float(ref[i, 0]))
+            self.iris_vertices = torch.as_tensor(ids, device=ref.device)
+        self.max_px = cfg.dist_uv * self.size / 256.0
+        self.ident6 = torch.tensor([_IDENTITY_6D], dtype=ref.dtype, device=ref.device)
+        self.target_xy = None
+        self.matched = None
+
+    def match(self) -> int:
+        """Nearest-pixel matching in UV space (once per stage, as in the reference)."""
+        t = self.targets
+        self.target_xy, sq = L.match_uv(self.vertex_uv, t.uv, t.uv_mask)
+        self.matched = sq < self.cfg.delta_uv
+        return int(self.matched.sum())
+
+    def losses(self, p: _Params, stage: StageSpec, frozen_flame: tuple | None) -> dict[str, torch.Tensor]:
+        w = {k: v for k, v in stage.weights.items() if v != 0.0}
+        t = self.targets
+        size = self.size
+        rot = rotation_6d_to_matrix(p.rotation)[0]
+        if frozen_flame is not None:
+            verts, canon, shaped = frozen_flame
+        else:
+            need_normals = "normal" in w
+            params = p.flame_params()
+            if need_normals:
+                both = FlameParams(**{
+                    k: (None if v is None else torch.cat([v, v], 0)) for k, v in params.__dict__.items()
+                })
+                both.neck_pose = torch.cat([p.neck, self.ident6], 0)
+                out = self.flame(both)
+                verts, canon_v = out.vertices[:1], out.vertices[1:]
+                canon = vertex_normals(canon_v, self.faces)
+            else:
+                out = self.flame(params)
+                verts, canon = out.vertices, None
+            shaped = out.vertices_shaped[0]
+        world = verts @ rot.T + p.translation[:, None]
+        terms: dict[str, torch.Tensor] = {}
+        dense = any(k in w for k in ("uv_dense", "normal", "sil"))
+        need_depth = dense or "uv_corr" in w or "uv_corr_l1" in w
+        maps = None
+        if dense:
+            if canon is None:
+                canon = world.new_zeros(world.shape)
+            maps = render_head(
+                world, canon, self.faces, self.corner_uv, p.focal, p.principal_point, size, self.region_attr,
+                sil_channel=0 if "sil" in w else None,
+            )
+            depth_map = maps.depth[0].detach()
+        elif need_depth:
+            with torch.no_grad():
+                depth_map = render_head(
+                    world, world.new_zeros(world.shape), self.faces, self.corner_uv, p.focal, p.principal_point,
+                    size, self.region_attr[:, :0],
+                ).depth[0]
+        for name in ("uv_corr", "uv_corr_l1"):
+            if name in w:
+                xy, depth = project(world_to_camera(world[:, self.valid]), p.focal, p.principal_point, size)
+                terms[name], _ = L.uv_correspondence(
+                    xy[0], depth[0], self.target_xy, self.matched, depth_map, size, self.max_px,
+                    self.cfg.visibility_eps, squared=name == "uv_corr",
+                )
+        if maps is not None:
+            cov = maps.coverage[0]
+            if "uv_dense" in w:
+                terms["uv_dense"] = L.dense_uv(t.uv, t.uv_mask, maps.uv[0], cov)
+            if "normal" in w:
+                eye = L.gaussian_blur(maps.regions[0, ..., 1].detach(), self.cfg.eye_blur_size, self.cfg.eye_blur_sigma)
+                terms["normal"] = L.normal_loss(
+                    t.normals, t.normal_mask, maps.normals[0], cov, (1.0 - eye).clamp(0.0, 1.0), self.cfg.delta_n
+                )
+            if "sil" in w:
+                terms["sil"] = L.silhouette_loss(t.fg_mask, maps.silhouette[0], t.valid_bg)
+        if "lmk_iris" in w and self.iris_vertices is not None:
+            xy, _ = project(world_to_camera(world[:, self.iris_vertices]), p.focal, p.principal_point, size)
+            terms["lmk_iris"] = ((xy[0] - t.iris) / size).square().mean()
+        if "reg_expression" in w:
+            terms["reg_expression"] = p.expression.square().sum()
+        if "reg_shape" in w:  # no MICA identity here: the prior mean is zero
+            terms["reg_shape"] = p.shape.square().sum()
+        if "reg_shape_general" in w:
+            terms["reg_shape_general"] = p.shape.square().sum()
+        if "reg_jaw" in w:
+            terms["reg_jaw"] = (self.ident6 - p.jaw).square().sum()
+        if "reg_neck" in w:
+            terms["reg_neck"] = (self.ident6 - p.neck).square().sum()
+        eyes = p.groups["eyes"]
+        if "reg_eyes" in w:
+            terms["reg_eyes"] = (self.ident6 - eyes[0]).square().sum() + (self.ident6 - eyes[1]).square().sum()
+        if "reg_eye_sym" in w:
+            terms["reg_eye_sym"] = (eyes[0] - eyes[1]).square().sum()
+        if "reg_mirror" in w:
+            terms["reg_mirror"] = L.mirror_loss(shaped, self.mirror)
+        if "reg_pp" in w:
+            terms["reg_pp"] = p.principal_point.square().sum()
+        return {k: v * w[k] for k, v in terms.items()}
+
+
+def fit(
+    prediction,
+    crop,
+    flame: FlameModel,
+    uv_template: UVTemplate,
+    cfg: FitConfig | None = None,
+    *,
+    device: torch.device | None = None,
+    on_progress: Callable[[FitProgress], None] | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+    seed: int = 0,
+    init_pose: PoseInit | None = None,
+) -> FitResult:
+    """Fit FLAME and the camera to one image's predicted UV and normal maps.
+
+    Parameters
+    ----------
+    prediction : Prediction
+        ``uv`` (H, W, 2), ``normals`` (H, W, 3), ``mask`` (H, W) at the crop resolution (512).
+    crop : FaceCrop or None
+        Masks, landmarks and the crop transform; None fits with the prediction mask only and reports
+        photo intrinsics equal to the crop intrinsics.
+    flame : FlameModel
+        Its device and dtype are used (moved to ``device`` when one is given).
+    uv_template : UVTemplate with the FLAME topology
+    cfg : FitConfig, default the "balanced" preset
+    device : optional device to run on
+    on_progress : called after every step with a :class:`FitProgress`
+    should_cancel : polled before every step; returning True raises :class:`~core.errors.FitCancelled`
+    seed : RNG seed (PnP RANSAC); runs are deterministic for a given seed and device
+    init_pose : start from this pose instead of the configured initialisation (benchmarks)
+
+    Returns
+    -------
+    FitResult
+    """
+    cfg = cfg or FitConfig.preset("balanced")
+    if device is not None:
+        flame = flame.to(device)
+    torch.manual_seed(seed)
+    problem = _Problem(prediction, crop, flame, uv_template, cfg)
+    ref = flame.v_template
+    t = problem.targets
+    if init_pose is None:
+        if cfg.init == "pnp":
+            with torch.no_grad():
+                neutral = flame.neutral()[0][problem.valid]
+            init_pose = initial_pose(
+                neutral, problem.vertex_uv, t.uv, t.uv_mask, DEFAULT_FOCAL, np.zeros(2), cfg.delta_uv,
+                cfg.pnp_reprojection_px * cfg.resolution / 256.0, seed,
+            )
+        else:
+            init_pose = frontal_pose()
+    log.info("Initial pose: %s (%d pairs, %d inliers).", init_pose.method, init_pose.pairs, init_pose.inliers)
+    p = _Params(flame, init_pose, ref, flame.has_eyelids)
+    history: dict[str, list[float]] = {}
+    total_steps = sum(s.steps for s in cfg.stages)
+    done = 0
+    skipped = 0
+    for stage in cfg.stages:
+        groups = [g for g in stage.lr if p.groups.get(g) and (g != "neck" or cfg.include_neck)]
+        if stage.steps == 0 or not groups:
+            done += stage.steps
+            continue
+        opt = torch.optim.Adam([{"params": p.groups[g], "lr": stage.lr[g]} for g in groups])
+        n_matched = problem.match()
+        log.info("Stage %s: %d steps, %d UV-matched vertices.", stage.name, stage.steps, n_matched)
+        frozen = None
+        if not any(g in _FLAME_GROUPS for g in groups):
+            with torch.no_grad():
+                out = flame(p.flame_params())
+                canon = vertex_normals(flame(p.flame_params(with_neck=False)).vertices, problem.faces)
+                frozen = (out.vertices, canon, out.vertices_shaped[0])
+        for step in range(stage.steps):
+            if should_cancel is not None and should_cancel():
+                raise FitCancelled("The fit was cancelled; start the reconstruction again to get a head.")
+            if stage.lr_decay_at is not None and step == stage.lr_decay_at:
+                for group in opt.param_groups:
+                    group["lr"] *= stage.lr_decay
+            opt.zero_grad(set_to_none=True)
+            terms = problem.losses(p, stage, frozen)
+            total = sum(terms.values()) if terms else ref.new_zeros(())
+            values = {k: float(v.detach()) for k, v in terms.items()}
+            values["total"] = float(total.detach())
+            if not math.isfinite(values["total"]):
+                skipped += 1
+                log.debug("Non-finite loss at %s step %d; step skipped.", stage.name, step)
+            elif total.requires_grad:
+                snap = p.snapshot()
+                total.backward()
+                opt.step()
+                if not _finite(p.all()):
+                    p.restore(snap)
+                    skipped += 1
+            for k, v in values.items():
+                history.setdefault(f"{stage.name}/{k}", []).append(v)
+            done += 1
+            if on_progress is not None:
+                on_progress(FitProgress(stage.name, step + 1, stage.steps, done / max(total_steps, 1), values))
+    if skipped:
+        log.warning("%d fitting steps were skipped because of non-finite values.", skipped)
+    return _result(problem, p, prediction, crop, init_pose, history, cfg, skipped)
+
+
+def _result(problem: _Problem, p: _Params, prediction, crop, init_pose: PoseInit, history, cfg: FitConfig, skipped: int) -> FitResult:
+    flame = problem.flame
+    with torch.no_grad():
+        rot = rotation_6d_to_matrix(p.rotation.detach())[0]
+        out = flame(p.flame_params())
+        world = out.vertices[0] @ rot.T + p.translation[0]
+        neutral = flame.neutral(p.shape)[0]
+
+        def aa(r6: torch.Tensor) -> np.ndarray:
+            return matrix_to_axis_angle(rotation_6d_to_matrix(r6.detach()))[0].cpu().numpy().astype(np.float32)
+
+        focal = float(p.focal.reshape(-1)[0])
+        pp = p.principal_point[0].cpu().double().numpy()
+    crop_size = int(np.asarray(prediction.mask).shape[1])
+    k_crop = intrinsics_matrix(focal, pp, crop_size)
+    transform = getattr(crop, "transform", None)
+    k_photo = crop_to_photo_intrinsics(k_crop, transform) if transform is not None else k_crop.copy()
+    photo_size = tuple(int(s) for s in getattr(crop, "photo_size", None) or (crop_size, crop_size))
+    eyelids = p.groups["eyelids"][0][0] if p.groups["eyelids"] else torch.zeros(2)
+    return FitResult(
+        shape=p.shape[0].detach().cpu().numpy().astype(np.float32),
+        expression=p.expression[0].detach().cpu().numpy().astype(np.float32),
+        eyelids=eyelids.detach().cpu().numpy().astype(np.float32),
+        neck_pose=aa(p.neck),
+        jaw_pose=aa(p.jaw),
+        eye_pose_left=aa(p.groups["eyes"][0]),
+        eye_pose_right=aa(p.groups["eyes"][1]),
+        head_rotation=rot.cpu().numpy().astype(np.float32),
+        head_translation=p.translation[0].detach().cpu().numpy().astype(np.float32),
+        focal=focal,
+        principal_point=pp.astype(np.float32),
+        K_crop=k_crop,
+        K_photo=k_photo,
+        photo_size=photo_size,
+        vertices_posed=world.cpu().numpy().astype(np.float32),
+        vertices_neutral=neutral.cpu().numpy().astype(np.float32),
+        loss_history=history,
+        info={
+            "init": init_pose.method,
+            "pnp_pairs": init_pose.pairs,
+            "pnp_inliers": init_pose.inliers,
+            "steps": {s.name: s.steps for s in cfg.stages},
+            "skipped_steps": skipped,
+            "resolution": cfg.resolution,
+            "device": str(flame.v_template.device),
+        },
+    )
