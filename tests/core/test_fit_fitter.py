@@ -1,0 +1,148 @@
+"""End-to-end fitting on the small synthetic FLAME-format head with rendered ground-truth maps."""
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from core.errors import FitCancelled
+from core.fit import FitConfig, fit, render_maps
+from core.fit.config import _camera_stage, _image_stage
+from core.fit.init import initial_pose
+from core.fit.regions import derive_regions
+from core.fit.targets import build_targets
+from core.flame import FlameModel, FlameParams, axis_angle_to_matrix, synthetic_flame
+from core.render.camera import DEFAULT_FOCAL
+
+PRED = 128
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Small tensors: one thread avoids OpenMP oversubscription on the shared test machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def head():
+    data, uvt = synthetic_flame("small", 0)
+    flame = FlameModel.from_data(data, dtype=torch.float64)
+    return data, uvt, flame
+
+
+def _truth(flame, uvt, yaw=0.25, seed=0):
+    g = np.random.default_rng(seed)
+    params = FlameParams(
+        shape=torch.tensor(g.normal(size=(1, flame.n_shape)) * 0.5),
+        expression=torch.tensor(g.normal(size=(1, flame.n_expr)) * 0.3),
+        jaw_pose=torch.tensor([[0.08, 0.0, 0.0]], dtype=torch.float64),
+    )
+    rot = axis_angle_to_matrix(torch.tensor([0.05, yaw, 0.0], dtype=torch.float64)).numpy()
+    t = np.array([0.005, -0.01, 0.03])
+    maps = render_maps(flame, uvt, params, rot, t, DEFAULT_FOCAL, [0.0, 0.0], PRED)
+    pred = SimpleNamespace(uv=maps["uv"], normals=maps["normals"], mask=maps["mask"])
+    crop = SimpleNamespace(
+        masks={"skin": maps["mask"], "background": ~maps["mask"]}, landmarks=None,
+        transform=SimpleNamespace(x0=100.0, y0=50.0, size=256.0, out_size=PRED), photo_size=(600, 400),
+    )
+    return pred, crop, rot, t, maps["vertices"]
+
+
+def _cfg(camera=30, image=60):
+    return FitConfig(resolution=64, stages=(_camera_stage(camera), _image_stage(image)))
+
+
+def test_render_maps_are_consistent(head):
+    _, uvt, flame = head
+    pred, _, rot, _, verts = _truth(flame, uvt, yaw=0.0)
+    assert 0.05 < pred.mask.mean() < 0.8
+    n = pred.normals[pred.mask]
+    np.testing.assert_allclose(np.linalg.norm(n, axis=1), 1.0, atol=1e-5)
+    # Canonical normals of a frontal head face the camera on average; UVs of the face are near u = 0.5.
+    assert n[:, 2].mean() > 0.5
+    assert abs(np.median(pred.uv[pred.mask][:, 0]) - 0.5) < 0.05
+
+
+def test_pnp_recovers_pose(head):
+    data, uvt, flame = head
+    pred, _, rot, t, _ = _truth(flame, uvt)
+    like = flame.v_template
+    tg = build_targets(pred, None, PRED, like)
+    reg = derive_regions(data.v_template, data.faces, data.J_regressor)
+    valid = np.flatnonzero(reg.uv_valid)
+    pose = initial_pose(
+        flame.v_template[valid], torch.tensor(uvt.vertex_uv[valid]), tg.uv, tg.uv_mask, DEFAULT_FOCAL,
+        np.zeros(2), 2e-3, 2.0, seed=0,
+    )
+    assert pose.method == "pnp"
+    angle = np.degrees(np.arccos(np.clip((np.trace(pose.rotation.T @ rot) - 1) / 2, -1, 1)))
+    assert angle < 8.0  # the neutral head stands in for the unknown identity
+    assert np.abs(pose.translation - t).max() < 0.03
+    garbage = torch.rand(PRED, PRED, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    bad = initial_pose(flame.v_template[valid], torch.tensor(uvt.vertex_uv[valid]), garbage * 0 + 0.01,
+                       torch.ones(PRED, PRED, dtype=torch.bool), DEFAULT_FOCAL, np.zeros(2), 5e-5, 2.0, seed=0)
+    assert bad.method == "frontal"
+
+
+def test_fit_reduces_error_and_reports(head):
+    _, uvt, flame = head
+    pred, crop, rot, t, verts = _truth(flame, uvt)
+    reports = []
+    res = fit(pred, crop, flame, uvt, _cfg(), on_progress=reports.append)
+    err = np.linalg.norm(res.vertices_posed - verts, axis=1).mean()
+    start = fit(pred, crop, flame, uvt, _cfg(0, 0))
+    err0 = np.linalg.norm(start.vertices_posed - verts, axis=1).mean()
+    assert err < 0.5 * err0 and err < 0.008
+    assert [r.stage for r in reports] == ["camera"] * 30 + ["image"] * 60
+    assert reports[-1].fraction == 1.0 and "total" in reports[-1].losses
+    hist = res.loss_history["image/total"]
+    assert len(hist) == 60 and hist[-1] < hist[0]
+    # Intrinsics: K_photo maps through the crop transform; posed vertices are R v + t of the FLAME output.
+    np.testing.assert_allclose(res.K_photo[0, 0], res.K_crop[0, 0] * 256.0 / PRED)
+    np.testing.assert_allclose(res.K_photo[:2, 2], np.array([100.0, 50.0]) + res.K_crop[:2, 2] * 256.0 / PRED)
+    assert res.photo_size == (600, 400)
+    assert res.vertices_neutral.shape == res.vertices_posed.shape
+    assert np.isfinite(res.vertices_posed).all()
+
+
+def test_fit_is_deterministic(head):
+    _, uvt, flame = head
+    pred, crop, *_ = _truth(flame, uvt, seed=1)
+    a = fit(pred, crop, flame, uvt, _cfg(5, 10), seed=3)
+    b = fit(pred, crop, flame, uvt, _cfg(5, 10), seed=3)
+    np.testing.assert_array_equal(a.vertices_posed, b.vertices_posed)
+    assert a.loss_history == b.loss_history
+
+
+def test_fit_cancels_promptly(head):
+    _, uvt, flame = head
+    pred, crop, *_ = _truth(flame, uvt)
+    calls = []
+
+    def cancel():
+        calls.append(1)
+        return len(calls) > 3
+
+    with pytest.raises(FitCancelled):
+        fit(pred, crop, flame, uvt, _cfg(), should_cancel=cancel)
+    assert len(calls) == 4
+
+
+def test_fit_survives_garbage_prediction(head):
+    _, uvt, flame = head
+    g = np.random.default_rng(0)
+    pred = SimpleNamespace(
+        uv=g.uniform(-1, 2, (PRED, PRED, 2)).astype(np.float32),
+        normals=g.normal(size=(PRED, PRED, 3)).astype(np.float32),
+        mask=g.uniform(size=(PRED, PRED)) > 0.5,
+    )
+    pred.uv[0, 0] = np.nan
+    res = fit(pred, None, flame, uvt, _cfg(5, 10))
+    assert np.isfinite(res.vertices_posed).all() and np.isfinite(res.shape).all()
+    assert res.info["init"] == "frontal"
+    extent = res.vertices_posed.max(0) - res.vertices_posed.min(0)
+    assert 0.1 < extent.max() < 1.0  # still a head-sized mesh

@@ -1,0 +1,186 @@
+"""Fitting building blocks: config, result storage, vertex regions, losses, target maps."""
+
+from collections import deque
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from core.errors import AssetMissingError
+from core.fit import FitConfig, FitResult
+from core.fit import losses as L
+from core.fit.regions import connected_components, derive_regions
+from core.fit.targets import build_targets
+from core.flame import synthetic_flame
+
+
+@pytest.fixture(scope="module")
+def small():
+    return synthetic_flame("small", 0)
+
+
+def test_presets_and_from_dict():
+    bal = FitConfig.preset("balanced")
+    assert [s.steps for s in bal.stages] == [500, 800]
+    assert bal.stages[0].lr == {"translation": 1e-3, "rotation": 5e-3, "focal": 2e-2, "principal_point": 1e-4}
+    assert bal.stages[1].weights["uv_corr"] == 2e5 and bal.stages[1].weights["sil"] == 50.0
+    fast, best = FitConfig.preset("fast"), FitConfig.preset("best")
+    assert sum(s.steps for s in fast.stages) < sum(s.steps for s in bal.stages) < sum(s.steps for s in best.stages)
+    assert FitConfig.from_dict(bal.to_dict()) == bal
+    assert FitConfig.from_dict({"preset": "fast", "resolution": 128}).resolution == 128
+    with pytest.raises(ValueError):
+        FitConfig.from_dict({"resolutoin": 128})
+    with pytest.raises(ValueError):
+        FitConfig.from_dict({"stages": [{"name": "x", "steps": 1, "lr": {}, "weights": {}, "bogus": 1}]})
+    with pytest.raises(ValueError):
+        FitConfig.preset("slow")
+    off = bal.with_weights(uv_corr=0.0, uv_corr_l1=0.0)
+    assert off.stages[0].weights["uv_corr_l1"] == 0.0 and off.stages[1].weights["uv_corr"] == 0.0
+    assert off.stages[1].weights["normal"] == 1000.0
+
+
+def test_result_roundtrip(tmp_path):
+    g = np.random.default_rng(0)
+    res = FitResult(
+        shape=g.normal(size=5).astype(np.float32), expression=g.normal(size=3).astype(np.float32),
+        eyelids=np.zeros(2, np.float32), neck_pose=g.normal(size=3).astype(np.float32),
+        jaw_pose=g.normal(size=3).astype(np.float32), eye_pose_left=np.zeros(3, np.float32),
+        eye_pose_right=np.ones(3, np.float32), head_rotation=np.eye(3, dtype=np.float32),
+        head_translation=np.array([0.0, 0.1, 0.2], np.float32), focal=3.9, principal_point=np.array([0.01, 0.02], np.float32),
+        K_crop=np.eye(3), K_photo=2 * np.eye(3), photo_size=(480, 640), vertices_posed=g.normal(size=(7, 3)).astype(np.float32),
+        vertices_neutral=g.normal(size=(7, 3)).astype(np.float32), loss_history={"image/total": [3.0, 2.0]},
+        info={"init": "pnp"},
+    )
+    res.save(tmp_path / "fit")
+    back = FitResult.load(tmp_path / "fit")
+    for name in ("shape", "K_photo", "vertices_posed", "principal_point", "eye_pose_right"):
+        np.testing.assert_array_equal(getattr(back, name), getattr(res, name))
+    assert back.focal == pytest.approx(3.9) and back.photo_size == (480, 640)
+    assert back.loss_history == res.loss_history and back.info == res.info
+    with pytest.raises(AssetMissingError):
+        FitResult.load(tmp_path / "missing")
+
+
+def _bfs_components(n, faces):
+    adj = [[] for _ in range(n)]
+    for a, b, c in faces:
+        adj[a] += [b, c]
+        adj[b] += [a, c]
+        adj[c] += [a, b]
+    label = -np.ones(n, int)
+    for s in range(n):
+        if label[s] >= 0:
+            continue
+        label[s] = s
+        q = deque([s])
+        while q:
+            u = q.popleft()
+            for v in adj[u]:
+                if label[v] < 0:
+                    label[v] = s
+                    q.append(v)
+    return label
+
+
+def test_regions_on_synthetic_head(small):
+    data, _ = small
+    labels = connected_components(len(data.v_template), data.faces)
+    ref = _bfs_components(len(data.v_template), data.faces)
+    # Same partition (labels may differ but components must coincide).
+    assert len(set(zip(labels, ref))) == len(set(ref)) == len(set(labels)) == 3
+    reg = derive_regions(data.v_template, data.faces, data.J_regressor)
+    assert reg.eyeballs.sum() == len(data.v_template) - np.bincount(ref).max()
+    assert not (reg.uv_valid & reg.eyeballs).any() and not (reg.uv_valid & reg.eye_region).any()
+    v = data.v_template
+    assert reg.uv_valid.sum() > 20
+    assert v[reg.uv_valid, 2].mean() > v[:, 2].mean()  # the face is at the front
+    assert reg.silhouette[reg.eyeballs].all()
+
+
+def test_match_uv_matches_brute_force():
+    g = torch.Generator().manual_seed(0)
+    pred = torch.rand(9, 11, 2, generator=g)
+    mask = torch.rand(9, 11, generator=g) > 0.3
+    q = torch.rand(17, 2, generator=g)
+    xy, sq = L.match_uv(q, pred, mask)
+    pts = pred.reshape(-1, 2).numpy()
+    valid = mask.reshape(-1).numpy()
+    for i in range(17):
+        d = ((pts - q[i].numpy()) ** 2).sum(1)
+        d[~valid] = np.inf
+        j = d.argmin()
+        assert sq[i].item() == pytest.approx(d[j], abs=1e-6)
+        assert xy[i].tolist() == [j % 11 + 0.5, j // 11 + 0.5]
+    xy0, sq0 = L.match_uv(q, pred, torch.zeros(9, 11, dtype=torch.bool))
+    assert torch.isinf(sq0).all()
+
+
+def test_uv_correspondence_acceptance():
+    xy = torch.tensor([[10.0, 10.0], [20.0, 20.0], [30.0, 30.0], [5.0, 5.0]], requires_grad=True)
+    target = torch.tensor([[11.0, 10.0], [20.0, 45.0], [31.0, 31.0], [5.0, 6.0]])
+    depth = torch.tensor([1.0, 1.0, 1.0, 1.2])
+    depth_map = torch.full((64, 64), float("inf"))
+    depth_map[5, 5] = 1.0  # vertex 3 lies behind the rendered surface
+    matched = torch.tensor([True, True, False, True])
+    loss, acc = L.uv_correspondence(xy, depth, target, matched, depth_map, 64, 20.0, 0.01, squared=True)
+    assert acc.tolist() == [True, False, False, False]
+    assert loss.item() == pytest.approx(((1 / 64) ** 2 / 2) / 4)
+    loss.backward()
+    assert xy.grad[1:].abs().sum() == 0 and xy.grad[0, 0] < 0
+    l1, _ = L.uv_correspondence(xy, depth, target, matched, depth_map, 64, 20.0, 0.01, squared=False)
+    assert l1.item() == pytest.approx((1 / 64 / 2) / 4)
+
+
+def test_mirror_and_image_losses(small):
+    data, uvt = small
+    v = torch.tensor(data.v_template)
+    mi = torch.tensor(uvt.mirror_index)
+    assert L.mirror_loss(v, mi).item() < 1e-12  # the synthetic template is exactly symmetric
+    bumped = v.clone()
+    bumped[0, 0] += 0.01
+    assert L.mirror_loss(bumped, mi).item() > 1e-6
+    img = torch.zeros(31, 31, dtype=torch.float64)
+    img[15, 15] = 1.0
+    blurred = L.gaussian_blur(img, 13, 13.0)
+    assert blurred.sum().item() == pytest.approx(1.0)
+    x = torch.arange(13, dtype=torch.float64) - 6
+    k = torch.exp(-0.5 * (x / 13) ** 2)
+    assert blurred[15, 9].item() == pytest.approx((k[0] * k[6] / k.sum() ** 2).item())
+    pred_n = torch.nn.functional.normalize(torch.randn(8, 8, 3, dtype=torch.float64), dim=-1)
+    rend = pred_n.clone()
+    rend[0, 0] = -rend[0, 0]  # a gross outlier is ignored
+    rend[1, 1] = torch.nn.functional.normalize(rend[1, 1] + 0.1, dim=0)
+    ones = torch.ones(8, 8, dtype=torch.float64)
+    got = L.normal_loss(pred_n, ones, rend, ones, ones, 0.33)
+    assert got.item() == pytest.approx((pred_n[1, 1] - rend[1, 1]).abs().sum().item() / (64 * 3))
+    fg = torch.zeros(8, 8, dtype=torch.float64)
+    sil = torch.full((8, 8), 0.25, dtype=torch.float64)
+    bg = torch.zeros(8, 8, dtype=torch.float64)
+    bg[:2] = 1.0
+    assert L.silhouette_loss(fg, sil, bg).item() == pytest.approx(0.25 * 16 / 64)
+
+
+def test_targets_masks_and_resize():
+    h = 32
+    g = np.random.default_rng(0)
+    uv = g.uniform(0.2, 0.8, (h, h, 2)).astype(np.float32)
+    n = g.normal(size=(h, h, 3)).astype(np.float32)
+    n /= np.linalg.norm(n, axis=-1, keepdims=True)
+    mask = np.zeros((h, h), bool)
+    mask[4:28, 6:26] = True
+    skin = np.zeros((h, h), bool)
+    skin[8:24, 8:24] = True
+    lmk = np.zeros((478, 2))
+    lmk[468] = (20.0, 10.0)
+    lmk[473] = (12.0, 10.0)
+    crop = SimpleNamespace(masks={"skin": skin, "background": ~mask}, landmarks=lmk)
+    t = build_targets(SimpleNamespace(uv=uv, normals=n, mask=mask), crop, 16, torch.zeros((), dtype=torch.float64))
+    assert t.uv.shape == (16, 16, 2) and t.normals.shape == (16, 16, 3)
+    np.testing.assert_array_equal(t.uv_mask.numpy(), skin[::2, ::2])
+    np.testing.assert_allclose(t.uv[5, 6].numpy(), uv[10:12, 12:14].reshape(-1, 2).mean(0), rtol=1e-6)
+    np.testing.assert_array_equal(t.valid_bg.numpy() > 0, (~mask)[::2, ::2])
+    np.testing.assert_allclose(t.iris.numpy(), [[6.0, 5.0], [10.0, 5.0]])  # sorted by x, scaled to 16
+    bare = build_targets(SimpleNamespace(uv=uv, normals=n, mask=mask), None, 16, torch.zeros(()))
+    assert bare.iris is None
+    np.testing.assert_array_equal(bare.uv_mask.numpy(), mask[::2, ::2])
