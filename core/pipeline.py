@@ -1,0 +1,211 @@
+"""The stages end to end: photo → crop → network cues → FLAME fit → texture.
+
+:func:`reconstruct` is what the Blender add-on's worker thread and the CLI call. It touches no bpy, checks
+``should_cancel`` between stages and at every fitting step, reports ``on_progress(stage, fraction)`` with a
+monotone overall fraction, and frees GPU memory when it ends (also on errors and cancellation).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .assets import AssetRegistry
+from .device import release_memory, resolve_device
+from .errors import FitCancelled, Pixel3DMMError
+
+log = logging.getLogger(__name__)
+
+ProgressFn = Callable[[str, float], None]
+CancelFn = Callable[[], bool]
+
+# Share of the whole run each stage takes on a CPU (measured with the balanced preset); drives the bar.
+_STAGES = (("load", 0.04), ("detect", 0.03), ("network", 0.25), ("fit", 0.63), ("texture", 0.05))
+QUALITY_PRESETS = ("fast", "balanced", "best")
+
+
+@dataclass(frozen=True)
+class PipelineSettings:
+    """User choices for one reconstruction (the add-on's panel mirrors these)."""
+
+    quality: str = "balanced"  # fitting preset: fast / balanced / best
+    device: str = "auto"  # auto / gpu / cpu
+    texture_size: int = 1024
+    face_index: int = 0  # which face when the photo shows several (0 = largest)
+    flip_tta: bool = True
+    cache_dir: str | None = None  # where converted assets are cached (None: core.assets.cache_dir())
+    seed: int = 0
+    fit_step_scale: float = 1.0  # multiplies every fitting stage's steps (tests and quick previews)
+
+    def __post_init__(self):
+        if self.quality not in QUALITY_PRESETS:
+            raise Pixel3DMMError(f"Unknown quality preset '{self.quality}'; use one of {', '.join(QUALITY_PRESETS)}.")
+        if not 64 <= self.texture_size <= 8192:
+            raise Pixel3DMMError("The texture size must be between 64 and 8192 pixels.")
+
+
+@dataclass
+class Reconstruction:
+    """Everything the scene builder and exporters need, as plain data."""
+
+    photo: object  # core.preprocess.Photo
+    crop: object  # core.preprocess.FaceCrop
+    prediction: object  # core.network.Prediction
+    fit: object  # core.fit.FitResult
+    texture: np.ndarray  # (T, T, 3) float32 in [0, 1], row 0 = top of the texture (v = 1)
+    flame: object  # core.flame.FlameData
+    uv: object  # core.flame.UVTemplate
+    used_synthetic: bool  # True when the FLAME model or a checkpoint is a project-made stand-in
+    messages: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class _Progress:
+    """Maps per-stage fractions onto one monotone overall fraction."""
+
+    def __init__(self, on_progress: ProgressFn | None, should_cancel: CancelFn | None):
+        self._on_progress = on_progress
+        self._should_cancel = should_cancel
+        self._starts = {}
+        total = 0.0
+        for name, share in _STAGES:
+            self._starts[name] = (total, share)
+            total += share
+        self._total = total
+
+    def cancelled(self) -> bool:
+        return self._should_cancel is not None and bool(self._should_cancel())
+
+    def check_cancel(self) -> None:
+        if self.cancelled():
+            raise FitCancelled("Reconstruction cancelled; the scene was left unchanged.")
+
+    def __call__(self, stage: str, fraction: float = 0.0) -> None:
+        self.check_cancel()
+        if self._on_progress is not None:
+            start, share = self._starts[stage]
+            self._on_progress(stage, min(1.0, (start + share * min(max(fraction, 0.0), 1.0)) / self._total))
+
+
+def reconstruct(
+    source: str | Path | np.ndarray | object,
+    assets: AssetRegistry,
+    settings: PipelineSettings | None = None,
+    *,
+    on_progress: ProgressFn | None = None,
+    should_cancel: CancelFn | None = None,
+) -> Reconstruction:
+    """Reconstruct the head in one photo.
+
+    Parameters
+    ----------
+    source:
+        A photo path, an (H, W, 3) float32 sRGB array in [0, 1] (row 0 at the top), or a ``Photo``.
+    assets:
+        Where the FLAME model, UV template and both checkpoints are; all four must be usable.
+    settings, on_progress, should_cancel:
+        See :class:`PipelineSettings`; ``on_progress(stage, overall_fraction)``; ``should_cancel()``
+        returning True raises :class:`~core.errors.FitCancelled` at the next check.
+    """
+    from .fit import FitConfig, fit
+    from .flame import FlameModel, load_flame, load_uv_template
+    from .network import load_network, predict
+    from .preprocess import Photo, crop_face, load_photo, refine_crop_masks
+    from .texture import bake_from_fit
+
+    settings = settings or PipelineSettings()
+    progress = _Progress(on_progress, should_cancel)
+    timings: dict[str, float] = {}
+    messages: list[str] = []
+    device = resolve_device(settings.device)
+
+    t0 = time.perf_counter()
+    progress("load", 0.0)
+    paths = {key: assets.require(key) for key in ("flame", "uv_template", "uv_checkpoint", "normals_checkpoint")}
+    flame = load_flame(paths["flame"], cache_dir=settings.cache_dir)
+    uv = load_uv_template(paths["uv_template"])
+    if flame.v_template.shape[0] != uv.vertex_uv.shape[0] or not np.array_equal(flame.faces, uv.faces):
+        raise Pixel3DMMError(
+            f"The UV template {paths['uv_template'].name} does not match the FLAME model's topology "
+            f"({uv.vertex_uv.shape[0]} vs {flame.v_template.shape[0]} vertices); use FLAME's head_template.obj."
+        )
+    photo = source if isinstance(source, Photo) else load_photo(source)
+    timings["load"] = time.perf_counter() - t0
+
+    t = time.perf_counter()
+    progress("detect", 0.0)
+    crop = crop_face(photo, face_index=settings.face_index)
+    timings["detect"] = time.perf_counter() - t
+
+    try:
+        t = time.perf_counter()
+        progress("network", 0.0)
+        uv_net = load_network(paths["uv_checkpoint"], device)
+        progress("network", 0.25)
+        normal_net = load_network(paths["normals_checkpoint"], device)
+        progress("network", 0.5)
+        prediction = predict(uv_net, normal_net, crop.image, flip_tta=settings.flip_tta)
+        del uv_net, normal_net
+        crop = refine_crop_masks(crop, prediction.mask)
+        timings["network"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        progress("fit", 0.0)
+        model = FlameModel.from_data(flame).to(device)
+        result = fit(
+            prediction, crop, model, uv, FitConfig.preset(settings.quality).with_steps(settings.fit_step_scale), device=device, seed=settings.seed,
+            on_progress=lambda p: progress("fit", p.fraction), should_cancel=progress.cancelled,
+        )
+        timings["fit"] = time.perf_counter() - t
+    finally:
+        release_memory(device)
+
+    t = time.perf_counter()
+    progress("texture", 0.0)
+    baked = bake_from_fit(photo.rgb, result, uv, size=settings.texture_size)
+    timings["texture"] = time.perf_counter() - t
+    progress("texture", 1.0)
+
+    used_synthetic = flame.release == "synthetic"
+    if used_synthetic:
+        messages.append("The FLAME model is the project's synthetic stand-in: the head shows that the pipeline "
+                        "runs, not what the method can do.")
+    log.info("reconstruction timings: %s", {k: round(v, 2) for k, v in timings.items()})
+    return Reconstruction(photo, crop, prediction, result, baked.image, flame, uv, used_synthetic, messages, timings)
+
+
+def write_standin_assets(folder: str | Path, *, network_size: str = "published", seed: int = 0) -> dict[str, Path]:
+    """Write the project-made stand-ins for the four assets into ``folder`` (reused when already there).
+
+    The FLAME model is the full-size synthetic FLAME-format head (plain pickle) with its UV template; the
+    checkpoints are Lightning-format files with random weights and either the published module tree
+    (``network_size="published"``, about 0.4 GB each) or the tiny test configuration (``"tiny"``).
+    Returns the paths keyed like :data:`core.assets.ASSET_KEYS`, ready for ``AssetRegistry(paths)``.
+    """
+    from .flame import write_synthetic_flame
+    from .network import write_synthetic_checkpoint
+
+    if network_size not in ("published", "tiny"):
+        raise Pixel3DMMError("The stand-in network size must be 'published' or 'tiny'.")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    flame_dir = folder / "flame"
+    if not (flame_dir / "done").exists():
+        files = write_synthetic_flame(flame_dir, size="full", seed=seed)
+        (flame_dir / "done").write_text("\n".join(f"{k}={v.name}" for k, v in files.items()))
+    names = dict(line.split("=", 1) for line in (flame_dir / "done").read_text().splitlines())
+    paths = {"flame": flame_dir / names["plain"], "uv_template": flame_dir / names["obj"]}
+    for key, kind in (("uv_checkpoint", "uv"), ("normals_checkpoint", "normals")):
+        path = folder / f"{kind}-{network_size}.ckpt"
+        if not path.exists():
+            tmp = path.with_suffix(".part")
+            write_synthetic_checkpoint(tmp, "tiny" if network_size == "tiny" else kind, seed=seed,
+                                       prediction_type="uv_map" if kind == "uv" else "normals")
+            tmp.replace(path)
+        paths[key] = path
+    return paths
