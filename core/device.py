@@ -63,3 +63,8 @@ def is_out_of_memory(exc: BaseException) -> bool:
     if isinstance(exc, torch.cuda.OutOfMemoryError):
         return True
     return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def meta_device() -> torch.device:
+    """The shape-only device: build a module there (no memory, no random init), then load weights with assign."""
+    return torch.device("meta")

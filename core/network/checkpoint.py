@@ -33,7 +33,7 @@ import safetensors.torch
 import torch
 
 from ..assets import cache_dir, sniff_kind
-from ..device import is_gpu, is_out_of_memory, release_memory, resolve_device
+from ..device import is_gpu, is_out_of_memory, meta_device, release_memory, resolve_device
 from ..errors import CheckpointError
 from .config import NetworkCfg
 from .model import PixelNetwork
@@ -331,9 +331,18 @@ def read_network_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor],
 
 # --- building, converting, caching -----------------------------------------------------------------------------
 def build_from_state(state: Mapping[str, torch.Tensor], cfg: NetworkCfg, source: str) -> PixelNetwork:
-    """Build the network for ``cfg`` and load ``state`` strictly (CPU, float32, eval mode)."""
-    model = PixelNetwork(cfg)
+    """Build the network for ``cfg`` and load ``state`` strictly (CPU, float32, eval mode).
+
+    The module tree is built on the meta device (no memory, no random initialisation: that alone takes seconds
+    for ViT-B) and the loaded tensors are assigned into it.
+    """
+    with meta_device():
+        model = PixelNetwork(cfg)
     load_state_strict(model, state, source)
+    left = [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if left:
+        raise CheckpointError(f"The network could not be fully loaded ({left[0]} has no data); report this to the "
+                              "add-on's authors.")
     return model.eval()
 
 
