@@ -279,3 +279,32 @@ def test_score_mesh_region_crops_scan():
     assert full.n_scan_points == len(scan.points)
     with pytest.raises(Pixel3DMMError):
         score_mesh(v, f, scan.points, align="sideways")
+
+
+def test_trimmed_icp_ignores_scan_parts_the_prediction_lacks():
+    v, f = icosphere(1.0, 3)
+    v = v * np.array([0.08, 0.11, 0.095])
+    v[:, 2] += 0.02 * v[:, 1] ** 2 / 0.01
+    R = Rotation.from_euler("xyz", [-3, 4, 2], degrees=True).as_matrix()
+    t = np.array([-0.003, 0.002, 0.004])
+    src = sample_surface(v, f, 3000, seed=0)
+    scan = sample_surface(v @ R.T + t, f, 12000, seed=1).points
+    rng = np.random.default_rng(2)
+    shoulders = rng.normal(size=(600, 3)) * 0.02 + np.array([0.0, -0.16, 0.0])  # 5 % extra points off the head
+    tr = icp_align(src.points, np.concatenate([scan, shoulders]), source_normals=src.normals)
+    np.testing.assert_allclose(tr.R, R, atol=2e-4)
+    np.testing.assert_allclose(tr.t, t, atol=2e-5)
+
+
+def test_vertex_error_on_a_region():
+    rng = np.random.default_rng(9)
+    true = random_head_like_points(400, seed=5)
+    region = true[:, 2] > 0
+    pred = true.copy()
+    pred[~region] += rng.normal(scale=0.01, size=((~region).sum(), 3))  # wrong only outside the region
+    R = Rotation.from_rotvec([0.1, -0.2, 0.05]).as_matrix()
+    moved = pred @ R.T + np.array([0.01, 0.02, -0.03])
+    assert vertex_error(moved, true, region) < 1e-7
+    assert vertex_error(moved, true, np.flatnonzero(region)) < 1e-7
+    # over all vertices the (aligned) error is the mean offset norm, of the order of the 1 cm noise
+    assert 1.0 < vertex_error(moved, true) < 20.0

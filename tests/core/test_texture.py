@@ -17,6 +17,7 @@ from core.texture import (
     bake_from_fit,
     bake_texture,
     blender_pixels,
+    mirror_corner_uv,
     project_to_photo,
     rasterize_uv,
 )
@@ -289,3 +290,15 @@ def test_bake_from_fit_and_input_errors(scene):
         bake_texture(scene.photo, scene.verts, scene.tpl.faces, scene.tpl.corner_uv[:-1], K)
     with pytest.raises(Pixel3DMMError):  # head behind the camera
         bake_texture(scene.photo, scene.verts + [0, 0, 3.0], scene.tpl.faces, scene.tpl.corner_uv, K)
+
+
+def test_mirror_corner_uv_follows_the_mirror_partners():
+    _, tpl = synthetic_flame("small", seed=0)
+    faces, uv = tpl.faces, tpl.corner_uv
+    # the synthetic layout mirrors exactly at u = 0.5 (seam vertices at the back have two UVs each)
+    np.testing.assert_allclose(mirror_corner_uv(faces, uv, tpl.mirror_index), uv * [-1, 1] + [1, 0], atol=1e-12)
+    # an asymmetric distortion of u: the mirrored corner is the partner's own (distorted) UV, not a reflection
+    distort = lambda u: u + 0.03 * u**2  # noqa: E731
+    warped = np.stack([distort(uv[..., 0]), uv[..., 1]], -1)
+    want = np.stack([distort(1 - uv[..., 0]), uv[..., 1]], -1)
+    np.testing.assert_allclose(mirror_corner_uv(faces, warped, tpl.mirror_index), want, atol=1e-12)
