@@ -22,6 +22,7 @@ from . import bridge, export, jobs, preferences, scene
 
 log = logging.getLogger(__name__)
 
+
 class InputError(Exception):
     """The photo source is unusable; the message is one sentence for the user."""
 

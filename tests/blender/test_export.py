@@ -221,3 +221,17 @@ def test_export_needs_a_rigged_head(tmp_path):
     bpy.context.scene.collection.objects.link(plain)
     with pytest.raises(export.ExportError, match="no armature"):
         export.export_glb(bpy.context, plain, str(tmp_path / "x.glb"))
+
+
+def test_export_operators_find_the_head(head, tmp_path):
+    _, _, built = head
+    bpy.context.scene.p3dmm.head = built.mesh  # as the reconstruct operator does
+    bpy.context.view_layer.objects.active = built.armature  # the rig selected: its head is exported
+    assert bpy.ops.pixel3dmm.export_fbx(filepath=str(tmp_path / "a.fbx")) == {"FINISHED"}
+    other = bpy.data.objects.new("other", bpy.data.meshes.new("other"))
+    bpy.context.scene.collection.objects.link(other)
+    bpy.context.view_layer.objects.active = other  # something else active: the last built head
+    assert bpy.ops.pixel3dmm.export_glb(filepath=str(tmp_path / "b.glb")) == {"FINISHED"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.fbx", "b.glb"]
+    bpy.data.objects.remove(built.mesh)
+    assert not bpy.ops.pixel3dmm.export_glb.poll() and not bpy.ops.pixel3dmm.export_fbx.poll()
