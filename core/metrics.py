@@ -174,7 +174,9 @@ def rigid_align(
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _brute_force_nn(queries: np.ndarray, points: np.ndarray, chunk_pairs: int = 1 << 24) -> tuple[np.ndarray, np.ndarray]:
+def _brute_force_nn(
+    queries: np.ndarray, points: np.ndarray, chunk_pairs: int = 1 << 24
+) -> tuple[np.ndarray, np.ndarray]:
     """Exact nearest neighbours by chunked ``torch.cdist``; returns squared distances (Q,) and indices (Q,)."""
     q = torch.from_numpy(np.ascontiguousarray(queries))
     p = torch.from_numpy(np.ascontiguousarray(points))
@@ -766,7 +768,8 @@ def _region_faces(region: np.ndarray, faces: np.ndarray, n_vertices: int) -> np.
             raise Pixel3DMMError("A region mask must have one boolean per predicted vertex.")
         mask = reg
     else:
-        if not np.issubdtype(reg.dtype, np.integer) or reg.ndim != 1 or (reg.size and (reg.min() < 0 or reg.max() >= n_vertices)):
+        valid = np.issubdtype(reg.dtype, np.integer) and reg.ndim == 1
+        if not valid or (reg.size and (reg.min() < 0 or reg.max() >= n_vertices)):
             raise Pixel3DMMError("A region must be a vertex mask or a list of valid vertex indices.")
         mask = np.zeros(n_vertices, dtype=bool)
         mask[reg] = True

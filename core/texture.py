@@ -475,7 +475,9 @@ def bake_texture(
     elif (weight >= 1.0).any():
         skin = np.median(colour[weight >= 1.0], axis=0)
     else:
-        raise Pixel3DMMError("No part of the head faces the camera in the photo, so no texture can be baked; check the fit.")
+        raise Pixel3DMMError(
+            "No part of the head faces the camera in the photo, so no texture can be baked; check the fit."
+        )
     skin = skin.astype(np.float32)
 
     flat_n = size * size

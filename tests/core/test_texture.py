@@ -104,7 +104,8 @@ def texel_uv(size):
 def reference_uv_raster(corner_uv, size):
     """Texel triangle ids and barycentrics from core.render.rasterize fed with UV positions as clip coordinates."""
     flat = torch.from_numpy(corner_uv.reshape(-1, 2))
-    pos = torch.cat([flat * 2 - 1, torch.zeros(len(flat), 1, dtype=flat.dtype), torch.ones(len(flat), 1, dtype=flat.dtype)], 1)
+    zeros = torch.zeros(len(flat), 1, dtype=flat.dtype)
+    pos = torch.cat([flat * 2 - 1, zeros, zeros + 1], 1)
     tri = torch.arange(len(flat)).reshape(-1, 3)
     rast = rasterize(pos[None], tri, (size, size))[0].numpy()
     return rast
