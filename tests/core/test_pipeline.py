@@ -1,0 +1,115 @@
+"""The whole core pipeline on a real photo with the project's stand-in assets (tiny networks, few steps)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import skimage
+
+from core.assets import AssetRegistry
+from core.errors import AssetInvalidError, FitCancelled, Pixel3DMMError
+from core.flame import write_synthetic_flame
+from core.pipeline import PipelineSettings, reconstruct, write_standin_assets
+
+ROOT = Path(__file__).resolve().parents[2]
+ASTRONAUT = Path(skimage.__file__).parent / "data" / "astronaut.png"
+QUICK = PipelineSettings(quality="fast", device="cpu", texture_size=256, fit_step_scale=0.05)
+
+
+@pytest.fixture(scope="module")
+def standins(tmp_path_factory):
+    return write_standin_assets(tmp_path_factory.mktemp("standins"), network_size="tiny")
+
+
+@pytest.fixture(scope="module")
+def run(standins):
+    events = []
+    result = reconstruct(ASTRONAUT, AssetRegistry(standins, use_environment=False), QUICK,
+                         on_progress=lambda stage, f: events.append((stage, f)))
+    return result, events
+
+
+def test_reconstruction_has_every_piece(run, standins):
+    result, _ = run
+    V = result.flame.v_template.shape[0]
+    assert result.used_synthetic and any("stand-in" in m for m in result.messages)
+    assert result.crop.image.shape == (512, 512, 3)
+    assert result.prediction.uv.shape == (512, 512, 2) and result.prediction.normals.shape == (512, 512, 3)
+    assert result.fit.vertices_posed.shape == (V, 3) and np.isfinite(result.fit.vertices_posed).all()
+    assert result.texture.shape == (256, 256, 3) and result.texture.dtype == np.float32
+    assert 0.0 <= result.texture.min() and result.texture.max() <= 1.0
+    assert set(result.timings) == {"load", "detect", "network", "fit", "texture"}
+
+
+def test_photo_intrinsics_map_back_through_the_crop(run):
+    """K_photo must be K_crop seen through the crop transform: project a posed vertex both ways."""
+    fit, crop = run[0].fit, run[0].crop
+    X = fit.vertices_posed[:50].astype(np.float64)
+    cam = X - np.array([0.0, 0.0, 1.0])  # OpenGL camera at (0, 0, 1) looking down -z
+
+    def project(K):
+        x = K[0, 0] * cam[:, 0] / -cam[:, 2] + K[0, 2]
+        y = -K[1, 1] * cam[:, 1] / -cam[:, 2] + K[1, 2]
+        return np.stack([x, y], axis=1)
+
+    in_photo = project(fit.K_photo)
+    via_crop = crop.transform.to_photo(project(fit.K_crop))
+    np.testing.assert_allclose(in_photo, via_crop, atol=1e-6)
+
+
+def test_progress_is_monotone_and_complete(run):
+    _, events = run
+    fractions = [f for _, f in events]
+    assert fractions == sorted(fractions) and fractions[-1] == pytest.approx(1.0)
+    assert [s for s, _ in events if s != events[0][0]][0] == "detect"
+    assert {s for s, _ in events} == {"load", "detect", "network", "fit", "texture"}
+
+
+def test_cancel_stops_before_anything_is_returned(standins):
+    calls = []
+
+    def should_cancel():
+        calls.append(1)
+        return len(calls) > 3
+
+    with pytest.raises(FitCancelled, match="cancelled"):
+        reconstruct(ASTRONAUT, AssetRegistry(standins, use_environment=False), QUICK, should_cancel=should_cancel)
+
+
+def test_missing_assets_and_mismatched_template_are_one_sentence(standins, tmp_path):
+    with pytest.raises(Pixel3DMMError, match="FLAME model"):
+        reconstruct(ASTRONAUT, AssetRegistry({}, use_environment=False), QUICK)
+    small = write_synthetic_flame(tmp_path, size="small")
+    wrong = dict(standins, uv_template=small["obj"])
+    with pytest.raises(Pixel3DMMError, match="does not match the FLAME model"):
+        reconstruct(ASTRONAUT, AssetRegistry(wrong, use_environment=False), QUICK)
+    with pytest.raises(Pixel3DMMError, match="quality preset"):
+        PipelineSettings(quality="ultra")
+
+
+def test_cli_reconstruct_writes_results(standins, tmp_path):
+    env_paths = {"PIXEL3DMM_FLAME": standins["flame"], "PIXEL3DMM_UV_TEMPLATE": standins["uv_template"],
+                 "PIXEL3DMM_UV_CKPT": standins["uv_checkpoint"], "PIXEL3DMM_NORMALS_CKPT": standins["normals_checkpoint"]}
+    import os
+
+    env = dict(os.environ, **{k: str(v) for k, v in env_paths.items()})
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "core", "reconstruct", str(ASTRONAUT), "--out", str(out),
+                           "--quality", "fast", "--device", "cpu", "--texture-size", "128", "--fit-step-scale", "0.02"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "100%" in proc.stdout
+    for name in ("fit.json", "fit.npz", "head_posed.obj", "head_neutral.obj", "texture.png"):
+        assert (out / name).is_file(), name
+    obj = (out / "head_posed.obj").read_text().splitlines()
+    assert sum(line.startswith("v ") for line in obj) == 5023 and sum(line.startswith("f ") for line in obj) == 9976
+
+
+def test_cli_reconstruct_without_assets_says_what_to_do(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "core", "reconstruct", str(ASTRONAUT), "--out", str(tmp_path)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: FLAME model: Not configured") and proc.stderr.count("\n") == 1
