@@ -28,7 +28,9 @@ Steps
    plus the depth change across one depth pixel on the texel's slanted surface. Its weight ramps smoothly
    (smoothstep) from 0 at ``cos = min_cos`` to 1 at ``cos = full_cos`` between the interpolated vertex normal
    and the direction to the camera.
-3. Photo colours are sampled bilinearly at the projected positions (``cv2.remap``).
+3. Photo colours are sampled bilinearly at the projected positions (``cv2.remap``). When the face covers more
+   photo pixels than texels, the photo is first blurred over the head by a Gaussian matched to that ratio
+   (``antialias``), so the sampling does not alias.
 4. Fill: the colour is ``w · photo + (1 − w) · fallback``. The fallback is the mirrored texel's photo colour
    (blended by that texel's own weight with the skin tone) and otherwise the skin tone. The mirrored position
    of a texel is exact on the mesh: the texel's barycentrics are applied to the UVs of the mirror partners of
@@ -342,6 +344,42 @@ def mirror_corner_uv(faces: np.ndarray, corner_uv: np.ndarray, mirror_index: np.
     return uniq_uv[cand[chosen]].reshape(-1, 3, 2)
 
 
+def _prefilter(photo: np.ndarray, vertices: np.ndarray, faces: np.ndarray, corner_uv: np.ndarray,
+               K_photo: np.ndarray, size: int) -> tuple[np.ndarray, float]:
+    """Blur the head's part of the photo when the photo is sharper than the texture can hold.
+
+    The ratio ``r`` of photo pixels per texel is the median over camera-facing triangles of
+    sqrt(projected area / texel area); for ``r > 1`` a Gaussian of sigma ``0.5 · sqrt(r² − 1)`` photo pixels
+    (the usual anti-aliasing prefilter for a downsampling by ``r``) is applied over the head's bounding box.
+    Returns the (possibly) filtered photo and the sigma (0 when unfiltered).
+    """
+    xy, depth = project_to_photo(vertices, K_photo)
+    tri_xy = xy[faces]
+    e1, e2 = tri_xy[:, 1] - tri_xy[:, 0], tri_xy[:, 2] - tri_xy[:, 0]
+    photo_area = 0.5 * np.abs(e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0])
+    t = uv_to_texel(corner_uv, size)
+    u1, u2 = t[:, 1] - t[:, 0], t[:, 2] - t[:, 0]
+    texel_area = 0.5 * np.abs(u1[:, 0] * u2[:, 1] - u1[:, 1] * u2[:, 0])
+    normals = vertex_normals(vertices, faces)[faces].sum(axis=1)
+    to_cam = CAMERA_POSITION - np.asarray(vertices, dtype=np.float64)[faces].mean(axis=1)
+    facing = (np.einsum("fc,fc->f", normals, to_cam) > 0.5 * np.linalg.norm(normals, axis=1)
+              * np.linalg.norm(to_cam, axis=1)) & (depth[faces] > 1e-6).all(axis=1) & (texel_area > 0)
+    if not facing.any():
+        return photo, 0.0
+    ratio = float(np.sqrt(np.median(photo_area[facing] / texel_area[facing])))
+    if ratio <= 1.0:
+        return photo, 0.0
+    sigma = 0.5 * float(np.sqrt(ratio * ratio - 1.0))
+    margin = int(np.ceil(3.0 * sigma)) + 2
+    front = depth > 1e-6
+    x0, y0 = np.maximum(np.floor(xy[front].min(axis=0)).astype(int) - margin, 0)
+    x1, y1 = np.minimum(np.ceil(xy[front].max(axis=0)).astype(int) + margin, [photo.shape[1], photo.shape[0]])
+    out = photo.copy()
+    if x1 > x0 and y1 > y0:
+        out[y0:y1, x0:x1] = cv2.GaussianBlur(photo[y0:y1, x0:x1], (0, 0), sigma, borderType=cv2.BORDER_REPLICATE)
+    return out, sigma
+
+
 def _sample(image: np.ndarray, xy: np.ndarray) -> np.ndarray:
     """Bilinear samples (N, C) of an (H, W, C) float32 image at pixel coordinates (N, 2) (centres at +0.5);
     positions outside the image read the nearest border pixel."""
@@ -386,6 +424,7 @@ def bake_texture(
     depth_tolerance: float = 0.003,
     depth_resolution: int = 384,
     padding: int = 8,
+    antialias: bool = True,
 ) -> BakedTexture:
     """Bake a photo into the UV texture of a posed mesh (conventions and steps: module docstring).
 
@@ -416,6 +455,9 @@ def bake_texture(
         Size in pixels of the longer side of the depth render over the head's bounding box.
     padding : int
         Width in texels of the padding grown around every UV chart.
+    antialias : bool
+        Blur the head's part of the photo first when it has more pixels than the texture has texels there
+        (step 3 of the module docstring), so fine photo detail averages instead of aliasing.
 
     Returns
     -------
@@ -467,7 +509,8 @@ def bake_texture(
     weight = weight.astype(np.float32)
 
     colour = np.zeros((points.shape[0], 3), dtype=np.float32)
-    colour[inside] = _sample(photo, xy[inside])
+    source, sigma = _prefilter(photo, verts, faces, corner_uv, K_photo, size) if antialias else (photo, 0.0)
+    colour[inside] = _sample(source, xy[inside])
 
     # skin tone
     if skin_mask is not None and np.asarray(skin_mask).any():
@@ -504,8 +547,9 @@ def bake_texture(
     mirror_used[raster.texel] = (weight <= 0) & (mirror_w > 0)
     image, defined = _pad_charts(image.reshape(size, size, 3), covered.reshape(size, size), padding)
     image[~defined] = skin
-    logger.info("baked %dx%d texture: %.1f%% of chart texels visible, %.1f%% from the mirror", size, size,
-                100.0 * np.mean(weight > 0), 100.0 * np.mean((weight <= 0) & (mirror_w > 0)))
+    logger.info("baked %dx%d texture: %.1f%% of chart texels visible, %.1f%% from the mirror, photo prefilter "
+                "sigma %.2f px", size, size, 100.0 * np.mean(weight > 0),
+                100.0 * np.mean((weight <= 0) & (mirror_w > 0)), sigma)
     return BakedTexture(
         image=np.clip(image, 0.0, 1.0).astype(np.float32),
         visible=(w_img > 0).reshape(size, size),
