@@ -3,7 +3,8 @@ checkpoint load time (.ckpt vs converted .safetensors), reduced precision and th
 
 Usage: ``python bench/bench_network.py [--uv uv.ckpt --normals normals.ckpt] [--reps 2] [--device auto]``.
 Without checkpoints it writes full-size synthetic stand-ins (random weights, published-like configuration) to a
-temporary folder. Figures are best-of-N wall-clock times, backbone and full network measured alternately; on a shared machine compare ratios measured in one run.
+temporary folder. Figures are best-of-N wall-clock times, backbone and full network measured alternately;
+on a shared machine compare ratios measured in one run.
 """
 
 from __future__ import annotations

@@ -71,7 +71,8 @@ def _to_batch(image: np.ndarray) -> torch.Tensor:
         shape = getattr(image, "shape", None)
         raise ImageError(f"The network needs a {IMAGE_SIZE}x{IMAGE_SIZE} RGB face crop, got shape {shape}; crop the "
                          "photo with the preprocessing stage first.")
-    if not np.issubdtype(image.dtype, np.floating) or not np.isfinite(image).all() or image.min() < 0 or image.max() > 1:
+    if (not np.issubdtype(image.dtype, np.floating) or not np.isfinite(image).all() or image.min() < 0
+            or image.max() > 1):
         raise ImageError("The face crop must be a float image with values in [0, 1]; convert the photo first.")
     return torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).permute(2, 0, 1).unsqueeze(0)
 

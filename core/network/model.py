@@ -22,8 +22,6 @@ builds but never uses at inference are built too, so a strict load leaves nothin
 
 from __future__ import annotations
 
-import logging
-
 import timm
 import torch
 import torch.nn.functional as F
@@ -31,8 +29,6 @@ from torch import nn
 
 from ..errors import CheckpointError, Pixel3DMMError
 from .config import IMAGE_SIZE, TOKEN_GRID, NetworkCfg
-
-logger = logging.getLogger(__name__)
 
 #: Side of the square patch each upsampled position expands into.
 PIXEL_PATCH = 2
