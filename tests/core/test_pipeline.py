@@ -113,3 +113,23 @@ def test_cli_reconstruct_without_assets_says_what_to_do(tmp_path):
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: FLAME model: Not configured") and proc.stderr.count("\n") == 1
+
+
+def test_cli_convert_checkpoint(standins, tmp_path):
+    out = tmp_path / "uv.safetensors"
+    proc = subprocess.run([sys.executable, "-m", "core", "convert-checkpoint", str(standins["uv_checkpoint"]), str(out),
+                           "--dtype", "float32"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert out.is_file() and "float32" in proc.stdout
+    from safetensors.torch import load_file
+
+    from core.network import load_network
+
+    converted = load_file(str(out))
+    original = load_network(standins["uv_checkpoint"], "cpu", cache=False).state_dict()
+    assert set(converted) == set(original)
+    assert all(torch_equal(converted[k], original[k]) for k in original)
+
+
+def torch_equal(a, b) -> bool:
+    return a.shape == b.shape and bool((a == b).all())
