@@ -265,3 +265,12 @@ def test_only_one_job_at_a_time():
         gate.set()
         jobs.cancel_active()
     assert jobs.active_job() is None and job.cancelled
+
+
+def test_invoke_in_background_blender_runs_synchronously(fake_core, photo_file):
+    """Background Blender calls ``execute`` even for INVOKE_DEFAULT, so scripts run by ``blender -b`` get the
+    synchronous path and a finished head (the modal path is covered through ReconstructionRun above)."""
+    bpy.context.scene.p3dmm.image_source = "FILE"
+    bpy.context.scene.p3dmm.filepath = str(photo_file)
+    assert bpy.ops.pixel3dmm.reconstruct_face("INVOKE_DEFAULT") == {"FINISHED"}
+    assert jobs.active_job() is None and len(fake_core) == 1 and len(bpy.data.objects) == 3
