@@ -36,7 +36,8 @@ Steps
    of a texel is exact on the mesh: the texel's barycentrics are applied to the UVs of the mirror partners of
    its triangle's corners (``mirror_index``), picking for each partner the UV corner closest to the corner's UV
    reflected about the layout's measured mirror axis (this resolves vertices that sit on UV seams).
-   The skin tone is the per-channel median of ``skin_mask`` photo pixels, or else of fully visible texels.
+   The skin tone is the per-channel median of ``skin_mask`` photo pixels, or else of fully visible texels (of
+   all visible texels when none is fully visible).
 5. Seam padding: every texel within ``padding`` texels of a chart takes the colour of the nearest chart texel
    (cv2 distance transform); texels further away get the skin tone, so the whole image is defined.
 """
@@ -99,7 +100,7 @@ class UVRaster:
     face : np.ndarray
         (N,) int64 triangle of each covered texel.
     bary : np.ndarray
-        (N, 3) float64 barycentric weights of the triangle's corners (non-negative, summing to 1).
+        (N, 3) float32 barycentric weights of the triangle's corners (non-negative, summing to 1).
     """
 
     size: int
@@ -185,7 +186,7 @@ def rasterize_uv(corner_uv: np.ndarray, size: int) -> UVRaster:
     b2 = (e1[face, 0] * d[:, 1] - e1[face, 1] * d[:, 0]) / det[face]
     bary = np.clip(np.stack([1.0 - b1 - b2, b1, b2], axis=1), 0.0, None)
     bary /= bary.sum(axis=1, keepdims=True)
-    return UVRaster(size, texel, face, bary)
+    return UVRaster(size, texel, face, bary.astype(np.float32))
 
 
 def project_to_photo(points_world: np.ndarray, K_photo: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -409,6 +410,18 @@ def _pad_charts(image: np.ndarray, filled: np.ndarray, rounds: int) -> tuple[np.
     return out, filled | grow
 
 
+def _chunks(n: int, step: int = 1 << 19) -> list[slice]:
+    """Consecutive slices of at most ``step`` items covering ``range(n)``."""
+    return [slice(i, min(i + step, n)) for i in range(0, n, step)]
+
+
+def _interpolate(bary: np.ndarray, tri: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Barycentric interpolation: ``bary`` (N, 3), ``tri`` (N, 3) rows of ``values`` (or (N,) faces of a (F, 3, C)
+    per-corner array) -> (N, C) float32."""
+    corners = np.take(values, tri, axis=0)  # (N, 3, C)
+    return np.einsum("nk,nkc->nc", bary.astype(np.float32, copy=False), corners)
+
+
 def bake_texture(
     photo_rgb: np.ndarray,
     vertices_posed: np.ndarray,
@@ -483,75 +496,82 @@ def bake_texture(
     height, width = photo.shape[:2]
 
     raster = rasterize_uv(corner_uv, size)
-    tri = faces[raster.face]  # (N, 3)
-    bary = raster.bary.astype(np.float32)
+    n_texels = raster.texel.size
     v32 = verts.astype(np.float32)
     n32 = vertex_normals(verts, faces).astype(np.float32)
-    points = bary[:, 0:1] * v32[tri[:, 0]] + bary[:, 1:2] * v32[tri[:, 1]] + bary[:, 2:3] * v32[tri[:, 2]]
-    normals = bary[:, 0:1] * n32[tri[:, 0]] + bary[:, 1:2] * n32[tri[:, 1]] + bary[:, 2:3] * n32[tri[:, 2]]
-
-    # visibility: facing weight, inside the photo, depth test
-    to_cam = CAMERA_POSITION.astype(np.float32) - points
-    cos = np.einsum("nc,nc->n", normals, to_cam) / np.sqrt(
-        np.maximum(np.einsum("nc,nc->n", normals, normals) * np.einsum("nc,nc->n", to_cam, to_cam), 1e-24))
-    t = np.clip((cos - min_cos) / (full_cos - min_cos), 0.0, 1.0)
-    weight = t * t * (3.0 - 2.0 * t)
-    xy, depth = project_to_photo(points, K_photo)
-    inside = (depth > 1e-6) & (xy[:, 0] >= 0) & (xy[:, 0] <= width) & (xy[:, 1] >= 0) & (xy[:, 1] <= height)
     dmap, origin, scale = _depth_map(verts, faces, K_photo, (height, width), depth_resolution)
-    dxy = np.floor((xy - origin) * scale).astype(np.int64)
-    in_map = inside & (dxy[:, 0] >= 0) & (dxy[:, 0] < dmap.shape[1]) & (dxy[:, 1] >= 0) & (dxy[:, 1] < dmap.shape[0])
-    occluder = np.full(points.shape[0], np.inf, dtype=np.float32)
-    occluder[in_map] = dmap[dxy[in_map, 1], dxy[in_map, 0]]
-    footprint = depth / np.float32(np.asarray(K_photo)[0, 0] * scale)  # metres per depth pixel at the texel
-    slope = np.sqrt(np.maximum(1.0 - cos * cos, 0.0)) / np.maximum(cos, 0.2)
-    weight = np.where(inside & (depth <= occluder + depth_tolerance + footprint * slope), weight, 0.0)
-    weight = weight.astype(np.float32)
-
-    colour = np.zeros((points.shape[0], 3), dtype=np.float32)
     source, sigma = _prefilter(photo, verts, faces, corner_uv, K_photo, size) if antialias else (photo, 0.0)
-    colour[inside] = _sample(source, xy[inside])
+    fx = float(np.asarray(K_photo)[0, 0])
+
+    # pass 1, in chunks of texels (bounded memory): photo weight and colour of every chart texel
+    weight = np.zeros(n_texels, dtype=np.float32)
+    colour = np.zeros((n_texels, 3), dtype=np.float32)
+    for c in _chunks(n_texels):
+        bary, tri = raster.bary[c], faces[raster.face[c]]
+        points = _interpolate(bary, tri, v32)
+        normals = _interpolate(bary, tri, n32)
+        # facing weight: smoothstep of the cosine between normal and direction to the camera
+        to_cam = CAMERA_POSITION.astype(np.float32) - points
+        cos = np.einsum("nc,nc->n", normals, to_cam) / np.sqrt(
+            np.maximum(np.einsum("nc,nc->n", normals, normals) * np.einsum("nc,nc->n", to_cam, to_cam), 1e-24))
+        t = np.clip((cos - min_cos) / (full_cos - min_cos), 0.0, 1.0)
+        # inside the photo and not occluded: depth test with slack for the depth pixel's size on slanted surfaces
+        xy, depth = project_to_photo(points, K_photo)
+        inside = (depth > 1e-6) & (xy[:, 0] >= 0) & (xy[:, 0] <= width) & (xy[:, 1] >= 0) & (xy[:, 1] <= height)
+        dxy = np.floor((xy - origin) * scale).astype(np.int64)
+        in_map = inside & np.all((dxy >= 0) & (dxy < [dmap.shape[1], dmap.shape[0]]), axis=1)
+        occluder = np.full(points.shape[0], np.inf, dtype=np.float32)
+        occluder[in_map] = dmap[dxy[in_map, 1], dxy[in_map, 0]]
+        footprint = depth / np.float32(fx * scale)  # metres per depth pixel at the texel
+        slope = np.sqrt(np.maximum(1.0 - cos * cos, 0.0)) / np.maximum(cos, 0.2)
+        seen = inside & (depth <= occluder + depth_tolerance + footprint * slope)
+        weight[c] = np.where(seen, t * t * (3.0 - 2.0 * t), 0.0)
+        colour[c][inside] = _sample(source, xy[inside])
 
     # skin tone
     if skin_mask is not None and np.asarray(skin_mask).any():
         skin = np.median(photo[np.asarray(skin_mask, dtype=bool)], axis=0)
-    elif (weight >= 1.0).any():
-        skin = np.median(colour[weight >= 1.0], axis=0)
+    elif (weight > 0).any():  # fully visible texels, or else every visible one
+        skin = np.median(colour[weight >= (1.0 if (weight >= 1.0).any() else 1e-6)], axis=0)
     else:
         raise Pixel3DMMError(
             "No part of the head faces the camera in the photo, so no texture can be baked; check the fit."
         )
     skin = skin.astype(np.float32)
 
+    # pass 2: blend with the mirrored texel (premultiplied colour and weight, bilinear) and the skin tone
     flat_n = size * size
     w_img = np.zeros(flat_n, dtype=np.float32)
     w_img[raster.texel] = weight
-    premult = np.zeros((flat_n, 3), dtype=np.float32)
-    premult[raster.texel] = colour * weight[:, None]
-    fallback = np.broadcast_to(skin, (points.shape[0], 3)).astype(np.float32)
-    mirror_w = np.zeros(points.shape[0], dtype=np.float32)
-    if mirror_index is not None:
-        m = uv_to_texel(mirror_corner_uv(faces, corner_uv, mirror_index), size).astype(np.float32)[raster.face]
-        mirror_xy = bary[:, 0:1] * m[:, 0] + bary[:, 1:2] * m[:, 1] + bary[:, 2:3] * m[:, 2]
-        sampled = _sample(np.concatenate([premult, w_img[:, None]], axis=1).reshape(size, size, 4), mirror_xy)
-        mirror_w = np.clip(sampled[:, 3], 0.0, 1.0)
-        # premultiplied colour over weight: the mirrored photo colour, blended with the skin tone by its weight
-        fallback = sampled[:, :3] + (1.0 - mirror_w)[:, None] * skin
-    final = weight[:, None] * colour + (1.0 - weight)[:, None] * fallback
-
+    mirror_w = np.zeros(n_texels, dtype=np.float32)
     image = np.zeros((flat_n, 3), dtype=np.float32)
-    image[raster.texel] = final
+    if mirror_index is not None:
+        premult = np.zeros((flat_n, 4), dtype=np.float32)
+        premult[raster.texel, :3] = colour * weight[:, None]
+        premult[raster.texel, 3] = weight
+        premult = premult.reshape(size, size, 4)
+        mirror_px = uv_to_texel(mirror_corner_uv(faces, corner_uv, mirror_index), size).astype(np.float32)
+    for c in _chunks(n_texels):
+        fallback = np.broadcast_to(skin, (weight[c].size, 3))
+        if mirror_index is not None:
+            sampled = _sample(premult, _interpolate(raster.bary[c], raster.face[c], mirror_px))
+            mirror_w[c] = np.clip(sampled[:, 3], 0.0, 1.0)
+            fallback = sampled[:, :3] + (1.0 - mirror_w[c])[:, None] * skin
+        w = weight[c][:, None]
+        image[raster.texel[c]] = w * colour[c] + (1.0 - w) * fallback
+
     covered = np.zeros(flat_n, dtype=bool)
     covered[raster.texel] = True
     mirror_used = np.zeros(flat_n, dtype=bool)
     mirror_used[raster.texel] = (weight <= 0) & (mirror_w > 0)
     image, defined = _pad_charts(image.reshape(size, size, 3), covered.reshape(size, size), padding)
     image[~defined] = skin
+    np.clip(image, 0.0, 1.0, out=image)
     logger.info("baked %dx%d texture: %.1f%% of chart texels visible, %.1f%% from the mirror, photo prefilter "
                 "sigma %.2f px", size, size, 100.0 * np.mean(weight > 0),
                 100.0 * np.mean((weight <= 0) & (mirror_w > 0)), sigma)
     return BakedTexture(
-        image=np.clip(image, 0.0, 1.0).astype(np.float32),
+        image=image,
         visible=(w_img > 0).reshape(size, size),
         filled_from_mirror=mirror_used.reshape(size, size),
         covered=covered.reshape(size, size),
