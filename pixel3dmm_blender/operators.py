@@ -83,7 +83,9 @@ def resolve_source(context: bpy.types.Context, settings) -> PhotoSource:
         if settings.image is None:
             raise InputError("No image is selected; pick the photo in the Image field.")
         return _from_image(settings.image)
-    path = bpy.path.abspath(settings.filepath) if settings.filepath else ""
+    if not settings.filepath:
+        raise InputError("No photo file is chosen; pick one in the Photo field.")
+    path = bpy.path.abspath(settings.filepath)
     if not os.path.isfile(path):
         raise InputError(f"The photo file '{settings.filepath}' does not exist; choose an existing image file.")
     return PhotoSource(path, None, path, scene.photo_name(path))

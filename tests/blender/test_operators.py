@@ -118,9 +118,11 @@ def test_float_image_pixels_are_converted_to_srgb():
 def test_missing_source_is_one_clear_error(fake_core):
     settings = bpy.context.scene.p3dmm
     before = scene_counts()
-    for source, expected in (("EDITOR", "Image Editor"), ("IMAGE", "pick the photo"), ("FILE", "does not exist")):
+    cases = (("EDITOR", "", "Image Editor"), ("IMAGE", "", "pick the photo"), ("FILE", "", "No photo file"),
+             ("FILE", "/no/such/photo.jpg", "does not exist"))
+    for source, filepath, expected in cases:
         settings.image_source = source
-        settings.filepath = "/no/such/photo.jpg"
+        settings.filepath = filepath
         with pytest.raises(RuntimeError, match=expected):
             bpy.ops.pixel3dmm.reconstruct_face()
     assert fake_core == [] and scene_counts() == before
