@@ -270,7 +270,7 @@ def test_score_mesh_recovers_misaligned_copy():
 def test_score_mesh_region_crops_scan():
     v, f = icosphere(0.1, 3)
     region = v[:, 2] > 0.0  # front hemisphere of the prediction
-    scan = sample_surface(v, f, 20000, seed=2)
+    scan = sample_surface(v, f, 8000, seed=2)
     full = score_mesh(v, f, scan.points, align="none", n_samples=3000)
     half = score_mesh(v, f, scan.points, align="none", region=region, n_samples=3000)
     assert half.normal_consistency is None
