@@ -479,6 +479,8 @@ def bake_texture(
     photo = np.asarray(photo_rgb)
     if photo.ndim != 3 or photo.shape[2] != 3 or photo.shape[0] < 1 or photo.shape[1] < 1:
         raise ImageError("The photo must be an RGB image of shape (H, W, 3); load it with the photo loader.")
+    if not np.issubdtype(photo.dtype, np.floating) or float(photo.max()) > 1.0 + 1e-3 or float(photo.min()) < -1e-3:
+        raise ImageError("The photo must be a float RGB image with values in [0, 1]; load it with the photo loader.")
     photo = np.ascontiguousarray(photo, dtype=np.float32)
     verts = np.asarray(vertices_posed, dtype=np.float64)
     faces = np.asarray(faces, dtype=np.int64)

@@ -287,6 +287,8 @@ def test_bake_from_fit_and_input_errors(scene):
     np.testing.assert_array_equal(again.image, scene.baked.image)
     with pytest.raises(ImageError):
         bake_texture(scene.photo[..., 0], scene.verts, scene.tpl.faces, scene.tpl.corner_uv, K)
+    with pytest.raises(ImageError):  # 8-bit values instead of [0, 1]
+        bake_texture((scene.photo * 255).astype(np.uint8), scene.verts, scene.tpl.faces, scene.tpl.corner_uv, K)
     with pytest.raises(Pixel3DMMError):
         bake_texture(scene.photo, scene.verts, scene.tpl.faces, scene.tpl.corner_uv[:-1], K)
     with pytest.raises(Pixel3DMMError):  # head behind the camera
