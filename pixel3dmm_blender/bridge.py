@@ -13,10 +13,6 @@ from typing import Callable
 
 import numpy as np
 
-ASSET_KEYS = ("flame", "uv_template", "uv_checkpoint", "normals_checkpoint")
-"""The asset keys of ``core.assets`` (the preferences hold one path per key)."""
-
-
 def _core_module(name: str):
     try:
         from . import core
@@ -29,9 +25,9 @@ def _core_module(name: str):
 class ReconstructionRequest:
     """Everything the worker needs, gathered on the main thread (no bpy objects inside).
 
-    ``source`` is a photo path or an (H, W, 3) float32 sRGB array in [0, 1], row 0 at the top; ``assets`` maps
-    :data:`ASSET_KEYS` to paths (empty when unset); ``cache_dir`` is where the core may keep converted assets
-    (None: the core's default).
+    ``source`` is a photo path or an (H, W, 3) float32 sRGB array in [0, 1], row 0 at the top. ``assets`` maps
+    the keys of ``core.assets`` (flame, uv_template, uv_checkpoint, normals_checkpoint) to paths, empty when
+    unset. ``cache_dir`` is where the core may keep converted assets (None: the core's default).
     """
 
     source: str | np.ndarray
@@ -46,6 +42,24 @@ def asset_report(paths: dict[str, str]):
     """The core's ``AssetReport`` for the preference paths only (no environment or config file)."""
     assets = _core_module("assets")
     return assets.AssetRegistry(paths, use_environment=False).report()
+
+
+def configured_assets() -> dict[str, str] | None:
+    """Asset paths from the core's environment variables / config file when all four are usable, else None
+    (the CLI's configuration, for headless runs)."""
+    report = _core_module("assets").AssetRegistry(use_environment=True).report()
+    return {state.spec.key: str(state.path) for state in report.states} if report.complete else None
+
+
+def standin_assets(folder, network_size: str = "published") -> dict[str, str]:
+    """Write (or reuse) the project-made stand-in assets in ``folder``; their paths by asset key."""
+    paths = _core_module("pipeline").write_standin_assets(folder, network_size=network_size)
+    return {key: str(path) for key, path in paths.items()}
+
+
+def default_cache_dir() -> str:
+    """The core's per-user cache folder (``PIXEL3DMM_CACHE_DIR`` or the platform's cache folder)."""
+    return str(_core_module("assets").cache_dir())
 
 
 def run_reconstruction(

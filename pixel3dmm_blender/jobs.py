@@ -63,9 +63,6 @@ class Job:
     def cancelled(self) -> bool:
         return self._cancel.is_set()
 
-    def is_alive(self) -> bool:
-        return self._thread.is_alive()
-
     def join(self, timeout: float | None = None) -> None:
         self._thread.join(timeout)
 
