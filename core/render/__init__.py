@@ -4,6 +4,26 @@
 the reference camera (normalised focal, principal point, OpenGL camera at (0, 0, 1)) and its conversions.
 """
 
+from .camera import (
+    DEFAULT_FOCAL,
+    clip_from_camera,
+    crop_to_photo_intrinsics,
+    intrinsics_matrix,
+    opencv_pose_to_world,
+    project,
+    world_to_camera,
+)
 from .raster import antialias, interpolate, rasterize
 
-__all__ = ["rasterize", "interpolate", "antialias"]
+__all__ = [
+    "rasterize",
+    "interpolate",
+    "antialias",
+    "DEFAULT_FOCAL",
+    "world_to_camera",
+    "project",
+    "clip_from_camera",
+    "intrinsics_matrix",
+    "crop_to_photo_intrinsics",
+    "opencv_pose_to_world",
+]

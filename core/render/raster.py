@@ -160,10 +160,19 @@ def _visible_samples(
         empty = torch.zeros(0, dtype=torch.long, device=pos.device)
         return empty, empty
     counts = counts[keep]
-    nx_k, x_lo_k, y_lo_k = nx.reshape(-1)[keep], x_lo.reshape(-1)[keep].long(), y_lo.reshape(-1)[keep].long()
-    sx_k, sy_k, sz_k = sx.reshape(-1, 3)[keep], sy.reshape(-1, 3)[keep], sz.reshape(-1, 3)[keep]
+    # One packed row per kept triangle so that each candidate needs a single gather.
+    packed = torch.cat(
+        [
+            sx.reshape(-1, 3)[keep],
+            sy.reshape(-1, 3)[keep],
+            sz.reshape(-1, 3)[keep],
+            x_lo.reshape(-1)[keep, None],
+            y_lo.reshape(-1)[keep, None],
+            nx.reshape(-1)[keep, None].to(pos.dtype),
+        ],
+        dim=1,
+    )
     ends = torch.cumsum(counts, 0)
-    total = int(ends[-1])
     pids, depths, tids = [], [], []
     start_tri = 0
     start_count = 0
@@ -172,31 +181,28 @@ def _visible_samples(
         # Largest run of triangles whose candidates fit in the chunk (at least one triangle).
         stop_tri = int(torch.searchsorted(ends, start_count + chunk_size, right=True))
         stop_tri = max(stop_tri, start_tri + 1)
-        sel = slice(start_tri, stop_tri)
-        c = counts[sel]
-        n_cand = int(c.sum())
-        local_tri = torch.repeat_interleave(torch.arange(stop_tri - start_tri, device=pos.device), c, output_size=n_cand)
-        offs = torch.cumsum(c, 0) - c
-        local = torch.arange(n_cand, device=pos.device) - offs[local_tri]
-        nxl = nx_k[sel][local_tri]
-        ix = x_lo_k[sel][local_tri] + local % nxl
-        iy = y_lo_k[sel][local_tri] + torch.div(local, nxl, rounding_mode="floor")
-        px = ix.to(pos.dtype) + 0.5
-        py = iy.to(pos.dtype) + 0.5
-        l0, l1, l2, _ = _edge_bary(sx_k[sel][local_tri], sy_k[sel][local_tri], px, py)
-        inside = (l0 >= 0) & (l1 >= 0) & (l2 >= 0)
-        zc = sz_k[sel][local_tri]
-        depth = l0 * zc[:, 0] + l1 * zc[:, 1] + l2 * zc[:, 2]
-        inside &= (depth >= -1.0) & (depth <= 1.0)
-        flat_tri = keep[sel][local_tri]
-        b = torch.div(flat_tri, n_tri, rounding_mode="floor")
+        c = counts[start_tri:stop_tri]
+        n_cand = int(ends[stop_tri - 1]) - start_count
+        local_tri = torch.repeat_interleave(torch.arange(start_tri, stop_tri, device=pos.device), c, output_size=n_cand)
+        row = packed[local_tri]  # (N, 12)
+        local = torch.arange(start_count, start_count + n_cand, device=pos.device) - (ends - counts)[local_tri]
+        nxl = row[:, 11].long()
+        qy = torch.div(local, nxl, rounding_mode="floor")
+        px = row[:, 9] + (local - qy * nxl).to(pos.dtype) + 0.5
+        py = row[:, 10] + qy.to(pos.dtype) + 0.5
+        l0, l1, l2, _ = _edge_bary(row[:, 0:3], row[:, 3:6], px, py)
+        depth = l0 * row[:, 6] + l1 * row[:, 7] + l2 * row[:, 8]
+        inside = (l0 >= 0) & (l1 >= 0) & (l2 >= 0) & (depth >= -1.0) & (depth <= 1.0)
         idx = inside.nonzero().squeeze(1)
-        pids.append((b * height + iy)[idx] * width + ix[idx])
+        flat_tri = keep[local_tri[idx]]
+        b = torch.div(flat_tri, n_tri, rounding_mode="floor")
+        ix = (px[idx] - 0.5).long()
+        iy = (py[idx] - 0.5).long()
+        pids.append((b * height + iy) * width + ix)
         depths.append(depth[idx])
-        tids.append((flat_tri - b * n_tri)[idx])
+        tids.append(flat_tri - b * n_tri)
         start_tri = stop_tri
         start_count = int(ends[stop_tri - 1])
-    del total
     pid = torch.cat(pids)
     depth = torch.cat(depths)
     tid = torch.cat(tids)

@@ -1,0 +1,67 @@
+"""Fitting speed per preset on the full-size FLAME-format head (prints figures; not a test).
+
+For each preset: time per step of each stage (measured on a short run of that stage) and, unless --no-whole,
+the whole-fit wall time. Goal: balanced <= 30 s on 2 CPU cores. Timings on a shared machine are noisy; compare
+numbers from one run.
+
+    python bench/bench_fit.py [--threads 2] [--presets fast balanced best] [--no-whole] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from core.fit import FitConfig, fit, render_maps  # noqa: E402
+from core.flame import FlameModel, FlameParams, axis_angle_to_matrix, synthetic_flame  # noqa: E402
+from core.render.camera import DEFAULT_FOCAL  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--presets", nargs="+", default=["fast", "balanced", "best"])
+    ap.add_argument("--probe-steps", type=int, default=20, help="steps per stage for the per-step figure")
+    ap.add_argument("--no-whole", action="store_true", help="skip the whole-fit timing")
+    ap.add_argument("--device", default="cpu")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    dev = torch.device(args.device)
+    data, uvt = synthetic_flame("full", 0)
+    flame = FlameModel.from_data(data).to(dev)
+    g = np.random.default_rng(0)
+    params = FlameParams(
+        shape=torch.tensor(g.normal(size=(1, flame.n_shape)) * 0.7, dtype=torch.float32, device=dev),
+        expression=torch.tensor(g.normal(size=(1, flame.n_expr)) * 0.5, dtype=torch.float32, device=dev),
+    )
+    rot = axis_angle_to_matrix(torch.tensor([0.1, 0.35, 0.0])).numpy()
+    maps = render_maps(flame, uvt, params, rot, np.zeros(3), DEFAULT_FOCAL, [0, 0], 512)
+    pred = SimpleNamespace(uv=maps["uv"], normals=maps["normals"], mask=maps["mask"])
+    print(f"# full-size head, {args.threads} threads, device {dev}")
+    for name in args.presets:
+        cfg = FitConfig.preset(name)
+        per_step = []
+        for stage in cfg.stages:
+            probe = FitConfig(stages=(stage.scaled(args.probe_steps / stage.steps),))
+            stamps = []
+            fit(pred, None, flame, uvt, probe, on_progress=lambda _p: stamps.append(time.perf_counter()))
+            ms = float(np.median(np.diff(stamps))) * 1000
+            per_step.append(f"{stage.name} {stage.steps} steps x {ms:.0f} ms")
+        line = f"{name:>9}: " + ", ".join(per_step)
+        if not args.no_whole:
+            t0 = time.perf_counter()
+            fit(pred, None, flame, uvt, cfg)
+            line += f"; whole fit {time.perf_counter() - t0:.1f} s"
+        print(line, flush=True)
+
+
+if __name__ == "__main__":
+    main()

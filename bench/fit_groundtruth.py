@@ -1,0 +1,182 @@
+"""Ground-truth fitting benchmark on the synthetic FLAME-format head (prints tables; not a test).
+
+Random heads with known identity, expression, jaw, neck and head pose are rendered into noise-free UV, normal
+and mask maps at 512 px (the network's output size), fitted, and compared with the truth on the face region
+after rigid alignment (``core.metrics.rigid_align``, the alignment the metrics module uses).
+
+Goals (issue 6):
+  A  noise-free maps: median over heads of the mean face-region vertex error < 0.5 mm (posed) and < 1 mm for the
+     neutral mesh of heads with neutral expression (reported for expressive heads);
+  B  initial yaw errors up to +-30 deg: >= 95 % of fits reach Goal A's error; the same sweep with the UV term off;
+  C  corrupted maps (blur, noise, outlier pixels): the error curve.
+
+Examples::
+
+    python bench/fit_groundtruth.py --goal A --heads 20
+    python bench/fit_groundtruth.py --goal B --heads 4 --yaw-errors -30 -15 0 15 30 --preset fast
+    python bench/fit_groundtruth.py --goal C --heads 4 --preset fast
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import cv2
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from core.fit import FitConfig, PoseInit, fit, render_maps  # noqa: E402
+from core.fit.regions import derive_regions  # noqa: E402
+from core.flame import FlameModel, FlameParams, axis_angle_to_matrix, synthetic_flame  # noqa: E402
+from core.metrics import rigid_align  # noqa: E402
+from core.render.camera import DEFAULT_FOCAL  # noqa: E402
+
+SIZE = 512
+
+
+def make_head(rng: np.random.Generator, flame: FlameModel, expressive: bool) -> dict:
+    """Random truth: identity N(0, 1) x 0.7, expression N(0, 1) x 0.6 (or zero), jaw, neck, yaw/pitch pose."""
+    n_s, n_e = flame.n_shape, flame.n_expr
+    shape = rng.normal(size=(1, n_s)) * 0.7
+    expr = rng.normal(size=(1, n_e)) * 0.6 if expressive else np.zeros((1, n_e))
+    jaw = np.array([[rng.uniform(0.0, 0.2), 0.0, 0.0]]) if expressive else np.zeros((1, 3))
+    neck = rng.uniform(-0.1, 0.1, size=(1, 3))
+    yaw, pitch, roll = np.radians(rng.uniform(-35, 35)), np.radians(rng.uniform(-15, 15)), np.radians(rng.uniform(-5, 5))
+    rot = axis_angle_to_matrix(torch.tensor([pitch, yaw, roll])).numpy().astype(np.float64)
+    t = np.array([rng.uniform(-0.02, 0.02), rng.uniform(-0.02, 0.02), rng.uniform(-0.1, 0.1)])
+    tt = lambda a: torch.tensor(a, dtype=flame.v_template.dtype)  # noqa: E731
+    params = FlameParams(shape=tt(shape), expression=tt(expr), jaw_pose=tt(jaw), neck_pose=tt(neck))
+    return {"params": params, "rotation": rot, "translation": t, "yaw_deg": float(np.degrees(yaw)), "expressive": expressive}
+
+
+def corrupt(maps: dict, rng: np.random.Generator, blur: float, noise: float, outliers: float) -> dict:
+    """Gaussian blur (sigma px), additive Gaussian noise (UV units; normals x 5) and a fraction of outlier pixels."""
+    uv, n, mask = maps["uv"].copy(), maps["normals"].copy(), maps["mask"].copy()
+    if blur > 0:
+        w = cv2.GaussianBlur(mask.astype(np.float32), (0, 0), blur)[..., None]
+        uv = cv2.GaussianBlur(uv * mask[..., None], (0, 0), blur) / np.maximum(w, 1e-6)
+        n = cv2.GaussianBlur(n * mask[..., None], (0, 0), blur)
+    if noise > 0:
+        uv = uv + rng.normal(scale=noise, size=uv.shape)
+        n = n + rng.normal(scale=5 * noise, size=n.shape)
+    if outliers > 0:
+        bad = (rng.uniform(size=mask.shape) < outliers) & mask
+        uv[bad] = rng.uniform(0, 1, size=(int(bad.sum()), 2))
+        n[bad] = rng.normal(size=(int(bad.sum()), 3))
+    n = n / np.maximum(np.linalg.norm(n, axis=-1, keepdims=True), 1e-6)
+    return {**maps, "uv": np.clip(uv, 0, 1).astype(np.float32), "normals": n.astype(np.float32), "mask": mask}
+
+
+def inputs(maps: dict):
+    """Prediction- and FaceCrop-like inputs (duck-typed) from rendered maps."""
+    pred = SimpleNamespace(uv=maps["uv"], normals=maps["normals"], mask=maps["mask"])
+    crop = SimpleNamespace(
+        masks={"skin": maps["mask"], "background": ~maps["mask"]}, landmarks=None,
+        transform=SimpleNamespace(x0=0.0, y0=0.0, size=float(SIZE), out_size=SIZE), photo_size=(SIZE, SIZE),
+    )
+    return pred, crop
+
+
+def errors_mm(result, truth_posed: np.ndarray, truth_neutral: np.ndarray, region: np.ndarray) -> tuple[float, float]:
+    """Mean face-region vertex error (mm) of the posed and neutral meshes after rigid alignment."""
+    out = []
+    for pred, ref in ((result.vertices_posed, truth_posed), (result.vertices_neutral, truth_neutral)):
+        tr = rigid_align(pred[region], ref[region])
+        out.append(float(np.linalg.norm(tr.apply(pred[region]) - ref[region], axis=1).mean() * 1000))
+    return out[0], out[1]
+
+
+def yawed(rotation: np.ndarray, translation: np.ndarray, yaw_deg: float) -> PoseInit:
+    """The true pose with an extra yaw about the head's vertical axis (the initial-pose error of Goal B)."""
+    extra = axis_angle_to_matrix(torch.tensor([0.0, np.radians(yaw_deg), 0.0])).numpy().astype(np.float64)
+    return PoseInit(rotation @ extra, translation, "bench", 0, 0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--goal", choices=("A", "B", "C"), default="A")
+    ap.add_argument("--heads", type=int, default=20)
+    ap.add_argument("--preset", default="balanced")
+    ap.add_argument("--steps-scale", type=float, default=1.0, help="multiply every stage's steps")
+    ap.add_argument("--resolution", type=int, default=256)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--size", choices=("small", "full"), default="full")
+    ap.add_argument("--yaw-errors", type=float, nargs="+", default=[-30, -15, 0, 15, 30])
+    ap.add_argument("--threshold-mm", type=float, default=0.5, help="Goal A posed error counted as success in B")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    data, uvt = synthetic_flame(args.size, 0)
+    flame = FlameModel.from_data(data)
+    reg = derive_regions(data.v_template, data.faces, data.J_regressor)
+    region = (reg.uv_valid | reg.eye_region) & ~reg.eyeballs
+    cfg = FitConfig.preset(args.preset).with_steps(args.steps_scale)
+    cfg = FitConfig.from_dict({**cfg.to_dict(), "resolution": args.resolution})
+    print(f"# goal {args.goal}: {args.heads} heads, preset {args.preset} x{args.steps_scale} "
+          f"({[s.steps for s in cfg.stages]} steps), fit {args.resolution}px, {args.threads} threads, "
+          f"{args.size} head ({len(data.v_template)} v), face region {int(region.sum())} v")
+    rng = np.random.default_rng(args.seed)
+    heads = [make_head(rng, flame, expressive=(i % 2 == 1)) for i in range(args.heads)]
+
+    def truth(h):
+        maps = render_maps(flame, uvt, h["params"], h["rotation"], h["translation"], DEFAULT_FOCAL, [0, 0], SIZE)
+        with torch.no_grad():
+            neutral = flame.neutral(h["params"].shape)[0].numpy()
+        return maps, neutral
+
+    if args.goal == "A":
+        print(f"{'head':>4} {'expr':>5} {'yaw':>6} {'init':>7} {'posed mm':>9} {'neutral mm':>10} {'time s':>7}")
+        rows = []
+        for i, h in enumerate(heads):
+            maps, neutral = truth(h)
+            t0 = time.perf_counter()
+            res = fit(*inputs(maps), flame, uvt, cfg, seed=args.seed)
+            dt = time.perf_counter() - t0
+            ep, en = errors_mm(res, maps["vertices"], neutral, region)
+            rows.append((h["expressive"], ep, en))
+            print(f"{i:4d} {str(h['expressive']):>5} {h['yaw_deg']:6.1f} {res.info['init']:>7} {ep:9.3f} {en:10.3f} {dt:7.1f}", flush=True)
+        arr = np.array([(e, p, n) for e, p, n in rows])
+        neu = arr[arr[:, 0] == 0]
+        exp = arr[arr[:, 0] == 1]
+        print(f"median posed error, all heads: {np.median(arr[:, 1]):.3f} mm (goal < 0.5)")
+        if len(neu):
+            print(f"median neutral-mesh error, neutral-expression heads: {np.median(neu[:, 2]):.3f} mm (goal < 1)")
+        if len(exp):
+            print(f"median neutral-mesh error, expressive heads: {np.median(exp[:, 2]):.3f} mm (reported)")
+    elif args.goal == "B":
+        print(f"{'yaw err':>7} {'uv term':>7} {'median posed mm':>15} {'success %':>9}")
+        for uv_on in (True, False):
+            c = cfg if uv_on else cfg.with_weights(uv_corr=0.0, uv_corr_l1=0.0)
+            for yaw in args.yaw_errors:
+                errs = []
+                for h in heads:
+                    maps, neutral = truth(h)
+                    res = fit(*inputs(maps), flame, uvt, c, seed=args.seed,
+                              init_pose=yawed(h["rotation"], h["translation"], yaw))
+                    errs.append(errors_mm(res, maps["vertices"], neutral, region)[0])
+                errs = np.array(errs)
+                print(f"{yaw:7.0f} {'on' if uv_on else 'off':>7} {np.median(errs):15.3f} "
+                      f"{100 * np.mean(errs < args.threshold_mm):9.0f}", flush=True)
+    else:
+        levels = [(0, 0, 0), (1.0, 0.0, 0.0), (0.0, 0.01, 0.0), (0.0, 0.0, 0.1), (1.0, 0.01, 0.1), (2.0, 0.02, 0.2)]
+        print(f"{'blur px':>7} {'noise':>6} {'outliers':>8} {'median posed mm':>15} {'median neutral mm':>17}")
+        for blur, noise, out in levels:
+            ep, en = [], []
+            for k, h in enumerate(heads):
+                maps, neutral = truth(h)
+                noisy = corrupt(maps, np.random.default_rng(args.seed + k), blur, noise, out)
+                res = fit(*inputs(noisy), flame, uvt, cfg, seed=args.seed)
+                a, b = errors_mm(res, maps["vertices"], neutral, region)
+                ep.append(a)
+                en.append(b)
+            print(f"{blur:7.1f} {noise:6.3f} {out:8.2f} {np.median(ep):15.3f} {np.median(en):17.3f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
