@@ -128,13 +128,20 @@ CANCELLED_MESSAGE = "Reconstruction cancelled; the scene was not changed."
 
 def build_result(context, source: PhotoSource, result) -> Outcome:
     """Build the reconstructed head into the scene (main thread) and say what was done."""
-    photo = source.image if source.image is not None else bpy.data.images.load(source.path, check_existing=True)
+    level = "WARNING" if result.used_synthetic else "INFO"
+    reports = [(level, message) for message in result.messages]
+    photo = source.image
+    if photo is None:
+        photo = bpy.data.images.load(source.path, check_existing=True)
+        if tuple(photo.size) == (0, 0):  # Blender loads lazily and keeps an empty image for unreadable files
+            bpy.data.images.remove(photo)
+            photo = None
+            reports.append(("WARNING", "Blender cannot read this photo format, so the camera has no background "
+                                       "image; convert the photo to PNG or JPEG to see the overlay."))
     head = scene.build_head(
         context, result.flame, result.uv, result.fit, name=source.name, texture=result.texture, photo=photo
     )
     context.scene.p3dmm.head = head.mesh
-    level = "WARNING" if result.used_synthetic else "INFO"
-    reports = [(level, message) for message in result.messages]
     reports.append(("INFO", f"Built the head '{head.mesh.name}' in the collection '{head.collection.name}'."))
     return Outcome({"FINISHED"}, reports)
 
@@ -184,7 +191,8 @@ class ReconstructionRun:
         """Stop the job (if still running) and clear the progress display."""
         self.job.cancel()
         jobs.release_job(self.job)
-        context.workspace.status_text_set(None)
+        if context.workspace is not None:  # Blender may cancel a modal operator while closing a window
+            context.workspace.status_text_set(None)
         settings = context.scene.p3dmm
         settings.stage = ""
         settings.progress = 0.0

@@ -78,6 +78,17 @@ def test_execute_builds_the_head_from_a_file(fake_core, photo_file):
     assert Path(camera.data.background_images[0].image.filepath) == photo_file
 
 
+def test_photo_blender_cannot_read_still_builds_without_background(fake_core, tmp_path, reconstruction):
+    odd = tmp_path / "photo.heic"
+    odd.write_bytes(b"\x00\x00\x00\x18ftypheic" + bytes(64))  # readable by the (faked) core, not by Blender
+    source = operators.PhotoSource(str(odd), None, str(odd), "odd")
+    outcome = operators.build_result(bpy.context, source, reconstruction)
+    assert outcome.status == {"FINISHED"}
+    assert outcome.reports[0][0] == "WARNING" and "cannot read this photo" in outcome.reports[0][1]
+    camera = next(o for o in bpy.data.objects if o.type == "CAMERA")
+    assert len(camera.data.background_images) == 0 and len(bpy.data.images) == 1  # only the texture
+
+
 def test_unsaved_image_datablock_is_sent_as_pixels(fake_core):
     image = bpy.data.images.new("painted", 4, 3, alpha=True)
     rgba = np.random.default_rng(0).random((3, 4, 4)).astype(np.float32)
