@@ -180,13 +180,16 @@ def rasterize_uv(corner_uv: np.ndarray, size: int) -> UVRaster:
     ids[centre_texel] = centre_face + 1
     texel = np.flatnonzero(ids)
     face = ids[texel].astype(np.int64) - 1
-    centre = np.stack([texel % size + 0.5, texel // size + 0.5], axis=1)
-    d = centre - px[face, 0]
-    b1 = (d[:, 0] * e2[face, 1] - d[:, 1] * e2[face, 0]) / det[face]
-    b2 = (e1[face, 0] * d[:, 1] - e1[face, 1] * d[:, 0]) / det[face]
-    bary = np.clip(np.stack([1.0 - b1 - b2, b1, b2], axis=1), 0.0, None)
-    bary /= bary.sum(axis=1, keepdims=True)
-    return UVRaster(size, texel, face, bary.astype(np.float32))
+    bary = np.empty((texel.size, 3), dtype=np.float32)
+    for c in _chunks(texel.size):
+        f = face[c]
+        dx = texel[c] % size + 0.5 - px[f, 0, 0]
+        dy = texel[c] // size + 0.5 - px[f, 0, 1]
+        b1 = (dx * e2[f, 1] - dy * e2[f, 0]) / det[f]
+        b2 = (e1[f, 0] * dy - e1[f, 1] * dx) / det[f]
+        b = np.clip(np.stack([1.0 - b1 - b2, b1, b2], axis=1), 0.0, None)
+        bary[c] = b / b.sum(axis=1, keepdims=True)
+    return UVRaster(size, texel, face, bary)
 
 
 def project_to_photo(points_world: np.ndarray, K_photo: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
