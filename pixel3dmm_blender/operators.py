@@ -131,6 +131,7 @@ def build_result(context, source: PhotoSource, result) -> Outcome:
     level = "WARNING" if result.used_synthetic else "INFO"
     reports = [(level, message) for message in result.messages]
     photo = source.image
+    images_before = set(bpy.data.images)
     if photo is None:
         photo = bpy.data.images.load(source.path, check_existing=True)
         if tuple(photo.size) == (0, 0):  # Blender loads lazily and keeps an empty image for unreadable files
@@ -138,9 +139,14 @@ def build_result(context, source: PhotoSource, result) -> Outcome:
             photo = None
             reports.append(("WARNING", "Blender cannot read this photo format, so the camera has no background "
                                        "image; convert the photo to PNG or JPEG to see the overlay."))
-    head = scene.build_head(
-        context, result.flame, result.uv, result.fit, name=source.name, texture=result.texture, photo=photo
-    )
+    try:
+        head = scene.build_head(
+            context, result.flame, result.uv, result.fit, name=source.name, texture=result.texture, photo=photo
+        )
+    except Exception as exc:
+        if photo is not None and photo not in images_before:
+            bpy.data.images.remove(photo)
+        return failure(exc)
     context.scene.p3dmm.head = head.mesh
     reports.append(("INFO", f"Built the head '{head.mesh.name}' in the collection '{head.collection.name}'."))
     return Outcome({"FINISHED"}, reports)

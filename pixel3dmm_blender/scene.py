@@ -168,8 +168,22 @@ def build_head(
     J_regressor, weights, parents, eyelids (2,V,3) or None), ``uv_template`` per-corner ``corner_uv`` (F,3,2) in
     Blender's (u, v) convention, ``fit`` the FitResult fields. ``texture`` is a (T,T,3) float image in [0, 1],
     row 0 at the top, sRGB, laid out in FLAME UV space; ``photo`` becomes the camera's background image.
-    The new mesh ends up selected and active.
+    The new mesh ends up selected and active. If anything fails, every datablock made so far is removed again
+    before the error propagates.
     """
+    before = {kind: set(getattr(bpy.data, kind)) for kind in _BUILT_DATA}
+    try:
+        return _build_head(context, flame, uv_template, fit, name, texture, photo)
+    except BaseException:
+        made = [block for kind in _BUILT_DATA for block in getattr(bpy.data, kind) if block not in before[kind]]
+        bpy.data.batch_remove(made)
+        raise
+
+
+_BUILT_DATA = ("collections", "objects", "meshes", "armatures", "cameras", "materials", "images")
+
+
+def _build_head(context, flame, uv_template, fit, name, texture, photo) -> HeadObjects:
     collection = bpy.data.collections.new(name)
     context.scene.collection.children.link(collection)
 

@@ -89,6 +89,20 @@ def test_photo_blender_cannot_read_still_builds_without_background(fake_core, tm
     assert len(camera.data.background_images) == 0 and len(bpy.data.images) == 1  # only the texture
 
 
+def test_a_failing_build_removes_what_it_made(monkeypatch, reconstruction, photo_file):
+    broken_uv = SimpleNamespace(corner_uv=reconstruction.uv.corner_uv[:-5])  # too few triangle corners
+    broken = SimpleNamespace(**{**vars(reconstruction), "uv": broken_uv})
+    monkeypatch.setattr(bridge, "run_reconstruction", lambda request, on_progress=None, should_cancel=None: broken)
+    bpy.context.scene.p3dmm.image_source = "FILE"
+    bpy.context.scene.p3dmm.filepath = str(photo_file)
+    before = scene_counts()
+    with pytest.raises(RuntimeError, match="unexpected"):
+        bpy.ops.pixel3dmm.reconstruct_face()
+    after = scene_counts()
+    assert after == before and len(bpy.data.armatures) == 0
+    assert bpy.context.mode == "OBJECT"
+
+
 def test_unsaved_image_datablock_is_sent_as_pixels(fake_core):
     image = bpy.data.images.new("painted", 4, 3, alpha=True)
     rgba = np.random.default_rng(0).random((3, 4, 4)).astype(np.float32)
