@@ -167,7 +167,7 @@ def reconstruct(
 
     t = time.perf_counter()
     progress("texture", 0.0)
-    baked = bake_from_fit(photo.rgb, result, uv, size=settings.texture_size)
+    baked = bake_from_fit(photo.rgb, result, uv, size=settings.texture_size, skin_mask=_skin_in_photo(crop))
     timings["texture"] = time.perf_counter() - t
     progress("texture", 1.0)
 
@@ -177,6 +177,26 @@ def reconstruct(
                         "runs, not what the method can do.")
     log.info("reconstruction timings: %s", {k: round(v, 2) for k, v in timings.items()})
     return Reconstruction(photo, crop, prediction, result, baked.image, flame, uv, used_synthetic, messages, timings)
+
+
+def _skin_in_photo(crop) -> np.ndarray | None:
+    """The crop's skin mask resampled to full-photo pixels (nearest), or None when it is empty/approximate.
+
+    The texture's fallback colour is the median of these photo pixels (hair and eyes excluded).
+    """
+    import cv2
+
+    skin = crop.masks.get("skin")
+    if skin is None or "skin" in crop.approximate_masks or not skin.any():
+        return None
+    t = crop.transform
+    s = t.out_size / t.size
+    # photo pixel index -> crop pixel index, with pixel centres at index + 0.5 in both images
+    m = np.array([[s, 0.0, s * (0.5 - t.x0) - 0.5], [0.0, s, s * (0.5 - t.y0) - 0.5]])
+    h, w = crop.photo_size
+    warped = cv2.warpAffine(skin.astype(np.uint8), m, (w, h), flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP,
+                            borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    return warped.astype(bool)
 
 
 def write_standin_assets(folder: str | Path, *, network_size: str = "published", seed: int = 0) -> dict[str, Path]:

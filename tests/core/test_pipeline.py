@@ -133,3 +133,18 @@ def test_cli_convert_checkpoint(standins, tmp_path):
 
 def torch_equal(a, b) -> bool:
     return a.shape == b.shape and bool((a == b).all())
+
+
+def test_skin_mask_lands_on_the_same_photo_pixels(run):
+    """Every photo pixel marked skin maps back (through the crop transform) onto a skin pixel of the crop."""
+    from core.pipeline import _skin_in_photo
+
+    crop = run[0].crop
+    photo_mask = _skin_in_photo(crop)
+    assert photo_mask is not None and photo_mask.shape == crop.photo_size
+    ys, xs = np.nonzero(photo_mask)
+    xy_crop = crop.transform.to_crop(np.stack([xs + 0.5, ys + 0.5], axis=1))
+    idx = np.clip(np.floor(xy_crop).astype(int), 0, 511)
+    assert crop.masks["skin"][idx[:, 1], idx[:, 0]].mean() > 0.97
+    expected_area = crop.masks["skin"].sum() * (crop.transform.size / 512) ** 2
+    assert abs(photo_mask.sum() / expected_area - 1) < 0.05
