@@ -33,17 +33,21 @@ def sync(device):
 
 
 def timed_pair(fn_a, fn_b, device, reps):
-    """Best-of-``reps`` wall time of two functions, measured alternately (robust to a shared machine's spikes)."""
+    """Best-of-``reps`` (wall, process CPU) seconds of two functions, measured alternately.
+
+    Alternating and taking the best run makes the ratio robust to a shared machine's load spikes; the CPU time
+    of all threads is reported as well, since wall time on an overloaded machine mostly measures the others.
+    """
     fn_a(), fn_b()  # warm-up
     sync(device)
     times = ([], [])
     for _ in range(reps):
         for fn, out in ((fn_a, times[0]), (fn_b, times[1])):
-            start = time.perf_counter()
+            wall, cpu = time.perf_counter(), time.process_time()
             fn()
             sync(device)
-            out.append(time.perf_counter() - start)
-    return min(times[0]), min(times[1])
+            out.append((time.perf_counter() - wall, time.process_time() - cpu))
+    return tuple((min(t[0] for t in ts), min(t[1] for t in ts)) for ts in times)
 
 
 def peak_mb(device):
@@ -143,8 +147,9 @@ def main():
                       f".safetensors {t_conv:.2f} s ({conv.stat().st_size / 2**20:.0f} MiB)")
         nets[name] = load_network(path, device, cache=False)
     for name, net in nets.items():
-        for label, (t_b, t_f, peak) in bench_forward(net, image, device, args.reps).items():
-            print(f"{name} {label}: backbone {t_b:.2f} s, full network {t_f:.2f} s, ratio {t_f / t_b:.2f}, "
+        for label, ((b_wall, b_cpu), (f_wall, f_cpu), peak) in bench_forward(net, image, device, args.reps).items():
+            print(f"{name} {label}: backbone {b_wall:.2f} s (cpu {b_cpu:.2f} s), full network {f_wall:.2f} s "
+                  f"(cpu {f_cpu:.2f} s), ratio wall {f_wall / b_wall:.2f} / cpu {f_cpu / b_cpu:.2f}, "
                   f"peak memory {peak:.0f} MiB")
     precisions = ("float16", "bfloat16") if device.type == "cuda" else ("bfloat16",)
     for prec in precisions:
