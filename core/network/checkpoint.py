@@ -428,7 +428,12 @@ def load_network(path: str | os.PathLike, device: str | torch.device | None = No
     target = device if isinstance(device, torch.device) else resolve_device(device or "auto")
     start = time.perf_counter()
     kind = _check_readable(path)
-    cached = cached_conversion_path(path) if (cache and kind == "zip") else None
+    cached = None
+    if cache and kind == "zip":
+        try:
+            cached = cached_conversion_path(path)
+        except OSError as exc:
+            logger.warning("the network cache folder is unusable (%s); loading without the cache", exc)
     if cached is not None and cached.is_file():
         try:
             state, cfg = read_converted(cached)
