@@ -46,7 +46,8 @@ def export_glb(context: bpy.types.Context, mesh_obj: bpy.types.Object, filepath:
             export_morph_normal=True,
             export_skins=True,
             export_rest_position_armature=False,
-            export_leaf_bone=False,
+            # no leaf bones: the glTF exporter adds none by default (its export_leaf_bone option, new in
+            # Blender 4.3, is not passed so that Blender 4.2 accepts the call)
             export_animations=False,
             export_materials="EXPORT",
             export_normals=True,
