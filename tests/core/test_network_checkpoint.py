@@ -185,6 +185,17 @@ def test_conversion_cache_is_written_reused_and_repaired(tmp_path):
     assert read_network_file(cached)[1] == cfg
 
 
+def test_unusable_cache_folder_only_disables_the_cache(tiny_ckpt, monkeypatch, caplog):
+    def refuse():
+        raise PermissionError("read-only file system")
+
+    monkeypatch.setattr(checkpoint, "cache_dir", refuse)
+    with caplog.at_level("WARNING", logger="core.network.checkpoint"):
+        net = load_network(tiny_ckpt, "cpu")
+    assert "cache folder is unusable" in caplog.text
+    assert net.cfg == get_config("tiny")
+
+
 def test_safetensors_without_network_metadata_is_refused(tmp_path):
     path = tmp_path / "x.safetensors"
     safetensors.torch.save_file({"a": torch.zeros(2)}, str(path))
