@@ -110,6 +110,9 @@ def main() -> None:
     ap.add_argument("--size", choices=("small", "full"), default="full")
     ap.add_argument("--yaw-errors", type=float, nargs="+", default=[-30, -15, 0, 15, 30])
     ap.add_argument("--threshold-mm", type=float, default=0.5, help="Goal A posed error counted as success in B")
+    ap.add_argument("--shape-reg", choices=("reference", "weak"), default="reference",
+                    help="reference: w_shape 0.2 + 0.05 towards zero (no MICA); weak: the README multi-image "
+                         "values 0.01 + 0.001")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     data, uvt = synthetic_flame(args.size, 0)
@@ -118,9 +121,11 @@ def main() -> None:
     region = (reg.uv_valid | reg.eye_region) & ~reg.eyeballs
     cfg = FitConfig.preset(args.preset).with_steps(args.steps_scale)
     cfg = FitConfig.from_dict({**cfg.to_dict(), "resolution": args.resolution})
+    if args.shape_reg == "weak":
+        cfg = cfg.with_weights(reg_shape=0.01, reg_shape_general=0.001)
     print(f"# goal {args.goal}: {args.heads} heads, preset {args.preset} x{args.steps_scale} "
           f"({[s.steps for s in cfg.stages]} steps), fit {args.resolution}px, {args.threads} threads, "
-          f"{args.size} head ({len(data.v_template)} v), face region {int(region.sum())} v")
+          f"{args.size} head ({len(data.v_template)} v), face region {int(region.sum())} v, shape reg {args.shape_reg}")
     rng = np.random.default_rng(args.seed)
     heads = [make_head(rng, flame, expressive=(i % 2 == 1)) for i in range(args.heads)]
 
