@@ -7,7 +7,7 @@ two independent implementations of FLAME's linear blend skinning and pose correc
 import bpy
 import numpy as np
 import pytest
-from mathutils import Matrix
+from mathutils import Matrix, Quaternion
 
 from core.flame.synthetic import synthetic_flame
 from pixel3dmm_blender import scene
@@ -162,3 +162,15 @@ def test_no_eyelid_keys_without_eyelid_model():
     built = scene.build_head(bpy.context, flame, uv, random_fit(flame), name="nolids")
     names = [key.name for key in built.mesh.data.shape_keys.key_blocks]
     assert len(names) == 1 + 100 + 36 and "eyelid.L" not in names
+
+
+def test_corrective_expressions_are_r_minus_identity():
+    """Each driver expression, evaluated in Python on an unnormalised quaternion, is an entry of R - I."""
+    rng = np.random.default_rng(7)
+    for _ in range(5):
+        w, x, y, z = rng.normal(size=4) * 1.7
+        rotation = np.array(Quaternion((w, x, y, z)).normalized().to_matrix())
+        for row in range(3):
+            for col in range(3):
+                value = eval(scene.corrective_expression(row, col), {}, {"w": w, "x": x, "y": y, "z": z})
+                assert value == pytest.approx(rotation[row, col] - (row == col), abs=1e-6)
