@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..errors import FitCancelled, Pixel3DMMError
+from ..errors import AssetInvalidError, FitCancelled
 from ..flame.model import FlameModel, FlameParams
 from ..flame.rotation import matrix_to_axis_angle, matrix_to_rotation_6d, rotation_6d_to_matrix
 from ..flame.uv import UVTemplate
@@ -121,7 +121,7 @@ class _Problem:
         self.size = cfg.resolution
         faces = flame.faces
         if uv_template.faces.shape != tuple(faces.shape) or uv_template.vertex_uv.shape[0] != ref.shape[0]:
-            raise Pixel3DMMError("The UV template does not match the FLAME model's topology; choose the template that belongs to this FLAME release.")
+            raise AssetInvalidError("The UV template does not match the FLAME model's topology; choose the template that belongs to this FLAME release.")
         self.faces = faces
         regions = derive_regions(
             ref.detach().cpu().double().numpy(), faces.cpu().numpy(), flame.J_regressor.detach().cpu().double().numpy()

@@ -14,7 +14,6 @@ used instead, so the fit also runs on a bare prediction.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,8 +21,6 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["FitTargets", "build_targets", "IRIS_LANDMARKS"]
-
-log = logging.getLogger(__name__)
 
 #: MediaPipe face-mesh iris centres (478-point model).
 IRIS_LANDMARKS = (468, 473)
