@@ -143,6 +143,10 @@ class FitConfig:
         Gaussian that softens the rendered eye mask damping the normal term (reference 13, 13 at 256).
     include_neck : bool
         Optimise the neck rotation in the image stage (reference default).
+    fit_focal : bool
+        Optimise the normalised focal in the camera stage (reference default). Focal length and head distance
+        are nearly interchangeable at this field of view, so a free focal also lets the head's scale drift;
+        False keeps ``fl`` at its initial 2000 / 512.
     init : str
         ``"pnp"`` (robust PnP on the UV correspondences, this project's initialisation) or ``"frontal"``
         (identity rotation at the reference camera distance, as the reference starts).
@@ -159,6 +163,7 @@ class FitConfig:
     eye_blur_size: int = 13
     eye_blur_sigma: float = 13.0
     include_neck: bool = True
+    fit_focal: bool = True
     init: str = "pnp"
     pnp_reprojection_px: float = 4.0
 

@@ -295,7 +295,10 @@ def fit(
     done = 0
     skipped = 0
     for stage in cfg.stages:
-        groups = [g for g in stage.lr if p.groups.get(g) and (g != "neck" or cfg.include_neck)]
+        groups = [
+            g for g in stage.lr
+            if p.groups.get(g) and (g != "neck" or cfg.include_neck) and (g != "focal" or cfg.fit_focal)
+        ]
         if stage.steps == 0 or not groups:
             done += stage.steps
             continue

@@ -146,3 +146,12 @@ def test_fit_survives_garbage_prediction(head):
     assert res.info["init"] == "frontal"
     extent = res.vertices_posed.max(0) - res.vertices_posed.min(0)
     assert 0.1 < extent.max() < 1.0  # still a head-sized mesh
+
+
+def test_focal_option(head):
+    _, uvt, flame = head
+    pred, crop, *_ = _truth(flame, uvt, seed=2)
+    fixed = fit(pred, crop, flame, uvt, FitConfig.from_dict({**_cfg(8, 0).to_dict(), "fit_focal": False}))
+    free = fit(pred, crop, flame, uvt, _cfg(8, 0))
+    assert fixed.focal == pytest.approx(DEFAULT_FOCAL, abs=1e-12)
+    assert free.focal != pytest.approx(DEFAULT_FOCAL, abs=1e-6)
