@@ -5,7 +5,8 @@ and mask maps at 512 px (the network's output size), fitted, and compared with t
 after rigid alignment (``core.metrics.rigid_align``, the alignment the metrics module uses).
 
 Goals (issue 6):
-  A  noise-free maps: median over heads of the mean face-region vertex error < 0.5 mm (posed) and < 1 mm for the
+  A  noise-free maps (also printed: the posed error after a similarity alignment, the scale it needs and the
+     depth error of the head translation, which separate the size/distance ambiguity from shape errors): median over heads of the mean face-region vertex error < 0.5 mm (posed) and < 1 mm for the
      neutral mesh of heads with neutral expression (reported for expressive heads);
   B  initial yaw errors up to +-30 deg: >= 95 % of fits reach Goal A's error; the same sweep with the UV term off;
   C  corrupted maps (blur, noise, outlier pixels): the error curve.
@@ -83,11 +84,13 @@ def inputs(maps: dict):
     return pred, crop
 
 
-def errors_mm(result, truth_posed: np.ndarray, truth_neutral: np.ndarray, region: np.ndarray) -> tuple[float, float]:
-    """Mean face-region vertex error (mm) of the posed and neutral meshes after rigid alignment."""
+def errors_mm(
+    result, truth_posed: np.ndarray, truth_neutral: np.ndarray, region: np.ndarray, with_scale: bool = False
+) -> tuple[float, float]:
+    """Mean face-region vertex error (mm) of the posed and neutral meshes after rigid (or similarity) alignment."""
     out = []
     for pred, ref in ((result.vertices_posed, truth_posed), (result.vertices_neutral, truth_neutral)):
-        tr = rigid_align(pred[region], ref[region])
+        tr = rigid_align(pred[region], ref[region], with_scale=with_scale)
         out.append(float(np.linalg.norm(tr.apply(pred[region]) - ref[region], axis=1).mean() * 1000))
     return out[0], out[1]
 
@@ -136,7 +139,8 @@ def main() -> None:
         return maps, neutral
 
     if args.goal == "A":
-        print(f"{'head':>4} {'expr':>5} {'yaw':>6} {'init':>7} {'posed mm':>9} {'neutral mm':>10} {'time s':>7}")
+        print(f"{'head':>4} {'expr':>5} {'yaw':>6} {'init':>7} {'posed mm':>9} {'neutral mm':>10} "
+              f"{'posed sim':>9} {'scale':>6} {'depth err mm':>12} {'time s':>7}")
         rows = []
         for i, h in enumerate(heads):
             maps, neutral = truth(h)
@@ -144,8 +148,12 @@ def main() -> None:
             res = fit(*inputs(maps), flame, uvt, cfg, seed=args.seed)
             dt = time.perf_counter() - t0
             ep, en = errors_mm(res, maps["vertices"], neutral, region)
+            es, _ = errors_mm(res, maps["vertices"], neutral, region, with_scale=True)
+            scale = rigid_align(res.vertices_posed[region], maps["vertices"][region], with_scale=True).s
+            dz = (res.head_translation[2] - h["translation"][2]) * 1000
             rows.append((h["expressive"], ep, en))
-            print(f"{i:4d} {str(h['expressive']):>5} {h['yaw_deg']:6.1f} {res.info['init']:>7} {ep:9.3f} {en:10.3f} {dt:7.1f}", flush=True)
+            print(f"{i:4d} {str(h['expressive']):>5} {h['yaw_deg']:6.1f} {res.info['init']:>7} {ep:9.3f} {en:10.3f} "
+                  f"{es:9.3f} {scale:6.3f} {dz:12.1f} {dt:7.1f}", flush=True)
         arr = np.array([(e, p, n) for e, p, n in rows])
         neu = arr[arr[:, 0] == 0]
         exp = arr[arr[:, 0] == 1]
