@@ -2,7 +2,8 @@
 
 For each preset: time per step of each stage (measured on a short run of that stage) and, unless --no-whole,
 the whole-fit wall time. Goal: balanced <= 30 s on 2 CPU cores. Timings on a shared machine are noisy; compare
-numbers from one run.
+numbers from one run. Process CPU time is printed next to wall time: with --threads 1 it approximates the time on
+an idle core even when the machine is busy.
 
     python bench/bench_fit.py [--threads 2] [--presets fast balanced best] [--no-whole] [--device cpu]
 """
@@ -51,15 +52,21 @@ def main() -> None:
         per_step = []
         for stage in cfg.stages:
             probe = FitConfig(stages=(stage.scaled(args.probe_steps / stage.steps),))
-            stamps = []
-            fit(pred, None, flame, uvt, probe, on_progress=lambda _p: stamps.append(time.perf_counter()))
+            stamps, cpu = [], []
+
+            def record(_progress) -> None:
+                stamps.append(time.perf_counter())
+                cpu.append(time.process_time())
+
+            fit(pred, None, flame, uvt, probe, on_progress=record)
             ms = float(np.median(np.diff(stamps))) * 1000
-            per_step.append(f"{stage.name} {stage.steps} steps x {ms:.0f} ms")
+            ms_cpu = float(np.median(np.diff(cpu))) * 1000
+            per_step.append(f"{stage.name} {stage.steps} steps x {ms:.0f} ms wall / {ms_cpu:.0f} ms CPU")
         line = f"{name:>9}: " + ", ".join(per_step)
         if not args.no_whole:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             fit(pred, None, flame, uvt, cfg)
-            line += f"; whole fit {time.perf_counter() - t0:.1f} s"
+            line += f"; whole fit {time.perf_counter() - t0:.1f} s wall / {time.process_time() - c0:.1f} s CPU"
         print(line, flush=True)
 
 

@@ -264,8 +264,8 @@ def interpolate(attr: torch.Tensor, rast: torch.Tensor, tri: torch.Tensor) -> to
 def antialias(color: torch.Tensor, rast: torch.Tensor, pos: torch.Tensor, tri: torch.Tensor) -> torch.Tensor:
     """Blend colours across silhouette edges by the edges' analytic sub-pixel positions.
 
-    For every pair of horizontally or vertically adjacent pixels whose triangles differ, the pixel whose triangle
-    ``T`` forms a silhouette edge between the two pixel centres (the other pixel is background, or lies behind
+    For every pair of horizontally or vertically adjacent pixels whose triangles differ and share no vertex (or
+    where one pixel is background), the pixel whose triangle ``T`` forms a silhouette edge between the two pixel centres (the other pixel is background, or lies behind
     the extension of ``T`` and its triangle does not share the crossing edge) is the front pixel. With ``t`` the
     fraction of the centre-to-centre segment at which ``T``'s edge crosses it, the back pixel receives
     ``max(t - 0.5, 0)`` of the front colour and the front pixel ``max(0.5 - t, 0)`` of the back colour. This is
@@ -307,10 +307,17 @@ def antialias(color: torch.Tensor, rast: torch.Tensor, pos: torch.Tensor, tri: t
         b_idx = b_idx.reshape(-1)
         ta = tid_img.view(-1)[a_idx]
         tb = tid_img.view(-1)[b_idx]
+        # Candidate silhouette pairs: one side is background, or the two triangles share no vertex (pairs of
+        # triangles that share a vertex or an edge belong to one continuous surface).
         differ = (ta != tb).nonzero().squeeze(1)
-        if differ.numel() == 0:
-            continue
         a_idx, b_idx, ta, tb = a_idx[differ], b_idx[differ], ta[differ], tb[differ]
+        tri_a = tri[ta.clamp(min=0)]
+        tri_b = tri[tb.clamp(min=0)]
+        share = (tri_a[:, :, None] == tri_b[:, None, :]).any(-1).any(-1)
+        cand = ((ta < 0) | (tb < 0) | ~share).nonzero().squeeze(1)
+        if cand.numel() == 0:
+            continue
+        a_idx, b_idx, ta, tb = a_idx[cand], b_idx[cand], ta[cand], tb[cand]
         # Each ordered (front, back) candidate: front pixel's triangle tested against the back pixel.
         front = torch.cat([a_idx, b_idx])
         back = torch.cat([b_idx, a_idx])
