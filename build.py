@@ -309,10 +309,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("setup", help="create or update the project virtual environment")
     p.add_argument("--force", action="store_true", help="reinstall even when the environment looks current")
-    p = sub.add_parser("test", help="run the test suite (extra arguments go to pytest)")
-    p.add_argument("pytest_args", nargs=argparse.REMAINDER)
-    p = sub.add_parser("demo", help="reconstruct the astronaut photo into out/demo (.blend, .glb, preview)")
-    p.add_argument("demo_args", nargs=argparse.REMAINDER)
+    sub.add_parser("test", help="run the test suite (extra arguments go to pytest)")
+    sub.add_parser("demo", help="reconstruct the astronaut photo into out/demo (.blend, .glb, preview); extra "
+                                "arguments go to pixel3dmm_blender.headless")
     p = sub.add_parser("build", help="build installable extension zips")
     p.add_argument("--platform", action="append", choices=sorted(PLATFORMS),
                    help="target platform (repeatable; default: all)")
@@ -323,15 +322,17 @@ def main(argv: list[str] | None = None) -> int:
                         "already importable in Blender's Python)")
     p.add_argument("--wheel-dir", type=Path, help="take every wheel from this local directory (offline build)")
     p.add_argument("--out", type=Path, default=DIST, help="output directory for the zips (default: dist/)")
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command not in ("test", "demo"):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         if args.command == "setup":
             setup(force=args.force)
             return 0
         if args.command == "test":
-            return test(args.pytest_args)
+            return test(extra)
         if args.command == "demo":
-            return demo(args.demo_args)
+            return demo(extra)
         build(args.platform or list(PLATFORMS), args.python or list(PYTHONS), args.torch,
               args.wheel_dir.resolve() if args.wheel_dir else None, args.out.resolve())
         return 0
