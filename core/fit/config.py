@@ -152,6 +152,9 @@ class FitConfig:
         (identity rotation at the reference camera distance, as the reference starts).
     pnp_reprojection_px : float
         RANSAC inlier threshold in pixels at the fitting resolution.
+    cull_back : bool
+        Skip back-facing triangles when rendering (faster; differs from the reference only where the inside of
+        the mesh would be visible, e.g. through the neck opening).
     """
 
     resolution: int = 256
@@ -166,6 +169,7 @@ class FitConfig:
     fit_focal: bool = True
     init: str = "pnp"
     pnp_reprojection_px: float = 4.0
+    cull_back: bool = False
 
     def __post_init__(self) -> None:
         if self.resolution < 16:

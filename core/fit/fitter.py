@@ -183,14 +183,14 @@ class _Problem:
                 canon = world.new_zeros(world.shape)
             maps = render_head(
                 world, canon, self.faces, self.corner_uv, p.focal, p.principal_point, size, self.region_attr,
-                sil_channel=0 if "sil" in w else None,
+                sil_channel=0 if "sil" in w else None, cull_back=self.cfg.cull_back,
             )
             depth_map = maps.depth[0].detach()
         elif need_depth:
             with torch.no_grad():
                 depth_map = render_head(
                     world, world.new_zeros(world.shape), self.faces, self.corner_uv, p.focal, p.principal_point,
-                    size, self.region_attr[:, :0],
+                    size, self.region_attr[:, :0], cull_back=self.cfg.cull_back,
                 ).depth[0]
         for name in ("uv_corr", "uv_corr_l1"):
             if name in w:

@@ -81,6 +81,7 @@ def render_head(
     size: int,
     region_attr: torch.Tensor,
     sil_channel: int | None = None,
+    cull_back: bool = False,
 ) -> HeadMaps:
     """Rasterize a posed head with the reference camera.
 
@@ -94,10 +95,11 @@ def render_head(
     size : render size S
     region_attr : (V, K) per-vertex region indicators, interpolated into ``regions``
     sil_channel : index of the region channel to antialias into ``silhouette``, or None
+    cull_back : skip back-facing triangles (see :func:`core.render.raster.rasterize`)
     """
     cam = world_to_camera(world_vertices)
     clip = clip_from_camera(cam, focal, principal_point, size)
-    rast = rasterize(clip, faces, (size, size))
+    rast = rasterize(clip, faces, (size, size), cull_back=cull_back)
     n_faces = faces.shape[0]
     uv_tri = torch.arange(n_faces * 3, device=faces.device).view(n_faces, 3)
     uv = interpolate(corner_uv, rast, uv_tri)

@@ -11,8 +11,9 @@ Conventions (the one place they are stated for the renderer)
   ``x_px = (x_ndc + 1) * W / 2`` and ``y_px = (1 - y_ndc) * H / 2``; pixel ``(row i, column j)`` is sampled at its
   centre ``(j + 0.5, i + 0.5)``. Rasterizing UV coordinates as positions, ``pos = (2u - 1, 2v - 1, 0, 1)``, puts
   ``v = 1`` in row 0, i.e. an ordinary texture image with the origin of ``v`` at the bottom.
-* Both windings are drawn (no back-face culling). A pixel belongs to a triangle when all three screen-space
-  barycentrics are ``>= 0``; the z-buffer keeps the smallest ``z/w`` (ties go to the larger triangle id).
+* Both windings are drawn unless ``cull_back=True`` (then only counter-clockwise triangles in NDC). A pixel
+  belongs to a triangle when all three screen-space barycentrics are ``>= 0``; the z-buffer keeps the smallest
+  ``z/w`` (ties go to the larger triangle id).
 * ``rast`` (B, H, W, 4) holds ``(u, v, z/w, triangle_id + 1)``; ``triangle_id + 1 == 0`` marks background.
   ``u`` and ``v`` are perspective-correct barycentrics: an attribute is ``u * a0 + v * a1 + (1 - u - v) * a2``
   for the triangle's vertices ``(i0, i1, i2) = tri[triangle_id]``.
@@ -83,7 +84,12 @@ def _edge_bary(x: torch.Tensor, y: torch.Tensor, px: torch.Tensor, py: torch.Ten
 
 
 def rasterize(
-    pos: torch.Tensor, tri: torch.Tensor, resolution: tuple[int, int], *, chunk_size: int = _DEFAULT_CHUNK
+    pos: torch.Tensor,
+    tri: torch.Tensor,
+    resolution: tuple[int, int],
+    *,
+    chunk_size: int = _DEFAULT_CHUNK,
+    cull_back: bool = False,
 ) -> torch.Tensor:
     """Rasterize triangles with a z-buffer into nvdiffrast's ``rast`` layout.
 
@@ -97,6 +103,9 @@ def rasterize(
         Output size in pixels.
     chunk_size : int
         Largest number of candidate (triangle, pixel) pairs processed at once; bounds peak memory.
+    cull_back : bool
+        Skip triangles that are clockwise in NDC (OpenGL back faces); about halves the work for closed meshes
+        seen from outside. Off by default, like nvdiffrast.
 
     Returns
     -------
@@ -114,7 +123,7 @@ def rasterize(
     rast = torch.zeros(batch, height, width, 4, dtype=pos.dtype, device=pos.device)
     if n_tri == 0:
         return rast
-    pid, tid = _visible_samples(pos.detach(), tri, height, width, chunk_size)
+    pid, tid = _visible_samples(pos.detach(), tri, height, width, chunk_size, cull_back)
     if pid.numel() == 0:
         return rast
     # Recompute the winners' barycentrics (differentiably when pos requires grad) and depth.
@@ -137,7 +146,7 @@ def rasterize(
 
 @torch.no_grad()
 def _visible_samples(
-    pos: torch.Tensor, tri: torch.Tensor, height: int, width: int, chunk_size: int
+    pos: torch.Tensor, tri: torch.Tensor, height: int, width: int, chunk_size: int, cull_back: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Z-buffered (flat pixel index, triangle index) pairs of the visible triangle at each covered pixel."""
     batch = pos.shape[0]
@@ -146,7 +155,8 @@ def _visible_samples(
     sx, sy, sz, sw = _screen(corners, height, width)
     valid = (sw > _W_EPS).all(-1) & torch.isfinite(sx).all(-1) & torch.isfinite(sy).all(-1)
     area = (sx[..., 1] - sx[..., 0]) * (sy[..., 2] - sy[..., 0]) - (sy[..., 1] - sy[..., 0]) * (sx[..., 2] - sx[..., 0])
-    valid &= area.abs() > 1e-12
+    # Pixel rows grow downwards, so counter-clockwise triangles in NDC have a negative area here.
+    valid &= (area < -1e-12) if cull_back else (area.abs() > 1e-12)
     # Pixel index ranges whose centres can fall in the bounding box.
     x_lo = torch.ceil(sx.amin(-1) - 0.5).clamp(0, width)
     x_hi = torch.floor(sx.amax(-1) - 0.5).clamp(-1, width - 1)
@@ -160,18 +170,29 @@ def _visible_samples(
         empty = torch.zeros(0, dtype=torch.long, device=pos.device)
         return empty, empty
     counts = counts[keep]
-    # One packed row per kept triangle so that each candidate needs a single gather.
-    packed = torch.cat(
-        [
-            sx.reshape(-1, 3)[keep],
-            sy.reshape(-1, 3)[keep],
-            sz.reshape(-1, 3)[keep],
-            x_lo.reshape(-1)[keep, None],
-            y_lo.reshape(-1)[keep, None],
-            nx.reshape(-1)[keep, None].to(pos.dtype),
-        ],
-        dim=1,
+    # Per kept triangle: barycentrics l0, l1 and depth as affine functions of pixel coordinates relative to the
+    # bounding-box corner (small numbers keep float32 exact enough), packed as rows so that each candidate needs
+    # one contiguous gather per coefficient.
+    ox = x_lo.reshape(-1)[keep]
+    oy = y_lo.reshape(-1)[keep]
+    vx = sx.reshape(-1, 3)[keep] - ox[:, None]
+    vy = sy.reshape(-1, 3)[keep] - oy[:, None]
+    vz = sz.reshape(-1, 3)[keep]
+    area = area.reshape(-1)[keep]
+    coef = []
+    for a, b in ((1, 2), (2, 0)):  # l0 uses edge (v1, v2), l1 uses edge (v2, v0)
+        ex, ey = vx[:, b] - vx[:, a], vy[:, b] - vy[:, a]
+        coef.append((-ey / area, ex / area, (ey * vx[:, a] - ex * vy[:, a]) / area))
+    dz0, dz1 = vz[:, 0] - vz[:, 2], vz[:, 1] - vz[:, 2]
+    coef.append(
+        (
+            coef[0][0] * dz0 + coef[1][0] * dz1,
+            coef[0][1] * dz0 + coef[1][1] * dz1,
+            vz[:, 2] + coef[0][2] * dz0 + coef[1][2] * dz1,
+        )
     )
+    packed = torch.stack([c for trio in coef for c in trio] + [nx.reshape(-1)[keep].to(pos.dtype)], 0)  # (10, K)
+    ox_l, oy_l = ox.long(), oy.long()
     ends = torch.cumsum(counts, 0)
     pids, depths, tids = [], [], []
     start_tri = 0
@@ -184,21 +205,22 @@ def _visible_samples(
         c = counts[start_tri:stop_tri]
         n_cand = int(ends[stop_tri - 1]) - start_count
         local_tri = torch.repeat_interleave(torch.arange(start_tri, stop_tri, device=pos.device), c, output_size=n_cand)
-        row = packed[local_tri]  # (N, 12)
+        row = packed[:, local_tri]  # (10, N)
         local = torch.arange(start_count, start_count + n_cand, device=pos.device) - (ends - counts)[local_tri]
-        nxl = row[:, 11].long()
+        nxl = row[9].long()
         qy = torch.div(local, nxl, rounding_mode="floor")
-        px = row[:, 9] + (local - qy * nxl).to(pos.dtype) + 0.5
-        py = row[:, 10] + qy.to(pos.dtype) + 0.5
-        l0, l1, l2, _ = _edge_bary(row[:, 0:3], row[:, 3:6], px, py)
-        depth = l0 * row[:, 6] + l1 * row[:, 7] + l2 * row[:, 8]
-        inside = (l0 >= 0) & (l1 >= 0) & (l2 >= 0) & (depth >= -1.0) & (depth <= 1.0)
+        qx = local - qy * nxl
+        px = qx.to(pos.dtype) + 0.5
+        py = qy.to(pos.dtype) + 0.5
+        l0 = row[0] * px + row[1] * py + row[2]
+        l1 = row[3] * px + row[4] * py + row[5]
+        depth = row[6] * px + row[7] * py + row[8]
+        inside = (l0 >= 0) & (l1 >= 0) & (l0 + l1 <= 1) & (depth >= -1.0) & (depth <= 1.0)
         idx = inside.nonzero().squeeze(1)
-        flat_tri = keep[local_tri[idx]]
+        kt = local_tri[idx]
+        flat_tri = keep[kt]
         b = torch.div(flat_tri, n_tri, rounding_mode="floor")
-        ix = (px[idx] - 0.5).long()
-        iy = (py[idx] - 0.5).long()
-        pids.append((b * height + iy) * width + ix)
+        pids.append((b * height + oy_l[kt] + qy[idx]) * width + ox_l[kt] + qx[idx])
         depths.append(depth[idx])
         tids.append(flat_tri - b * n_tri)
         start_tri = stop_tri

@@ -194,3 +194,26 @@ def test_antialias_coverage_tracks_edge_position():
         assert cov[col].item() == pytest.approx(x_edge - col, abs=1e-9)
         assert cov[: col].min().item() == 1.0
         assert cov[col + 1 :].max().item() == 0.0
+
+
+def test_back_face_culling():
+    """A closed mesh seen from outside looks the same with culling; a clockwise triangle disappears."""
+    cube = torch.tensor([[x, y, z] for x in (-0.4, 0.4) for y in (-0.4, 0.4) for z in (-0.4, 0.4)], dtype=torch.float64)
+    quads = [(0, 1, 3, 2), (4, 6, 7, 5), (0, 4, 5, 1), (2, 3, 7, 6), (0, 2, 6, 4), (1, 5, 7, 3)]
+    tri = torch.tensor([t for a, b, c, d in quads for t in ((a, b, c), (a, c, d))])
+    rot = torch.tensor([[0.8, 0.0, 0.6], [0.36, 0.8, -0.48], [-0.48, 0.6, 0.64]], dtype=torch.float64)
+    verts = cube @ rot.T + torch.tensor([0.0, 0.0, -2.5], dtype=torch.float64)
+    pos = _to_clip(verts)
+    # Outward normals of the cube, so that counter-clockwise faces point away from the centre.
+    corners = verts[tri]
+    normal = torch.linalg.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0], dim=-1)
+    outward = (normal * (corners.mean(1) - verts.mean(0))).sum(-1) > 0
+    tri = torch.where(outward[:, None], tri, tri.flip(1))
+    full = rasterize(pos, tri, (H, W))
+    culled = rasterize(pos, tri, (H, W), cull_back=True)
+    assert (full[..., 3] > 0).sum() > 50
+    torch.testing.assert_close(full, culled)
+    single = _to_clip(torch.tensor([[-0.5, -0.5, -2.0], [0.5, -0.5, -2.0], [0.0, 0.5, -2.0]], dtype=torch.float64))
+    tri1 = torch.tensor([[0, 1, 2]])
+    assert (rasterize(single, tri1, (H, W), cull_back=True)[..., 3] > 0).any()
+    assert not (rasterize(single, tri1.flip(1), (H, W), cull_back=True)[..., 3] > 0).any()
