@@ -113,6 +113,7 @@ def main() -> None:
     ap.add_argument("--size", choices=("small", "full"), default="full")
     ap.add_argument("--yaw-errors", type=float, nargs="+", default=[-30, -15, 0, 15, 30])
     ap.add_argument("--threshold-mm", type=float, default=0.5, help="Goal A posed error counted as success in B")
+    ap.add_argument("--fixed-focal", action="store_true", help="FitConfig.fit_focal = False")
     ap.add_argument("--shape-reg", choices=("reference", "weak"), default="reference",
                     help="reference: w_shape 0.2 + 0.05 towards zero (no MICA); weak: the README multi-image "
                          "values 0.01 + 0.001")
@@ -124,11 +125,14 @@ def main() -> None:
     region = (reg.uv_valid | reg.eye_region) & ~reg.eyeballs
     cfg = FitConfig.preset(args.preset).with_steps(args.steps_scale)
     cfg = FitConfig.from_dict({**cfg.to_dict(), "resolution": args.resolution})
+    if args.fixed_focal:
+        cfg = FitConfig.from_dict({**cfg.to_dict(), "fit_focal": False})
     if args.shape_reg == "weak":
         cfg = cfg.with_weights(reg_shape=0.01, reg_shape_general=0.001)
     print(f"# goal {args.goal}: {args.heads} heads, preset {args.preset} x{args.steps_scale} "
           f"({[s.steps for s in cfg.stages]} steps), fit {args.resolution}px, {args.threads} threads, "
-          f"{args.size} head ({len(data.v_template)} v), face region {int(region.sum())} v, shape reg {args.shape_reg}")
+          f"{args.size} head ({len(data.v_template)} v), face region {int(region.sum())} v, shape reg {args.shape_reg}, "
+          f"fit_focal {cfg.fit_focal}")
     rng = np.random.default_rng(args.seed)
     heads = [make_head(rng, flame, expressive=(i % 2 == 1)) for i in range(args.heads)]
 
@@ -140,7 +144,7 @@ def main() -> None:
 
     if args.goal == "A":
         print(f"{'head':>4} {'expr':>5} {'yaw':>6} {'init':>7} {'posed mm':>9} {'neutral mm':>10} "
-              f"{'posed sim':>9} {'scale':>6} {'depth err mm':>12} {'time s':>7}")
+              f"{'posed sim':>9} {'scale':>6} {'depth err mm':>12} {'focal':>6} {'time s':>7}")
         rows = []
         for i, h in enumerate(heads):
             maps, neutral = truth(h)
@@ -153,7 +157,7 @@ def main() -> None:
             dz = (res.head_translation[2] - h["translation"][2]) * 1000
             rows.append((h["expressive"], ep, en))
             print(f"{i:4d} {str(h['expressive']):>5} {h['yaw_deg']:6.1f} {res.info['init']:>7} {ep:9.3f} {en:10.3f} "
-                  f"{es:9.3f} {scale:6.3f} {dz:12.1f} {dt:7.1f}", flush=True)
+                  f"{es:9.3f} {scale:6.3f} {dz:12.1f} {res.focal:6.3f} {dt:7.1f}", flush=True)
         arr = np.array([(e, p, n) for e, p, n in rows])
         neu = arr[arr[:, 0] == 0]
         exp = arr[arr[:, 0] == 1]
