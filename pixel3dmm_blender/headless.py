@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     import bpy
 
     t0 = time.perf_counter()
-    bpy.ops.wm.read_factory_settings(use_empty=True)
+    bpy.ops.wm.read_homefile(use_empty=True)  # an empty scene; the user's preferences stay as they are
     prefs = _enable_addon()
     paths, where = _choose_assets(prefs, args)
     _say(f"using {where}")

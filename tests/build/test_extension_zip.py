@@ -1,4 +1,4 @@
-"""End to end packaging: build a linux-x64 / Python 3.11 zip offline and install it into bpy.
+"""End to end packaging: build a linux-x64 / Python 3.11 zip offline, install it into bpy, reconstruct.
 
 The wheels are fetched once from the package registry into wheels/_offline (ignored by git), then
 `build.py build --wheel-dir` builds from that folder without network. torch is left out (`--torch none`):
@@ -20,6 +20,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 import build  # noqa: E402
+import skimage  # noqa: E402
+
+ASTRONAUT = Path(skimage.__file__).parent / "data" / "astronaut.png"
 
 pytestmark = pytest.mark.skipif(
     sys.platform != "linux" or platform.machine() != "x86_64", reason="the offline zip test builds linux-x64"
@@ -52,6 +55,24 @@ INSTALL_SCRIPT = textwrap.dedent(
     assets = importlib.import_module(name + ".core.assets")
     out["vendored_core"] = assets.__file__
     out["face_mesh"] = hasattr(mediapipe.solutions, "face_mesh")
+
+    # End to end through the installed extension: stand-in assets (small synthetic head, tiny networks) given
+    # the way a user gives them, a fitting schedule cut to 3 % of the fast preset, the headless runner's outputs.
+    work = Path(sys.argv[-2])
+    flame = importlib.import_module(name + ".core.flame").write_synthetic_flame(work / "assets", "small")
+    net = importlib.import_module(name + ".core.network")
+    prefs = bpy.context.preferences.addons[name].preferences
+    prefs.flame_model, prefs.uv_template = str(flame["plain"]), str(flame["obj"])
+    prefs.uv_checkpoint = str(net.write_synthetic_checkpoint(work / "assets" / "uv.ckpt", "tiny", prediction_type="uv_map"))
+    prefs.normals_checkpoint = str(net.write_synthetic_checkpoint(work / "assets" / "n.ckpt", "tiny",
+                                                                  prediction_type="normals"))
+    fit_config = importlib.import_module(name + ".core.fit.config").FitConfig
+    preset = fit_config.preset
+    fit_config.preset = classmethod(lambda cls, n: preset(n).with_steps(0.03))
+    headless = importlib.import_module(name + ".headless")
+    photo = Path(sys.argv[-3])
+    out["headless_rc"] = headless.main([str(photo), "--out", str(work / "out"), "--quality", "fast", "--fbx"])
+    out["written"] = sorted(p.name for p in (work / "out").iterdir())
     print("RESULT " + json.dumps(out))
     """
 )
@@ -92,13 +113,13 @@ def test_zip_layout(built_zip):
     assert 'platforms = ["linux-x64"]' in manifest
 
 
-def test_zip_installs_and_enables_in_bpy(built_zip, tmp_path):
+def test_zip_installs_enables_and_reconstructs_in_bpy(built_zip, tmp_path):
     env = dict(os.environ, BLENDER_USER_RESOURCES=str(tmp_path / "user"),
                MESA_SHADER_CACHE_DIR=str(tmp_path / "mesa"), HF_HUB_OFFLINE="1", PYTHONNOUSERSITE="1")
     script = tmp_path / "install.py"
     script.write_text(INSTALL_SCRIPT)
     # cwd outside the repo so that the checkout's own top-level `core` cannot be imported by accident
-    proc = subprocess.run([sys.executable, str(script), str(built_zip)], cwd=tmp_path, env=env,
+    proc = subprocess.run([sys.executable, str(script), str(ASTRONAUT), str(tmp_path), str(built_zip)], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=600)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -110,3 +131,10 @@ def test_zip_installs_and_enables_in_bpy(built_zip, tmp_path):
     assert out["face_mesh"]
     assert not out["top_level_core"], "a generic top-level `core` module leaked into Blender's path"
     assert "/extensions/user_default/pixel3dmm_blender/core/" in out["vendored_core"]
+    assert out["headless_rc"] == 0
+    assert out["written"] == ["head.blend", "head.fbx", "head.glb", "preview.png"]
+    from pygltflib import GLTF2
+
+    gltf = GLTF2().load(str(tmp_path / "out" / "head.glb"))
+    (mesh,) = gltf.meshes
+    assert len(mesh.primitives[0].targets) >= 10 and len(gltf.skins[0].joints) == 5
