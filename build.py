@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 import tomllib
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -152,6 +153,7 @@ def demo(demo_args: list[str]) -> int:
 class Platform:
     name: str  # Blender's platform name
     pip_tags: tuple[str, ...]  # pip --platform values, most specific first
+    markers: dict  # PEP 508 environment markers of the target
 
 
 PLATFORMS = {
@@ -159,10 +161,16 @@ PLATFORMS = {
     for p in (
         Platform("linux-x64", ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64",
                                "manylinux2014_x86_64", "manylinux_2_12_x86_64", "manylinux2010_x86_64",
-                               "manylinux_2_5_x86_64", "manylinux1_x86_64", "linux_x86_64")),
-        Platform("windows-x64", ("win_amd64",)),
+                               "manylinux_2_5_x86_64", "manylinux1_x86_64", "linux_x86_64"),
+                 {"sys_platform": "linux", "platform_system": "Linux", "platform_machine": "x86_64",
+                  "os_name": "posix"}),
+        Platform("windows-x64", ("win_amd64",),
+                 {"sys_platform": "win32", "platform_system": "Windows", "platform_machine": "AMD64",
+                  "os_name": "nt"}),
         Platform("macos-arm64", tuple(f"macosx_{v}_0_arm64" for v in (15, 14, 13, 12, 11))
-                 + ("macosx_11_0_universal2", "macosx_10_9_universal2")),
+                 + ("macosx_11_0_universal2", "macosx_10_9_universal2"),
+                 {"sys_platform": "darwin", "platform_system": "Darwin", "platform_machine": "arm64",
+                  "os_name": "posix"}),
     )
 }
 PYTHONS = {"3.11": "Blender 4.2-5.0", "3.13": "Blender 5.1-5.2"}
@@ -176,24 +184,18 @@ LIBS = ["safetensors==0.8.0", "opencv-python-headless==4.11.0.86"]
 MEDIAPIPE_NO_DEPS = ["mediapipe==0.10.21"]
 MEDIAPIPE_LIBS = ["protobuf>=4.25,<5", "absl-py", "attrs", "flatbuffers", "matplotlib"]
 # Blender ships these itself; bundling them would shadow its own copies.
-BLENDER_PROVIDES = {"numpy", "requests", "certifi", "idna", "urllib3", "charset_normalizer"}
+BLENDER_PROVIDES = {"numpy", "requests", "certifi", "idna", "urllib3", "charset-normalizer"}
+BLENDER_NUMPY = {"3.11": "1.26.4"}  # the numpy of Blender 4.2-5.0 (bpy 5.0.1 requires numpy<2)
 TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 
 
-def _dist_name(wheel: Path) -> str:
-    return re.sub(r"[-_.]+", "_", wheel.name.split("-")[0]).lower()
-
-
-def _pip_download(py: Path, dest: Path, platform: Platform, python: str, reqs: list[str], *, deps: bool,
+def _pip_download(py: Path, dest: Path, platform: Platform, python: str, reqs: list[str], *,
                   wheel_dir: Path | None, index_url: str | None = None) -> None:
-    cmd = [py, "-m", "pip", "--disable-pip-version-check", "download", "-q", "--only-binary=:all:",
+    """Download exactly ``reqs`` (no dependencies) as wheels for the target platform and Python."""
+    cmd = [py, "-m", "pip", "--disable-pip-version-check", "download", "-q", "--only-binary=:all:", "--no-deps",
            "--dest", dest, "--python-version", python, "--implementation", "cp"]
     for tag in platform.pip_tags:
         cmd += ["--platform", tag]
-    if python == "3.11":
-        cmd += ["numpy<2"]  # resolve against Blender 4.2-5.0's numpy 1.x (numpy itself is dropped later)
-    if not deps:
-        cmd.append("--no-deps")
     if wheel_dir is not None:
         cmd += ["--no-index", "--find-links", wheel_dir]
     elif index_url:
@@ -201,6 +203,61 @@ def _pip_download(py: Path, dest: Path, platform: Platform, python: str, reqs: l
     # pip's own config may cap versions for the host (constraints); the target platform is not the host.
     env = dict(os.environ, PIP_CONSTRAINT="", PIP_CONFIG_FILE=os.devnull)
     run(cmd + reqs, env=env)
+
+
+def _packaging():
+    try:
+        from packaging.requirements import Requirement
+        from packaging.utils import canonicalize_name
+    except ImportError:  # every Python with pip carries a copy
+        from pip._vendor.packaging.requirements import Requirement
+        from pip._vendor.packaging.utils import canonicalize_name
+    return Requirement, canonicalize_name
+
+
+def _wheel_requirements(wheel: Path) -> list[str]:
+    with zipfile.ZipFile(wheel) as z:
+        meta = next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))
+        text = z.read(meta).decode("utf-8")
+    return [line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("Requires-Dist:")]
+
+
+def _resolve(py: Path, dest: Path, platform: Platform, python: str, reqs: list[str], *, deps: bool,
+             wheel_dir: Path | None, index_url: str | None = None) -> None:
+    """Download ``reqs`` and (with ``deps``) their dependencies, evaluating environment markers for the TARGET.
+
+    pip evaluates markers such as ``platform_system == "Linux"`` against the machine it runs on even with
+    ``--platform``, which drags Linux CUDA wheels into a Windows build; this walk evaluates them for the
+    platform being built. Blender's own packages (numpy, ...) are never downloaded; a dependency's numpy
+    range must admit the numpy of the target Blender.
+    """
+    Requirement, canonicalize = _packaging()
+    marker_env = dict(platform.markers, python_version=python, python_full_version=python + ".0",
+                      implementation_name="cpython", platform_python_implementation="CPython", extra="")
+    seen = {canonicalize(Requirement(r).name) for r in reqs}
+    pending = list(reqs)
+    while pending:
+        before = set(dest.glob("*.whl"))
+        _pip_download(py, dest, platform, python, pending, wheel_dir=wheel_dir, index_url=index_url)
+        pending = []
+        if not deps:
+            break
+        for wheel in sorted(set(dest.glob("*.whl")) - before):
+            for line in _wheel_requirements(wheel):
+                req = Requirement(line)
+                if req.marker is not None and not req.marker.evaluate(marker_env):
+                    continue
+                name = canonicalize(req.name)
+                if name in BLENDER_PROVIDES:
+                    numpy = BLENDER_NUMPY.get(python)
+                    if name == "numpy" and numpy and not req.specifier.contains(numpy, prereleases=True):
+                        raise BuildError(f"{wheel.name} needs numpy {req.specifier}, but Blender with Python "
+                                         f"{python} ships numpy {numpy}; pin an older release of it.")
+                    continue
+                if name not in seen:
+                    seen.add(name)
+                    req.marker = None
+                    pending.append(str(req))
 
 
 def download_wheels(py: Path, platform: Platform, python: str, torch: str, wheel_dir: Path | None) -> list[Path]:
@@ -212,19 +269,13 @@ def download_wheels(py: Path, platform: Platform, python: str, torch: str, wheel
     say(f"downloading wheels for {platform.name}, Python {python} ({PYTHONS[python]}), torch: {torch}")
     if torch != "none":
         index = TORCH_CPU_INDEX if (torch == "cpu" and platform.name == "linux-x64") else None
-        _pip_download(py, dest, platform, python, TORCH, deps=True, wheel_dir=wheel_dir, index_url=index)
-    _pip_download(py, dest, platform, python, LIBS_NO_DEPS, deps=False, wheel_dir=wheel_dir)
-    _pip_download(py, dest, platform, python, LIBS, deps=True, wheel_dir=wheel_dir)
+        _resolve(py, dest, platform, python, TORCH, deps=True, wheel_dir=wheel_dir, index_url=index)
+    _resolve(py, dest, platform, python, LIBS_NO_DEPS, deps=False, wheel_dir=wheel_dir)
+    _resolve(py, dest, platform, python, LIBS, deps=True, wheel_dir=wheel_dir)
     if python == "3.11":
-        _pip_download(py, dest, platform, python, MEDIAPIPE_NO_DEPS, deps=False, wheel_dir=wheel_dir)
-        _pip_download(py, dest, platform, python, MEDIAPIPE_LIBS, deps=True, wheel_dir=wheel_dir)
-    wheels = []
-    for wheel in sorted(dest.glob("*.whl")):
-        if _dist_name(wheel) in BLENDER_PROVIDES:
-            wheel.unlink()
-        else:
-            wheels.append(wheel)
-    return wheels
+        _resolve(py, dest, platform, python, MEDIAPIPE_NO_DEPS, deps=False, wheel_dir=wheel_dir)
+        _resolve(py, dest, platform, python, MEDIAPIPE_LIBS, deps=True, wheel_dir=wheel_dir)
+    return sorted(dest.glob("*.whl"))
 
 
 def write_manifest(src: Path, dst: Path, wheels: list[str], platforms: list[str]) -> None:

@@ -87,9 +87,6 @@ def offline_wheels() -> Path:
         cache.mkdir(parents=True, exist_ok=True)
         for wheel in fetched:
             shutil.copy2(wheel, cache / wheel.name)
-        # numpy is dropped from the bundle but pip's offline resolution still needs to see it
-        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--only-binary=:all:", "--no-deps",
-                        "--dest", str(cache), "numpy==1.26.4"], check=True)
     return cache
 
 
