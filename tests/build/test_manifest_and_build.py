@@ -76,3 +76,40 @@ def test_unknown_platform_is_one_sentence(capsys):
     assert build.main(["build", "--wheel-dir", "/nonexistent/dir", "--platform", "linux-x64"]) == 1
     err = capsys.readouterr().err
     assert "does not exist" in err and err.count("\n") == 1
+
+
+def _fake_wheel(folder: Path, name: str, requires: list[str]) -> None:
+    import zipfile
+
+    meta = f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n" + "".join(f"Requires-Dist: {r}\n" for r in requires)
+    with zipfile.ZipFile(folder / f"{name}-1.0-py3-none-any.whl", "w") as z:
+        z.writestr(f"{name}-1.0.dist-info/METADATA", meta)
+        z.writestr(f"{name}-1.0.dist-info/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        z.writestr(f"{name}-1.0.dist-info/RECORD", "")
+
+
+@pytest.mark.parametrize("target, expected", [("windows-x64", {"alpha", "gamma", "delta"}),
+                                               ("linux-x64", {"alpha", "beta", "delta"})])
+def test_dependencies_follow_the_target_platform_markers(tmp_path, target, expected):
+    """pip evaluates markers for the host; the build must evaluate them for the platform it packages."""
+    store, dest = tmp_path / "store", tmp_path / "dest"
+    store.mkdir()
+    dest.mkdir()
+    _fake_wheel(store, "alpha", ['beta; platform_system == "Linux"', 'gamma; sys_platform == "win32"',
+                                 "numpy>=1.20", 'epsilon; extra == "docs"'])
+    _fake_wheel(store, "beta", ["delta"])
+    _fake_wheel(store, "gamma", ["delta"])
+    _fake_wheel(store, "delta", [])
+    _fake_wheel(store, "epsilon", [])
+    build._resolve(Path(sys.executable), dest, build.PLATFORMS[target], "3.11", ["alpha"], deps=True, wheel_dir=store)
+    assert {p.name.split("-")[0] for p in dest.glob("*.whl")} == expected
+
+
+def test_numpy_range_must_admit_blenders_numpy(tmp_path):
+    store, dest = tmp_path / "store", tmp_path / "dest"
+    store.mkdir()
+    dest.mkdir()
+    _fake_wheel(store, "alpha", ["numpy>=2"])
+    with pytest.raises(build.BuildError, match="ships numpy 1.26.4"):
+        build._resolve(Path(sys.executable), dest, build.PLATFORMS["linux-x64"], "3.11", ["alpha"], deps=True,
+                       wheel_dir=store)
