@@ -145,9 +145,9 @@ def reconstruct(
     try:
         t = time.perf_counter()
         progress("network", 0.0)
-        uv_net = load_network(paths["uv_checkpoint"], device)
+        uv_net = load_network(paths["uv_checkpoint"], device, cache_dir=settings.cache_dir)
         progress("network", 0.25)
-        normal_net = load_network(paths["normals_checkpoint"], device)
+        normal_net = load_network(paths["normals_checkpoint"], device, cache_dir=settings.cache_dir)
         progress("network", 0.5)
         prediction = predict(uv_net, normal_net, crop.image, flip_tta=settings.flip_tta)
         del uv_net, normal_net

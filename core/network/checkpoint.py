@@ -397,16 +397,20 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike | None = N
     return dst
 
 
-def cached_conversion_path(src: str | os.PathLike) -> Path:
-    """Where :func:`load_network` caches the float32 conversion of ``src`` (keyed by path, size and mtime)."""
+def cached_conversion_path(src: str | os.PathLike, folder: str | os.PathLike | None = None) -> Path:
+    """Where :func:`load_network` caches the float32 conversion of ``src`` (keyed by path, size and mtime).
+
+    ``folder`` is the cache root (default: ``core.assets.cache_dir()``); the file goes in its ``networks/``.
+    """
     src = Path(src).resolve()
     stat = src.stat()
     key = hashlib.sha1(f"{src}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-    return cache_dir() / "networks" / f"{src.stem}-{key}.safetensors"
+    root = Path(folder) if folder is not None else cache_dir()
+    return root / "networks" / f"{src.stem}-{key}.safetensors"
 
 
-def load_network(path: str | os.PathLike, device: str | torch.device | None = None, *, cache: bool = True
-                 ) -> PixelNetwork:
+def load_network(path: str | os.PathLike, device: str | torch.device | None = None, *, cache: bool = True,
+                 cache_dir: str | os.PathLike | None = None) -> PixelNetwork:
     """Load a prior network from a Lightning ``.ckpt`` or a converted ``.safetensors`` file.
 
     Parameters
@@ -416,8 +420,10 @@ def load_network(path: str | os.PathLike, device: str | torch.device | None = No
     device : str or torch.device, optional
         "auto" (default: CUDA, then MPS, then CPU), "gpu", "cpu" or an explicit torch device.
     cache : bool
-        For ``.ckpt`` files, reuse (or create) a float32 conversion under the add-on's cache folder; the cached
+        For ``.ckpt`` files, reuse (or create) a float32 conversion under the cache folder; the cached
         weights are bit-identical to the checkpoint's.
+    cache_dir : path-like, optional
+        The cache folder (the add-on passes its extension user folder); default ``core.assets.cache_dir()``.
 
     Returns
     -------
@@ -431,7 +437,7 @@ def load_network(path: str | os.PathLike, device: str | torch.device | None = No
     cached = None
     if cache and kind == "zip":
         try:
-            cached = cached_conversion_path(path)
+            cached = cached_conversion_path(path, cache_dir)
         except OSError as exc:
             logger.warning("the network cache folder is unusable (%s); loading without the cache", exc)
     if cached is not None and cached.is_file():

@@ -185,6 +185,16 @@ def test_conversion_cache_is_written_reused_and_repaired(tmp_path):
     assert read_network_file(cached)[1] == cfg
 
 
+def test_conversion_cache_goes_to_the_given_folder(tmp_path):
+    """The add-on passes its extension user folder: the conversion must land there, not in the default cache."""
+    src = write_synthetic_checkpoint(tmp_path / "uv.ckpt", "tiny", seed=5)
+    folder = tmp_path / "extension_cache"
+    load_network(src, "cpu", cache_dir=folder)
+    (written,) = (folder / "networks").glob("*.safetensors")
+    assert written == cached_conversion_path(src, folder)
+    assert not cached_conversion_path(src).exists()
+
+
 def test_unusable_cache_folder_only_disables_the_cache(tiny_ckpt, monkeypatch, caplog):
     def refuse():
         raise PermissionError("read-only file system")
