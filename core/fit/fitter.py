@@ -8,6 +8,7 @@ correspondences (or the frontal default), then Adam runs each stage. Deviations 
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from dataclasses import dataclass
@@ -105,6 +106,22 @@ class _Params:
         with torch.no_grad():
             for p, s in zip(self.all(), snap):
                 p.copy_(s)
+
+
+def _component_major(flame: FlameModel) -> FlameModel:
+    """A shallow copy of ``flame`` (sharing every other buffer) with the blendshape bases stored component-major.
+
+    ``blend_shapes`` multiplies by ``dirs.reshape(V * 3, K).T``; with the bases laid out as contiguous (K, V * 3)
+    rows that transpose is contiguous and the CPU GEMM of every forward and backward pass runs about 3x faster.
+    The values (and the (V, 3, K) shape) are unchanged.
+    """
+    fast = copy.copy(flame)
+    buffers = dict(flame._buffers)
+    for name in ("dirs", "posedirs"):
+        v, c, k = buffers[name].shape
+        buffers[name] = buffers[name].reshape(v * c, k).T.contiguous().T.view(v, c, k)
+    fast.__dict__["_buffers"] = buffers
+    return fast
 
 
 def _finite(tensors: list[torch.Tensor]) -> bool:
@@ -274,6 +291,7 @@ def fit(
     cfg = cfg or FitConfig.preset("balanced")
     if device is not None:
         flame = flame.to(device)
+    flame = _component_major(flame)
     torch.manual_seed(seed)
     problem = _Problem(prediction, crop, flame, uv_template, cfg)
     ref = flame.v_template
