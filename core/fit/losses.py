@@ -148,12 +148,25 @@ def mirror_loss(vertices: torch.Tensor, mirror_index: torch.Tensor) -> torch.Ten
 
 
 def gaussian_blur(image: torch.Tensor, size: int, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of an (S, S) image with zero padding."""
+    """Separable Gaussian blur of an (S, S) image with zero padding.
+
+    Only the bounding box of the non-zero pixels, grown by the kernel radius, is convolved: everything outside it
+    blurs to exactly zero (the eye mask it is used for covers a small part of the image).
+    """
     half = size // 2
+    rows = image.ne(0).any(1).nonzero().squeeze(1)
+    cols = image.ne(0).any(0).nonzero().squeeze(1)
+    out = torch.zeros_like(image)
+    if rows.numel() == 0:
+        return out
+    h, w = image.shape
+    y0, y1 = max(int(rows[0]) - half, 0), min(int(rows[-1]) + half + 1, h)
+    x0, x1 = max(int(cols[0]) - half, 0), min(int(cols[-1]) + half + 1, w)
     x = torch.arange(-half, half + 1, dtype=image.dtype, device=image.device)
     k = torch.exp(-0.5 * (x / sigma) ** 2)
     k = k / k.sum()
-    img = image[None, None]
+    img = image[None, None, y0:y1, x0:x1]
     img = torch.nn.functional.conv2d(img, k.view(1, 1, 1, -1), padding=(0, half))
     img = torch.nn.functional.conv2d(img, k.view(1, 1, -1, 1), padding=(half, 0))
-    return img[0, 0]
+    out[y0:y1, x0:x1] = img[0, 0]
+    return out

@@ -206,3 +206,22 @@ def test_component_major_flame_copy_is_equivalent():
     assert torch.allclose(a.vertices, b.vertices, atol=1e-12)
     assert torch.allclose(a.vertices_shaped, b.vertices_shaped, atol=1e-12)
     assert torch.allclose(flame.neutral(params.shape), fast.neutral(params.shape), atol=1e-12)
+
+
+def test_gaussian_blur_matches_full_image_convolution():
+    def full(image, size, sigma):
+        half = size // 2
+        x = torch.arange(-half, half + 1, dtype=image.dtype)
+        k = torch.exp(-0.5 * (x / sigma) ** 2)
+        k = k / k.sum()
+        img = torch.nn.functional.conv2d(image[None, None], k.view(1, 1, 1, -1), padding=(0, half))
+        return torch.nn.functional.conv2d(img, k.view(1, 1, -1, 1), padding=(half, 0))[0, 0]
+
+    g = torch.Generator().manual_seed(0)
+    img = torch.zeros(64, 64, dtype=torch.float64)
+    img[20:30, 5:15] = torch.rand(10, 10, generator=g, dtype=torch.float64)
+    img[0:2, 60:64] = 1.0  # touches the border: zero padding must still apply
+    blurred = L.gaussian_blur(img, 9, 2.0)
+    assert torch.allclose(blurred, full(img, 9, 2.0), atol=1e-12)
+    assert blurred[40:, :].abs().max() == 0 and blurred[22, 14] > 0
+    assert torch.equal(L.gaussian_blur(torch.zeros(8, 8), 5, 1.0), torch.zeros(8, 8))
