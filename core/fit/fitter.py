@@ -25,7 +25,7 @@ from ..render.camera import DEFAULT_FOCAL, crop_to_photo_intrinsics, intrinsics_
 from . import losses as L
 from .config import FitConfig, StageSpec
 from .init import PoseInit, frontal_pose, initial_pose
-from .maps import corner_uv_tensor, render_head, vertex_normals
+from .maps import corner_uv_tensor, render_depth, render_head, vertex_normals
 from .regions import derive_regions
 from .result import FitResult
 from .targets import build_targets
@@ -205,10 +205,7 @@ class _Problem:
             depth_map = maps.depth[0].detach()
         elif need_depth:
             with torch.no_grad():
-                depth_map = render_head(
-                    world, world.new_zeros(world.shape), self.faces, self.corner_uv, p.focal, p.principal_point,
-                    size, self.region_attr[:, :0], cull_back=self.cfg.cull_back,
-                ).depth[0]
+                depth_map = render_depth(world, self.faces, p.focal, p.principal_point, size, self.cfg.cull_back)[0]
         for name in ("uv_corr", "uv_corr_l1"):
             if name in w:
                 xy, depth = project(world_to_camera(world[:, self.valid]), p.focal, p.principal_point, size)

@@ -16,7 +16,7 @@ from ..flame.uv import UVTemplate
 from ..render.camera import clip_from_camera, world_to_camera
 from ..render.raster import antialias, interpolate, rasterize
 
-__all__ = ["HeadMaps", "vertex_normals", "render_head", "render_maps", "corner_uv_tensor"]
+__all__ = ["HeadMaps", "vertex_normals", "render_head", "render_depth", "render_maps", "corner_uv_tensor"]
 
 
 def vertex_normals(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
@@ -114,6 +114,23 @@ def render_head(
     if sil_channel is not None:
         sil = antialias(regions[..., sil_channel : sil_channel + 1].contiguous(), rast, clip, faces)[..., 0]
     return HeadMaps(rast, uv, normals, coverage, depth, regions, sil)
+
+
+def render_depth(
+    world_vertices: torch.Tensor,
+    faces: torch.Tensor,
+    focal: torch.Tensor,
+    principal_point: torch.Tensor,
+    size: int,
+    cull_back: bool = False,
+) -> torch.Tensor:
+    """(B, S, S) camera distance of the visible surface, +inf on background: :func:`render_head`'s ``depth``
+    without the other maps (the visibility test of the correspondence loss needs nothing else)."""
+    cam = world_to_camera(world_vertices)
+    clip = clip_from_camera(cam, focal, principal_point, size)
+    rast = rasterize(clip, faces, (size, size), cull_back=cull_back)
+    depth = interpolate(-cam[..., 2:3], rast, faces)[..., 0]
+    return torch.where(rast[..., 3] > 0, depth, torch.full_like(depth, float("inf")))
 
 
 def render_maps(

@@ -225,3 +225,21 @@ def test_gaussian_blur_matches_full_image_convolution():
     assert torch.allclose(blurred, full(img, 9, 2.0), atol=1e-12)
     assert blurred[40:, :].abs().max() == 0 and blurred[22, 14] > 0
     assert torch.equal(L.gaussian_blur(torch.zeros(8, 8), 5, 1.0), torch.zeros(8, 8))
+
+
+def test_render_depth_equals_render_head_depth():
+    from core.fit.maps import corner_uv_tensor, render_depth, render_head
+    from core.flame import FlameModel, FlameParams
+
+    data, uvt = synthetic_flame("small", 0)
+    flame = FlameModel.from_data(data, dtype=torch.float64)
+    world = flame(FlameParams()).vertices + torch.tensor([0.0, 0.0, 0.05], dtype=torch.float64)
+    focal = torch.tensor([2.0], dtype=torch.float64)
+    pp = torch.tensor([[0.02, -0.01]], dtype=torch.float64)
+    ref = flame.v_template
+    for cull in (False, True):
+        full = render_head(world, torch.zeros_like(world), flame.faces, corner_uv_tensor(uvt, ref), focal, pp, 48,
+                           ref.new_zeros(ref.shape[0], 0), cull_back=cull).depth
+        depth = render_depth(world, flame.faces, focal, pp, 48, cull)
+        assert torch.isfinite(depth).any() and torch.isinf(depth).any()
+        assert torch.equal(depth, full)
