@@ -107,9 +107,10 @@ def render_head(
     attrs = torch.cat([canonical_normals, depth_v, region_attr.expand(world_vertices.shape[0], -1, -1)], -1)
     img = interpolate(attrs, rast, faces)
     coverage = (rast[..., 3] > 0).to(world_vertices.dtype)
-    normals = torch.nn.functional.normalize(img[..., :3], dim=-1, eps=1e-12)
-    depth = torch.where(coverage > 0, img[..., 3], torch.full_like(img[..., 3], float("inf")))
-    regions = img[..., 4:]
+    # split (one gradient concatenation in backward) rather than slices (one full-size gradient each)
+    normals_raw, depth_raw, regions = img.split([3, 1, img.shape[-1] - 4], -1)
+    normals = torch.nn.functional.normalize(normals_raw, dim=-1, eps=1e-12)
+    depth = torch.where(coverage > 0, depth_raw[..., 0], torch.full_like(depth_raw[..., 0], float("inf")))
     sil = None
     if sil_channel is not None:
         sil = antialias(regions[..., sil_channel : sil_channel + 1].contiguous(), rast, clip, faces)[..., 0]

@@ -138,8 +138,10 @@ def rasterize(
     pix = pid - b_idx * (height * width)
     py = torch.div(pix, width, rounding_mode="floor").to(pos.dtype) + 0.5
     px = (pix % width).to(pos.dtype) + 0.5
-    corners = _corners(pos, tri, b_idx, tid)  # (N, 3, 4)
-    sx, sy, sz, sw = _screen(corners, height, width)
+    # Screen coordinates per vertex, then one gather of the winners' corners: autograd then scatters (N, 3, 4)
+    # corner gradients once instead of allocating a full (N, 3, 4) gradient per selected component.
+    screen = torch.stack(_screen(pos, height, width), -1)  # (B, V, 4): x, y, z/w, w
+    sx, sy, sz, sw = _corners(screen, tri, b_idx, tid).unbind(-1)  # each (N, 3)
     l0, l1, l2, _ = _edge_bary(sx, sy, px, py)
     q0, q1, q2 = l0 / sw[:, 0], l1 / sw[:, 1], l2 / sw[:, 2]
     denom = q0 + q1 + q2
@@ -281,15 +283,16 @@ def interpolate(attr: torch.Tensor, rast: torch.Tensor, tri: torch.Tensor) -> to
     out = torch.zeros(batch * height * width, channels, dtype=attr.dtype, device=attr.device)
     if pid.numel() == 0:
         return out.view(batch, height, width, channels)
-    samples = flat.index_select(0, pid)
-    tid = samples[:, 3].long() - 1
+    u, v, _, tri_id = flat.index_select(0, pid).unbind(-1)
+    tid = tri_id.long() - 1
     if attr.dim() == 2 or attr.shape[0] == 1:
         a = _corners((attr if attr.dim() == 2 else attr[0])[None], tri, torch.zeros_like(tid), tid)
     else:
         a = _corners(attr, tri, torch.div(pid, height * width, rounding_mode="floor"), tid)
-    u = samples[:, 0:1].to(attr.dtype)
-    v = samples[:, 1:2].to(attr.dtype)
-    vals = u * a[:, 0] + v * a[:, 1] + (1.0 - u - v) * a[:, 2]
+    a0, a1, a2 = a.unbind(1)
+    u = u.to(attr.dtype)[:, None]
+    v = v.to(attr.dtype)[:, None]
+    vals = u * a0 + v * a1 + (1.0 - u - v) * a2
     return out.index_put((pid,), vals).view(batch, height, width, channels)
 
 
