@@ -107,6 +107,8 @@ def main() -> None:
     ap.add_argument("--heads", type=int, default=20)
     ap.add_argument("--preset", default="balanced")
     ap.add_argument("--steps-scale", type=float, default=1.0, help="multiply every stage's steps")
+    ap.add_argument("--camera-steps", type=int, default=None,
+                    help="replace the camera stage's step count (after --steps-scale; decay kept at 3/4)")
     ap.add_argument("--resolution", type=int, default=256)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
@@ -125,6 +127,10 @@ def main() -> None:
     region = (reg.uv_valid | reg.eye_region) & ~reg.eyeballs
     cfg = FitConfig.preset(args.preset).with_steps(args.steps_scale)
     cfg = FitConfig.from_dict({**cfg.to_dict(), "resolution": args.resolution})
+    if args.camera_steps is not None:
+        cfg = FitConfig.from_dict({**cfg.to_dict(), "stages": [
+            (s.scaled(args.camera_steps / s.steps) if s.name == "camera" else s).__dict__ for s in cfg.stages
+        ]})
     if args.fixed_focal:
         cfg = FitConfig.from_dict({**cfg.to_dict(), "fit_focal": False})
     if args.shape_reg == "weak":

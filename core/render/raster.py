@@ -162,7 +162,7 @@ def _visible_samples(
     n_tri = tri.shape[0]
     corners = pos[:, tri]  # (B, F, 3, 4)
     sx, sy, sz, sw = _screen(corners, height, width)
-    valid = (sw > _W_EPS).all(-1) & torch.isfinite(sx).all(-1) & torch.isfinite(sy).all(-1)
+    valid = ((sw > _W_EPS) & torch.isfinite(sx) & torch.isfinite(sy)).all(-1)
     area = (sx[..., 1] - sx[..., 0]) * (sy[..., 2] - sy[..., 0]) - (sy[..., 1] - sy[..., 0]) * (sx[..., 2] - sx[..., 0])
     # Pixel rows grow downwards, so counter-clockwise triangles in NDC have a negative area here.
     valid &= (area < -1e-12) if cull_back else (area.abs() > 1e-12)
