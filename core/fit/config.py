@@ -180,7 +180,7 @@ class FitConfig:
 
     @classmethod
     def preset(cls, name: str) -> "FitConfig":
-        """``"fast"``, ``"balanced"`` (the reference's 500 + 800 steps) or ``"best"``."""
+        """``"fast"``, ``"balanced"`` (250 + 800 steps; the reference's 500 camera steps measured no better) or ``"best"``."""
         if name not in PRESETS:
             raise ValueError(f"Unknown preset {name!r}; choose one of {sorted(PRESETS)}.")
         camera, image = PRESETS[name]
@@ -235,6 +235,8 @@ class FitConfig:
 #: preset name -> (camera steps, image steps)
 PRESETS: dict[str, tuple[int, int]] = {
     "fast": (150, 250),
-    "balanced": (500, 800),
+    # 250 camera steps after the PnP start: Goal A on 8 heads (seed 0) gave the same median errors as the
+    # reference's 500 (posed 1.371 vs 1.372 mm, neutral 1.431 vs 1.438 mm) with less focal/depth drift.
+    "balanced": (250, 800),
     "best": (500, 1500),
 }

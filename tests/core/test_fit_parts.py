@@ -22,7 +22,7 @@ def small():
 
 def test_presets_and_from_dict():
     bal = FitConfig.preset("balanced")
-    assert [s.steps for s in bal.stages] == [500, 800]
+    assert [s.steps for s in bal.stages] == [250, 800]
     assert bal.stages[0].lr == {"translation": 1e-3, "rotation": 5e-3, "focal": 2e-2, "principal_point": 1e-4}
     assert bal.stages[1].weights["uv_corr"] == 2e5 and bal.stages[1].weights["sil"] == 50.0
     fast, best = FitConfig.preset("fast"), FitConfig.preset("best")
