@@ -18,6 +18,7 @@ import numpy as np
 from .assets import AssetRegistry
 from .device import release_memory, resolve_device
 from .errors import FitCancelled, Pixel3DMMError
+from .fit.config import PRESETS
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +27,7 @@ CancelFn = Callable[[], bool]
 
 # Share of the whole run each stage takes on a CPU (measured with the balanced preset); drives the bar.
 _STAGES = (("load", 0.04), ("detect", 0.03), ("network", 0.25), ("fit", 0.63), ("texture", 0.05))
-QUALITY_PRESETS = ("fast", "balanced", "best")
+QUALITY_PRESETS = tuple(PRESETS)  # the fitting presets are the quality choices
 
 
 @dataclass(frozen=True)
