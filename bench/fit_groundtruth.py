@@ -74,11 +74,15 @@ def corrupt(maps: dict, rng: np.random.Generator, blur: float, noise: float, out
     return {**maps, "uv": np.clip(uv, 0, 1).astype(np.float32), "normals": n.astype(np.float32), "mask": mask}
 
 
-def inputs(maps: dict):
-    """Prediction- and FaceCrop-like inputs (duck-typed) from rendered maps."""
+def inputs(maps: dict, eyeball_faces: np.ndarray):
+    """Prediction- and FaceCrop-like inputs (duck-typed) from rendered maps.
+
+    The crop masks are what a face segmenter gives: the eyeballs are "eyes", the rest of the head "skin" (the
+    fit then keeps the eyeballs out of the UV and normal terms, as with a real photo)."""
     pred = SimpleNamespace(uv=maps["uv"], normals=maps["normals"], mask=maps["mask"])
+    eyes = np.isin(maps["triangle"], eyeball_faces)
     crop = SimpleNamespace(
-        masks={"skin": maps["mask"], "background": ~maps["mask"]}, landmarks=None,
+        masks={"skin": maps["mask"] & ~eyes, "eyes": eyes, "background": ~maps["mask"]}, landmarks=None,
         transform=SimpleNamespace(x0=0.0, y0=0.0, size=float(SIZE), out_size=SIZE), photo_size=(SIZE, SIZE),
     )
     return pred, crop
@@ -125,6 +129,7 @@ def main() -> None:
     flame = FlameModel.from_data(data)
     reg = derive_regions(data.v_template, data.faces, data.J_regressor)
     region = (reg.uv_valid | reg.eye_region) & ~reg.eyeballs
+    eyeball_faces = np.flatnonzero(reg.eyeballs[data.faces].all(1))
     cfg = FitConfig.preset(args.preset).with_steps(args.steps_scale)
     cfg = FitConfig.from_dict({**cfg.to_dict(), "resolution": args.resolution})
     if args.camera_steps is not None:
@@ -155,7 +160,7 @@ def main() -> None:
         for i, h in enumerate(heads):
             maps, neutral = truth(h)
             t0 = time.perf_counter()
-            res = fit(*inputs(maps), flame, uvt, cfg, seed=args.seed)
+            res = fit(*inputs(maps, eyeball_faces), flame, uvt, cfg, seed=args.seed)
             dt = time.perf_counter() - t0
             ep, en = errors_mm(res, maps["vertices"], neutral, region)
             es, _ = errors_mm(res, maps["vertices"], neutral, region, with_scale=True)
@@ -180,7 +185,7 @@ def main() -> None:
                 errs = []
                 for h in heads:
                     maps, neutral = truth(h)
-                    res = fit(*inputs(maps), flame, uvt, c, seed=args.seed,
+                    res = fit(*inputs(maps, eyeball_faces), flame, uvt, c, seed=args.seed,
                               init_pose=yawed(h["rotation"], h["translation"], yaw))
                     errs.append(errors_mm(res, maps["vertices"], neutral, region)[0])
                 errs = np.array(errs)
@@ -194,7 +199,7 @@ def main() -> None:
             for k, h in enumerate(heads):
                 maps, neutral = truth(h)
                 noisy = corrupt(maps, np.random.default_rng(args.seed + k), blur, noise, out)
-                res = fit(*inputs(noisy), flame, uvt, cfg, seed=args.seed)
+                res = fit(*inputs(noisy, eyeball_faces), flame, uvt, cfg, seed=args.seed)
                 a, b = errors_mm(res, maps["vertices"], neutral, region)
                 ep.append(a)
                 en.append(b)

@@ -158,7 +158,8 @@ def render_maps(
     Returns
     -------
     dict with ``uv`` (S, S, 2), ``normals`` (S, S, 3), ``mask`` (S, S) bool, ``depth`` (S, S) float32 (inf on
-    background) and ``vertices`` (V, 3) world-space vertices, as numpy arrays.
+    background), ``triangle`` (S, S) int64 visible triangle index (-1 on background) and ``vertices`` (V, 3)
+    world-space vertices, as numpy arrays.
     """
     with torch.no_grad():
         ref = flame.v_template
@@ -184,5 +185,6 @@ def render_maps(
         "normals": maps.normals[0].cpu().numpy().astype(np.float32),
         "mask": maps.coverage[0].cpu().numpy() > 0,
         "depth": maps.depth[0].cpu().numpy().astype(np.float32),
+        "triangle": maps.rast[0, ..., 3].cpu().numpy().astype(np.int64) - 1,
         "vertices": world[0].cpu().numpy().astype(np.float32),
     }

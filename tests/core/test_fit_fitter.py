@@ -67,6 +67,18 @@ def test_render_maps_are_consistent(head):
     assert abs(np.median(pred.uv[pred.mask][:, 0]) - 0.5) < 0.05
 
 
+def test_render_maps_triangle_ids_match_uv(head):
+    _, uvt, flame = head
+    maps = render_maps(flame, uvt, FlameParams(), np.eye(3), np.zeros(3), DEFAULT_FOCAL, [0.0, 0.0], PRED)
+    tri = maps["triangle"]
+    np.testing.assert_array_equal(tri >= 0, maps["mask"])
+    assert tri.min() == -1 and tri.max() < len(flame.faces)
+    # The interpolated UV of a covered pixel lies inside the corner-UV box of the triangle named there.
+    corner = uvt.corner_uv[tri[maps["mask"]]]  # (N, 3, 2), v up
+    uv = maps["uv"][maps["mask"]] * [1.0, -1.0] + [0.0, 1.0]  # network convention (u, 1 - v) back to (u, v)
+    assert np.all(uv >= corner.min(1) - 1e-5) and np.all(uv <= corner.max(1) + 1e-5)
+
+
 def test_pnp_recovers_pose(head):
     data, uvt, flame = head
     pred, _, rot, t, _ = _truth(flame, uvt)
