@@ -36,6 +36,8 @@ __all__ = ["rasterize", "interpolate", "antialias"]
 
 _W_EPS = 1e-8
 _DEFAULT_CHUNK = 1 << 22
+#: Pixels by which a row's candidate span is widened beyond the analytic edge crossings (rounding safety).
+_SPAN_MARGIN = 1e-3
 
 
 def _check_pos_tri(pos: torch.Tensor, tri: torch.Tensor) -> None:
@@ -160,7 +162,7 @@ def _visible_samples(
     """Z-buffered (flat pixel index, triangle index) pairs of the visible triangle at each covered pixel."""
     batch = pos.shape[0]
     n_tri = tri.shape[0]
-    corners = pos[:, tri]  # (B, F, 3, 4)
+    corners = pos.index_select(1, tri.reshape(-1)).view(batch, n_tri, 3, pos.shape[-1])  # (B, F, 3, 4)
     sx, sy, sz, sw = _screen(corners, height, width)
     valid = ((sw > _W_EPS) & torch.isfinite(sx) & torch.isfinite(sy)).all(-1)
     area = (sx[..., 1] - sx[..., 0]) * (sy[..., 2] - sy[..., 0]) - (sy[..., 1] - sy[..., 0]) * (sx[..., 2] - sx[..., 0])
@@ -173,21 +175,19 @@ def _visible_samples(
     y_hi = torch.floor(sy.amax(-1) - 0.5).clamp(-1, height - 1)
     nx = (x_hi - x_lo + 1).clamp(min=0).long()
     ny = (y_hi - y_lo + 1).clamp(min=0).long()
-    counts = torch.where(valid, nx * ny, torch.zeros_like(nx)).reshape(-1)  # (B*F,)
+    counts = torch.where(valid, ny, torch.zeros_like(ny)).reshape(-1)  # rows per triangle, (B*F,)
     keep = counts.nonzero().squeeze(1)
+    empty = torch.zeros(0, dtype=torch.long, device=pos.device)
     if keep.numel() == 0:
-        empty = torch.zeros(0, dtype=torch.long, device=pos.device)
         return empty, empty
-    counts = counts[keep]
     # Per kept triangle: barycentrics l0, l1 and depth as affine functions of pixel coordinates relative to the
-    # bounding-box corner (small numbers keep float32 exact enough), packed as rows so that each candidate needs
-    # one contiguous gather per coefficient.
-    ox = x_lo.reshape(-1)[keep]
-    oy = y_lo.reshape(-1)[keep]
-    vx = sx.reshape(-1, 3)[keep] - ox[:, None]
-    vy = sy.reshape(-1, 3)[keep] - oy[:, None]
-    vz = sz.reshape(-1, 3)[keep]
-    area = area.reshape(-1)[keep]
+    # bounding-box corner (small numbers keep float32 exact enough).
+    ox = x_lo.reshape(-1).index_select(0, keep)
+    oy = y_lo.reshape(-1).index_select(0, keep)
+    vx = sx.reshape(-1, 3).index_select(0, keep) - ox[:, None]
+    vy = sy.reshape(-1, 3).index_select(0, keep) - oy[:, None]
+    vz = sz.reshape(-1, 3).index_select(0, keep)
+    area = area.reshape(-1).index_select(0, keep)
     coef = []
     for a, b in ((1, 2), (2, 0)):  # l0 uses edge (v1, v2), l1 uses edge (v2, v0)
         ex, ey = vx[:, b] - vx[:, a], vy[:, b] - vy[:, a]
@@ -200,45 +200,70 @@ def _visible_samples(
             vz[:, 2] + coef[0][2] * dz0 + coef[1][2] * dz1,
         )
     )
-    packed = torch.stack([c for trio in coef for c in trio] + [nx.reshape(-1)[keep].to(pos.dtype)], 0)  # (10, K)
-    ox_l, oy_l = ox.long(), oy.long()
-    ends = torch.cumsum(counts, 0)
-    starts = ends - counts
+    # One entry per (triangle, bounding-box row): the row's part of each affine function, and the span of pixel
+    # centres where all three barycentrics can be >= 0 (widened by a small margin; the exact test follows).
+    rows_per = counts.index_select(0, keep)
+    n_rows = int(rows_per.sum())
+    row_tri = torch.repeat_interleave(torch.arange(keep.numel(), device=pos.device), rows_per, output_size=n_rows)
+    row_first = torch.cumsum(rows_per, 0) - rows_per
+    qy = torch.arange(n_rows, device=pos.device) - row_first.index_select(0, row_tri)
+    py = qy.to(pos.dtype) + 0.5
+    rc = [[c.index_select(0, row_tri) for c in trio] for trio in coef]
+    row_part = [b * py + c for _, b, c in rc]  # l = a * px + row_part
+    lo = torch.zeros_like(py)
+    hi = nx.reshape(-1).index_select(0, keep).index_select(0, row_tri).to(pos.dtype) - 1.0
+    l2 = (-(rc[0][0] + rc[1][0]), 1.0 - row_part[0] - row_part[1])  # l2 = 1 - l0 - l1
+    for a, r in ((rc[0][0], row_part[0]), (rc[1][0], row_part[1]), l2):
+        # a * (qx + 0.5) + r >= 0  <=>  qx >= -r / a - 0.5 (a > 0) or qx <= -r / a - 0.5 (a < 0)
+        edge = -r / torch.where(a == 0, torch.ones_like(a), a) - 0.5
+        lo = torch.where(a > 0, torch.maximum(lo, torch.ceil(edge - _SPAN_MARGIN)), lo)
+        hi = torch.where(a < 0, torch.minimum(hi, torch.floor(edge + _SPAN_MARGIN)), hi)
+        hi = torch.where((a == 0) & (r < -_SPAN_MARGIN), torch.full_like(hi, -1.0), hi)
+    span = (hi - lo + 1.0).clamp(min=0.0)
+    rows = span.nonzero().squeeze(1)
+    if rows.numel() == 0:
+        return empty, empty
+    row_tri = row_tri.index_select(0, rows)
+    span = span.index_select(0, rows).long()
+    # Packed per-row values so that each candidate needs one contiguous gather per value.
+    packed = torch.stack(
+        [rc[k][0].index_select(0, rows) for k in range(3)]
+        + [row_part[k].index_select(0, rows) for k in range(3)]
+        + [lo.index_select(0, rows)],
+        0,
+    )  # (7, R): a0, a1, az, r0, r1, rz, first column
+    flat_tri = keep.index_select(0, row_tri)
+    b_row = torch.div(flat_tri, n_tri, rounding_mode="floor")
+    tri_row = flat_tri - b_row * n_tri
+    base_row = (b_row * height + oy.long().index_select(0, row_tri) + qy.index_select(0, rows)) * width + ox.long().index_select(0, row_tri)
+    ends = torch.cumsum(span, 0)
+    starts = ends - span
+    n_span_rows = rows.numel()
     pids, depths, tids = [], [], []
-    start_tri = 0
+    start_row = 0
     start_count = 0
-    n_keep = keep.numel()
-    while start_tri < n_keep:
-        # Largest run of triangles whose candidates fit in the chunk (at least one triangle).
-        stop_tri = int(torch.searchsorted(ends, start_count + chunk_size, right=True))
-        stop_tri = max(stop_tri, start_tri + 1)
-        c = counts[start_tri:stop_tri]
-        n_cand = int(ends[stop_tri - 1]) - start_count
-        local_tri = torch.repeat_interleave(torch.arange(start_tri, stop_tri, device=pos.device), c, output_size=n_cand)
+    while start_row < n_span_rows:
+        # Largest run of rows whose candidates fit in the chunk (at least one row).
+        stop_row = int(torch.searchsorted(ends, start_count + chunk_size, right=True))
+        stop_row = max(stop_row, start_row + 1)
+        c = span[start_row:stop_row]
+        n_cand = int(ends[stop_row - 1]) - start_count
+        local_row = torch.repeat_interleave(torch.arange(start_row, stop_row, device=pos.device), c, output_size=n_cand)
         # index_select on contiguous rows: much faster than advanced indexing on CPU.
-        row = [packed[r].index_select(0, local_tri) for r in range(10)]
-        local = torch.arange(start_count, start_count + n_cand, device=pos.device) - starts.index_select(0, local_tri)
-        nxl = row[9].long()
-        qy = torch.div(local, nxl, rounding_mode="floor")
-        qx = local - qy * nxl
-        px = qx.to(pos.dtype) + 0.5
-        py = qy.to(pos.dtype) + 0.5
-        l0 = row[0] * px + row[1] * py + row[2]
-        l1 = row[3] * px + row[4] * py + row[5]
-        depth = row[6] * px + row[7] * py + row[8]
+        a0, a1, az, r0, r1, rz, first = (packed[k].index_select(0, local_row) for k in range(7))
+        qx = torch.arange(start_count, start_count + n_cand, device=pos.device) - starts.index_select(0, local_row)
+        px = qx.to(pos.dtype) + first + 0.5
+        l0 = a0 * px + r0
+        l1 = a1 * px + r1
+        depth = az * px + rz
         inside = (l0 >= 0) & (l1 >= 0) & (l0 + l1 <= 1) & (depth >= -1.0) & (depth <= 1.0)
         idx = inside.nonzero().squeeze(1)
-        kt = local_tri.index_select(0, idx)
-        flat_tri = keep.index_select(0, kt)
-        b = torch.div(flat_tri, n_tri, rounding_mode="floor")
-        pids.append(
-            (b * height + oy_l.index_select(0, kt) + qy.index_select(0, idx)) * width
-            + ox_l.index_select(0, kt) + qx.index_select(0, idx)
-        )
+        kr = local_row.index_select(0, idx)
+        pids.append(base_row.index_select(0, kr) + (first.index_select(0, idx).long() + qx.index_select(0, idx)))
         depths.append(depth.index_select(0, idx))
-        tids.append(flat_tri - b * n_tri)
-        start_tri = stop_tri
-        start_count = int(ends[stop_tri - 1])
+        tids.append(tri_row.index_select(0, kr))
+        start_row = stop_row
+        start_count = int(ends[stop_row - 1])
     pid = torch.cat(pids)
     depth = torch.cat(depths)
     tid = torch.cat(tids)
