@@ -8,7 +8,8 @@ Goals (issue 6):
   A  noise-free maps (also printed: the posed error after a similarity alignment, the scale it needs and the
      depth error of the head translation, which separate the size/distance ambiguity from shape errors): median over heads of the mean face-region vertex error < 0.5 mm (posed) and < 1 mm for the
      neutral mesh of heads with neutral expression (reported for expressive heads);
-  B  initial yaw errors up to +-30 deg: >= 95 % of fits reach Goal A's error; the same sweep with the UV term off;
+  B  initial yaw errors up to +-30 deg: >= 95 % of fits reach Goal A's error (the error of the same head's ordinary
+     fit, and the absolute 0.5 mm); the same sweep with the UV term off;
   C  corrupted maps (blur, noise, outlier pixels): the error curve.
 
 Examples::
@@ -33,6 +34,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.fit import FitConfig, PoseInit, fit, render_maps  # noqa: E402
+from core.fit.config import REFERENCE_SHAPE_LR, SHAPE_LR, SHAPE_PRIORS  # noqa: E402
 from core.fit.regions import derive_regions  # noqa: E402
 from core.flame import FlameModel, FlameParams, axis_angle_to_matrix, synthetic_flame  # noqa: E402
 from core.metrics import rigid_align  # noqa: E402
@@ -120,9 +122,10 @@ def main() -> None:
     ap.add_argument("--yaw-errors", type=float, nargs="+", default=[-30, -15, 0, 15, 30])
     ap.add_argument("--threshold-mm", type=float, default=0.5, help="Goal A posed error counted as success in B")
     ap.add_argument("--fixed-focal", action="store_true", help="FitConfig.fit_focal = False")
-    ap.add_argument("--shape-reg", choices=("reference", "weak"), default="reference",
-                    help="reference: w_shape 0.2 + 0.05 towards zero (no MICA); weak: the README multi-image "
-                         "values 0.01 + 0.001")
+    ap.add_argument("--shape-prior", choices=sorted(SHAPE_PRIORS), default="no_mica",
+                    help="identity regulariser weights (core.fit.config.SHAPE_PRIORS)")
+    ap.add_argument("--shape-lr", type=float, default=SHAPE_LR,
+                    help=f"image-stage shape learning rate (reference {REFERENCE_SHAPE_LR})")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     data, uvt = synthetic_flame(args.size, 0)
@@ -130,7 +133,7 @@ def main() -> None:
     reg = derive_regions(data.v_template, data.faces, data.J_regressor)
     region = (reg.uv_valid | reg.eye_region) & ~reg.eyeballs
     eyeball_faces = np.flatnonzero(reg.eyeballs[data.faces].all(1))
-    cfg = FitConfig.preset(args.preset).with_steps(args.steps_scale)
+    cfg = FitConfig.preset(args.preset, shape_prior=args.shape_prior, shape_lr=args.shape_lr).with_steps(args.steps_scale)
     cfg = FitConfig.from_dict({**cfg.to_dict(), "resolution": args.resolution})
     if args.camera_steps is not None:
         cfg = FitConfig.from_dict({**cfg.to_dict(), "stages": [
@@ -138,11 +141,9 @@ def main() -> None:
         ]})
     if args.fixed_focal:
         cfg = FitConfig.from_dict({**cfg.to_dict(), "fit_focal": False})
-    if args.shape_reg == "weak":
-        cfg = cfg.with_weights(reg_shape=0.01, reg_shape_general=0.001)
     print(f"# goal {args.goal}: {args.heads} heads, preset {args.preset} x{args.steps_scale} "
           f"({[s.steps for s in cfg.stages]} steps), fit {args.resolution}px, {args.threads} threads, "
-          f"{args.size} head ({len(data.v_template)} v), face region {int(region.sum())} v, shape reg {args.shape_reg}, "
+          f"{args.size} head ({len(data.v_template)} v), face region {int(region.sum())} v, shape prior {args.shape_prior}, shape lr {args.shape_lr}, "
           f"fit_focal {cfg.fit_focal}")
     rng = np.random.default_rng(args.seed)
     heads = [make_head(rng, flame, expressive=(i % 2 == 1)) for i in range(args.heads)]
@@ -166,19 +167,30 @@ def main() -> None:
             es, _ = errors_mm(res, maps["vertices"], neutral, region, with_scale=True)
             scale = rigid_align(res.vertices_posed[region], maps["vertices"][region], with_scale=True).s
             dz = (res.head_translation[2] - h["translation"][2]) * 1000
-            rows.append((h["expressive"], ep, en))
+            rows.append((h["expressive"], ep, en, es))
             print(f"{i:4d} {str(h['expressive']):>5} {h['yaw_deg']:6.1f} {res.info['init']:>7} {ep:9.3f} {en:10.3f} "
                   f"{es:9.3f} {scale:6.3f} {dz:12.1f} {res.focal:6.3f} {dt:7.1f}", flush=True)
-        arr = np.array([(e, p, n) for e, p, n in rows])
+        arr = np.array(rows, dtype=float)
         neu = arr[arr[:, 0] == 0]
         exp = arr[arr[:, 0] == 1]
-        print(f"median posed error, all heads: {np.median(arr[:, 1]):.3f} mm (goal < 0.5)")
+        print(f"median posed error, all heads: {np.median(arr[:, 1]):.3f} mm (goal < 0.5); after a similarity "
+              f"alignment (the global scale a single image cannot observe removed): {np.median(arr[:, 3]):.3f} mm")
         if len(neu):
             print(f"median neutral-mesh error, neutral-expression heads: {np.median(neu[:, 2]):.3f} mm (goal < 1)")
         if len(exp):
             print(f"median neutral-mesh error, expressive heads: {np.median(exp[:, 2]):.3f} mm (reported)")
     elif args.goal == "B":
-        print(f"{'yaw err':>7} {'uv term':>7} {'median posed mm':>15} {'success %':>9}")
+        # Per head, the error of the ordinary fit (PnP start, as in Goal A) is the one to reach: a perturbed start
+        # succeeds when it ends within 10 % (or 0.1 mm) of it; the absolute Goal-A threshold is printed as well.
+        ref = []
+        for h in heads:
+            maps, neutral = truth(h)
+            ref.append(errors_mm(fit(*inputs(maps, eyeball_faces), flame, uvt, cfg, seed=args.seed),
+                                 maps["vertices"], neutral, region)[0])
+        ref = np.array(ref)
+        print(f"ordinary fit (PnP start): median posed {np.median(ref):.3f} mm")
+        print(f"{'yaw err':>7} {'uv term':>7} {'median posed mm':>15} {'reach own %':>11} "
+              f"{f'< {args.threshold_mm} mm %':>10}")
         for uv_on in (True, False):
             c = cfg if uv_on else cfg.with_weights(uv_corr=0.0, uv_corr_l1=0.0)
             for yaw in args.yaw_errors:
@@ -189,8 +201,9 @@ def main() -> None:
                               init_pose=yawed(h["rotation"], h["translation"], yaw))
                     errs.append(errors_mm(res, maps["vertices"], neutral, region)[0])
                 errs = np.array(errs)
-                print(f"{yaw:7.0f} {'on' if uv_on else 'off':>7} {np.median(errs):15.3f} "
-                      f"{100 * np.mean(errs < args.threshold_mm):9.0f}", flush=True)
+                reach = errs <= np.maximum(ref * 1.1, ref + 0.1)
+                print(f"{yaw:7.0f} {'on' if uv_on else 'off':>7} {np.median(errs):15.3f} {100 * reach.mean():11.0f} "
+                      f"{100 * np.mean(errs < args.threshold_mm):10.0f}", flush=True)
     else:
         levels = [(0, 0, 0), (1.0, 0.0, 0.0), (0.0, 0.01, 0.0), (0.0, 0.0, 0.1), (1.0, 0.01, 0.1), (2.0, 0.02, 0.2)]
         print(f"{'blur px':>7} {'noise':>6} {'outliers':>8} {'median posed mm':>15} {'median neutral mm':>17}")

@@ -11,7 +11,10 @@ Deviations from the reference tracker (``pixel3dmm.md`` section 3), each behind 
   not have, so the camera stage uses the UV correspondences (L1) throughout.
 * Landmarks: only the iris term (MediaPipe iris centres vs FLAME vertices 4051 / 4597, real FLAME only); the
   eyelid and mouth landmark terms need FLAME's landmark embedding, which is not part of the model file.
-* Shape prior: no MICA identity, so ``reg_shape`` pulls towards zero like ``reg_shape_general``.
+* Shape prior: no MICA identity, so ``reg_shape`` pulls towards zero like ``reg_shape_general``, with the weights
+  the reference README gives for runs without MICA (``FitConfig.preset(shape_prior="no_mica")``, default; the
+  ``tracking.yaml`` weights are ``shape_prior="tracking"``), and a faster shape learning rate in the image stage
+  (``shape_lr``, 0.03 instead of 2e-3): measured on the ground-truth benchmark (``bench/fit_groundtruth.py``).
 * Vertex sets (UV-valid, eye region, silhouette region) are derived from the template geometry
   (:mod:`.regions`) instead of the reference's asset files.
 * One pinhole camera for losses and rasterization (principal point at the exact image centre for pp = 0).

@@ -8,6 +8,7 @@ import torch
 
 from core.render import rasterize
 from core.render.camera import (
+    CAMERA_POSITION,
     DEFAULT_FOCAL,
     clip_from_camera,
     crop_to_photo_intrinsics,
@@ -51,6 +52,29 @@ def test_clip_space_matches_projection_and_rasterizer():
     tri_pts = pts[:, :1] + torch.tensor([[[0.004, 0.0, 0.0], [-0.003, 0.004, 0.0], [-0.003, -0.004, 0.0]]], dtype=pts.dtype)
     rast = rasterize(clip_from_camera(tri_pts, fl, pp, size), torch.tensor([[0, 1, 2]]), (size, size))
     assert rast[0, int(centre[1]), int(centre[0]), 3] == 1
+
+
+def test_scaling_the_scene_about_the_camera_changes_no_pixel():
+    """Why a single image cannot give the head's size: a head s times larger and s times farther away renders
+    the same triangle at every pixel with the same barycentrics (the benchmark reports errors with and without
+    scale for this reason)."""
+    from core.flame import synthetic_flame
+
+    data, _ = synthetic_flame("small", 0)
+    faces = torch.as_tensor(data.faces)
+    world = torch.as_tensor(data.v_template, dtype=torch.float64)[None]
+    cam = torch.tensor(CAMERA_POSITION, dtype=torch.float64)
+    fl, pp = torch.tensor([DEFAULT_FOCAL], dtype=torch.float64), torch.zeros(1, 2, dtype=torch.float64)
+    rasts = [
+        rasterize(clip_from_camera(world_to_camera(cam + s * (world - cam)), fl, pp, 96), faces, (96, 96))
+        for s in (1.0, 1.03)
+    ]
+    assert (rasts[0][..., 3] > 0).float().mean() > 0.05
+    torch.testing.assert_close(rasts[1][..., 3], rasts[0][..., 3], rtol=0, atol=0)
+    torch.testing.assert_close(rasts[1][..., :2], rasts[0][..., :2], rtol=0, atol=1e-9)
+    # A move in depth alone (no scaling) does change the image.
+    moved = rasterize(clip_from_camera(world_to_camera(world - torch.tensor([0.0, 0.0, 0.03], dtype=world.dtype)), fl, pp, 96), faces, (96, 96))
+    assert not torch.equal(moved[..., 3], rasts[0][..., 3])
 
 
 def test_photo_intrinsics_follow_crop_transform():
