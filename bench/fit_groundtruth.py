@@ -115,6 +115,7 @@ def main() -> None:
     ap.add_argument("--steps-scale", type=float, default=1.0, help="multiply every stage's steps")
     ap.add_argument("--camera-steps", type=int, default=None,
                     help="replace the camera stage's step count (after --steps-scale; decay kept at 3/4)")
+    ap.add_argument("--image-steps", type=int, default=None, help="replace the image stage's step count")
     ap.add_argument("--resolution", type=int, default=256)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
@@ -122,6 +123,7 @@ def main() -> None:
     ap.add_argument("--yaw-errors", type=float, nargs="+", default=[-30, -15, 0, 15, 30])
     ap.add_argument("--threshold-mm", type=float, default=0.5, help="Goal A posed error counted as success in B")
     ap.add_argument("--fixed-focal", action="store_true", help="FitConfig.fit_focal = False")
+    ap.add_argument("--cull-back", action="store_true", help="FitConfig.cull_back = True (skip back faces)")
     ap.add_argument("--shape-prior", choices=sorted(SHAPE_PRIORS), default="no_mica",
                     help="identity regulariser weights (core.fit.config.SHAPE_PRIORS)")
     ap.add_argument("--shape-lr", type=float, default=SHAPE_LR,
@@ -135,16 +137,22 @@ def main() -> None:
     eyeball_faces = np.flatnonzero(reg.eyeballs[data.faces].all(1))
     cfg = FitConfig.preset(args.preset, shape_prior=args.shape_prior, shape_lr=args.shape_lr).with_steps(args.steps_scale)
     cfg = FitConfig.from_dict({**cfg.to_dict(), "resolution": args.resolution})
+    if args.image_steps is not None:
+        cfg = FitConfig.from_dict({**cfg.to_dict(), "stages": [
+            (s.scaled(args.image_steps / s.steps) if s.name == "image" else s).__dict__ for s in cfg.stages
+        ]})
     if args.camera_steps is not None:
         cfg = FitConfig.from_dict({**cfg.to_dict(), "stages": [
             (s.scaled(args.camera_steps / s.steps) if s.name == "camera" else s).__dict__ for s in cfg.stages
         ]})
     if args.fixed_focal:
         cfg = FitConfig.from_dict({**cfg.to_dict(), "fit_focal": False})
+    if args.cull_back:
+        cfg = FitConfig.from_dict({**cfg.to_dict(), "cull_back": True})
     print(f"# goal {args.goal}: {args.heads} heads, preset {args.preset} x{args.steps_scale} "
           f"({[s.steps for s in cfg.stages]} steps), fit {args.resolution}px, {args.threads} threads, "
           f"{args.size} head ({len(data.v_template)} v), face region {int(region.sum())} v, shape prior {args.shape_prior}, shape lr {args.shape_lr}, "
-          f"fit_focal {cfg.fit_focal}")
+          f"fit_focal {cfg.fit_focal}, cull_back {cfg.cull_back}")
     rng = np.random.default_rng(args.seed)
     heads = [make_head(rng, flame, expressive=(i % 2 == 1)) for i in range(args.heads)]
 

@@ -1,7 +1,7 @@
 """FLAME fitting to Pixel3DMM's per-pixel UV and normal predictions.
 
 Public API: :func:`fit` (Prediction + FaceCrop -> :class:`FitResult`), :class:`FitConfig` with the presets
-``fast`` / ``balanced`` (250 + 800 steps; the reference's 500 camera steps measured no better) / ``best``, :class:`FitProgress`, and
+``fast`` / ``balanced`` (250 + 500 steps; the reference's 500 + 800 measured no better) / ``best``, :class:`FitProgress`, and
 :func:`render_maps` (UV / normal / mask images of given FLAME parameters and camera).
 
 Deviations from the reference tracker (``pixel3dmm.md`` section 3), each behind a named option or documented:

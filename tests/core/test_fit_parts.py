@@ -22,13 +22,23 @@ def small():
 
 def test_presets_and_from_dict():
     bal = FitConfig.preset("balanced")
-    assert [s.steps for s in bal.stages] == [250, 800]
+    assert [s.steps for s in bal.stages] == [250, 500]
     assert bal.stages[0].lr == {"translation": 1e-3, "rotation": 5e-3, "focal": 2e-2, "principal_point": 1e-4}
     assert bal.stages[1].weights["uv_corr"] == 2e5 and bal.stages[1].weights["sil"] == 50.0
     fast, best = FitConfig.preset("fast"), FitConfig.preset("best")
     assert sum(s.steps for s in fast.stages) < sum(s.steps for s in bal.stages) < sum(s.steps for s in best.stages)
     assert FitConfig.from_dict(bal.to_dict()) == bal
     assert FitConfig.from_dict({"preset": "fast", "resolution": 128}).resolution == 128
+    # Identity prior: the reference README's no-MICA weights by default, tracking.yaml's on request.
+    image = bal.stages[1]
+    assert (image.weights["reg_shape"], image.weights["reg_shape_general"], image.lr["shape"]) == (0.01, 0.001, 0.03)
+    ref = FitConfig.from_dict({"preset": "balanced", "shape_prior": "tracking", "shape_lr": 2e-3}).stages[1]
+    assert (ref.weights["reg_shape"], ref.weights["reg_shape_general"], ref.lr["shape"]) == (0.2, 0.05, 2e-3)
+    assert ref.weights["reg_expression"] == image.weights["reg_expression"] == 0.05
+    with pytest.raises(ValueError, match="shape prior"):
+        FitConfig.preset("fast", shape_prior="mica")
+    with pytest.raises(ValueError, match="give a preset"):
+        FitConfig.from_dict({"shape_prior": "tracking"})
     with pytest.raises(ValueError):
         FitConfig.from_dict({"resolutoin": 128})
     with pytest.raises(ValueError):
