@@ -33,7 +33,7 @@ def main() -> None:
     ap.add_argument("--probe-steps", type=int, default=20, help="steps per stage for the per-step figure")
     ap.add_argument("--no-whole", action="store_true", help="skip the whole-fit timing")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--cull-back", action="store_true", help="FitConfig.cull_back (skip back faces)")
+    ap.add_argument("--both-sides", action="store_true", help="FitConfig.cull_back = False (draw back faces too)")
     ap.add_argument("--resolution", type=int, default=256)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -48,10 +48,10 @@ def main() -> None:
     rot = axis_angle_to_matrix(torch.tensor([0.1, 0.35, 0.0])).numpy()
     maps = render_maps(flame, uvt, params, rot, np.zeros(3), DEFAULT_FOCAL, [0, 0], 512)
     pred = SimpleNamespace(uv=maps["uv"], normals=maps["normals"], mask=maps["mask"])
-    print(f"# full-size head, {args.threads} threads, device {dev}, fit {args.resolution}px, cull_back {args.cull_back}")
+    print(f"# full-size head, {args.threads} threads, device {dev}, fit {args.resolution}px, cull_back {not args.both_sides}")
     for name in args.presets:
         cfg = FitConfig.from_dict(
-            {"preset": name, "cull_back": args.cull_back, "resolution": args.resolution}
+            {"preset": name, "cull_back": not args.both_sides, "resolution": args.resolution}
         )
         per_step = []
         for stage in cfg.stages:

@@ -123,7 +123,7 @@ def main() -> None:
     ap.add_argument("--yaw-errors", type=float, nargs="+", default=[-30, -15, 0, 15, 30])
     ap.add_argument("--threshold-mm", type=float, default=0.5, help="Goal A posed error counted as success in B")
     ap.add_argument("--fixed-focal", action="store_true", help="FitConfig.fit_focal = False")
-    ap.add_argument("--cull-back", action="store_true", help="FitConfig.cull_back = True (skip back faces)")
+    ap.add_argument("--both-sides", action="store_true", help="FitConfig.cull_back = False (draw back faces too)")
     ap.add_argument("--shape-prior", choices=sorted(SHAPE_PRIORS), default="no_mica",
                     help="identity regulariser weights (core.fit.config.SHAPE_PRIORS)")
     ap.add_argument("--shape-lr", type=float, default=SHAPE_LR,
@@ -147,8 +147,8 @@ def main() -> None:
         ]})
     if args.fixed_focal:
         cfg = FitConfig.from_dict({**cfg.to_dict(), "fit_focal": False})
-    if args.cull_back:
-        cfg = FitConfig.from_dict({**cfg.to_dict(), "cull_back": True})
+    if args.both_sides:
+        cfg = FitConfig.from_dict({**cfg.to_dict(), "cull_back": False})
     print(f"# goal {args.goal}: {args.heads} heads, preset {args.preset} x{args.steps_scale} "
           f"({[s.steps for s in cfg.stages]} steps), fit {args.resolution}px, {args.threads} threads, "
           f"{args.size} head ({len(data.v_template)} v), face region {int(region.sum())} v, shape prior {args.shape_prior}, shape lr {args.shape_lr}, "

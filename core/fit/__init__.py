@@ -18,6 +18,7 @@ Deviations from the reference tracker (``pixel3dmm.md`` section 3), each behind 
 * Vertex sets (UV-valid, eye region, silhouette region) are derived from the template geometry
   (:mod:`.regions`) instead of the reference's asset files.
 * One pinhole camera for losses and rasterization (principal point at the exact image centre for pp = 0).
+* Back faces are not drawn (``FitConfig.cull_back = True``; ``False`` draws both sides as the reference does).
 * Masks: FaceCrop has no neck or ear classes (see :mod:`.targets`).
 """
 
