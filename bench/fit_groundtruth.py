@@ -22,6 +22,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -138,14 +139,11 @@ def main() -> None:
     eyeball_faces = np.flatnonzero(reg.eyeballs[data.faces].all(1))
     cfg = FitConfig.preset(args.preset, shape_prior=args.shape_prior, shape_lr=args.shape_lr).with_steps(args.steps_scale)
     cfg = FitConfig.from_dict({**cfg.to_dict(), "resolution": args.resolution})
-    if args.image_steps is not None:
-        cfg = FitConfig.from_dict({**cfg.to_dict(), "stages": [
-            (s.scaled(args.image_steps / s.steps) if s.name == "image" else s).__dict__ for s in cfg.stages
-        ]})
-    if args.camera_steps is not None:
-        cfg = FitConfig.from_dict({**cfg.to_dict(), "stages": [
-            (s.scaled(args.camera_steps / s.steps) if s.name == "camera" else s).__dict__ for s in cfg.stages
-        ]})
+    for stage_name, steps in (("image", args.image_steps), ("camera", args.camera_steps)):
+        if steps is not None:  # the decay step scales with the stage
+            cfg = dataclasses.replace(cfg, stages=tuple(
+                s.scaled(steps / s.steps) if s.name == stage_name else s for s in cfg.stages
+            ))
     if args.fixed_focal:
         cfg = FitConfig.from_dict({**cfg.to_dict(), "fit_focal": False})
     if args.both_sides:
