@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["rasterize", "interpolate", "antialias"]
+__all__ = ["rasterize", "pixel_barycentrics", "interpolate", "antialias"]
 
 _W_EPS = 1e-8
 _DEFAULT_CHUNK = 1 << 22
@@ -136,6 +136,31 @@ def rasterize(
     if pid.numel() == 0:
         return rast
     # Recompute the winners' barycentrics (differentiably when pos requires grad) and depth.
+    bary, depth = pixel_barycentrics(pos, tri, pid, tid, (height, width))
+    values = torch.cat([bary, depth.detach()[:, None], (tid + 1).to(pos.dtype)[:, None]], -1)
+    flat = rast.view(batch * height * width, 4)
+    return flat.index_put((pid,), values).view(batch, height, width, 4)
+
+
+def pixel_barycentrics(
+    pos: torch.Tensor, tri: torch.Tensor, pid: torch.Tensor, tid: torch.Tensor, resolution: tuple[int, int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Perspective-correct barycentrics ``(u, v)`` and ``z/w`` of given triangles at given pixel centres.
+
+    The differentiable half of :func:`rasterize`, for a visibility that is already known (for example kept fixed
+    while a Jacobian is taken): no data-dependent shapes, so it works under ``torch.func`` transforms.
+
+    Parameters
+    ----------
+    pos : (B, V, 4) clip-space positions; tri : (F, 3) long tensor
+    pid : (N,) flat pixel indices into (B, H, W); tid : (N,) triangle index per pixel
+    resolution : (H, W)
+
+    Returns
+    -------
+    bary : (N, 2) ``(u, v)`` as in ``rast[..., :2]``; depth : (N,) ``z/w``
+    """
+    height, width = int(resolution[0]), int(resolution[1])
     b_idx = torch.div(pid, height * width, rounding_mode="floor")
     pix = pid - b_idx * (height * width)
     py = torch.div(pix, width, rounding_mode="floor").to(pos.dtype) + 0.5
@@ -147,12 +172,7 @@ def rasterize(
     l0, l1, l2, _ = _edge_bary(sx, sy, px, py)
     q0, q1, q2 = l0 / sw[:, 0], l1 / sw[:, 1], l2 / sw[:, 2]
     denom = q0 + q1 + q2
-    values = torch.stack(
-        [q0 / denom, q1 / denom, (l0 * sz[:, 0] + l1 * sz[:, 1] + l2 * sz[:, 2]).detach(), (tid + 1).to(pos.dtype)],
-        dim=-1,
-    )
-    flat = rast.view(batch * height * width, 4)
-    return flat.index_put((pid,), values).view(batch, height, width, 4)
+    return torch.stack([q0 / denom, q1 / denom], -1), l0 * sz[:, 0] + l1 * sz[:, 1] + l2 * sz[:, 2]
 
 
 @torch.no_grad()
