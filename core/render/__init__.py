@@ -1,6 +1,7 @@
 """Pure-torch differentiable rendering: nvdiffrast-style primitives and the Pixel3DMM pinhole camera.
 
-``raster`` holds :func:`rasterize`, :func:`interpolate` and :func:`antialias` (no camera inside); ``camera`` holds
+``raster`` holds :func:`rasterize`, :func:`interpolate` and :func:`antialias` (no camera inside), and
+:func:`pixel_barycentrics` for a visibility already found; ``camera`` holds
 the reference camera (normalised focal, principal point, OpenGL camera at (0, 0, 1)) and its conversions.
 """
 
@@ -13,10 +14,11 @@ from .camera import (
     project,
     world_to_camera,
 )
-from .raster import antialias, interpolate, rasterize
+from .raster import antialias, interpolate, pixel_barycentrics, rasterize
 
 __all__ = [
     "rasterize",
+    "pixel_barycentrics",
     "interpolate",
     "antialias",
     "DEFAULT_FOCAL",
