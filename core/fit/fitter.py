@@ -21,11 +21,15 @@ from ..errors import AssetInvalidError, FitCancelled
 from ..flame.model import FlameModel, FlameParams
 from ..flame.rotation import matrix_to_axis_angle, matrix_to_rotation_6d, rotation_6d_to_matrix
 from ..flame.uv import UVTemplate
-from ..render.camera import DEFAULT_FOCAL, crop_to_photo_intrinsics, intrinsics_matrix, project, world_to_camera
+from ..render.camera import (
+    DEFAULT_FOCAL, clip_from_camera, crop_to_photo_intrinsics, intrinsics_matrix, project, world_to_camera,
+)
+from ..render.raster import pixel_barycentrics
 from . import losses as L
 from .config import FitConfig, StageSpec
 from .init import PoseInit, frontal_pose, initial_pose
 from .maps import corner_uv_tensor, render_depth, render_head, vertex_normals
+from .refine import gauss_newton_curvature, lm_step
 from .regions import derive_regions
 from .result import FitResult
 from .targets import build_targets
@@ -99,6 +103,32 @@ class _Params:
             eyelids=self.groups["eyelids"][0] if self.groups["eyelids"] else None,
         )
 
+    def flat(self, names: list[str]) -> torch.Tensor:
+        """The named groups' values as one detached (P,) vector (group order, then tensor order)."""
+        return torch.cat([t.detach().reshape(-1) for g in names for t in self.groups[g]])
+
+    def with_flat(self, names: list[str], x: torch.Tensor) -> "_Params":
+        """A view of these parameters with the named groups taken from the (P,) vector ``x`` (see :meth:`flat`)."""
+        view = object.__new__(_Params)
+        groups = dict(self.groups)
+        start = 0
+        for g in names:
+            parts = []
+            for t in self.groups[g]:
+                parts.append(x[start : start + t.numel()].view(t.shape))
+                start += t.numel()
+            groups[g] = parts
+        view.__dict__["groups"] = groups
+        return view
+
+    def set_flat(self, names: list[str], x: torch.Tensor) -> None:
+        """Copy the (P,) vector ``x`` into the named groups' leaf tensors."""
+        view = self.with_flat(names, x)
+        with torch.no_grad():
+            for g in names:
+                for mine, new in zip(self.groups[g], view.groups[g]):
+                    mine.copy_(new)
+
     def snapshot(self) -> list[torch.Tensor]:
         return [p.detach().clone() for p in self.all()]
 
@@ -126,6 +156,33 @@ def _component_major(flame: FlameModel) -> FlameModel:
 
 def _finite(tensors: list[torch.Tensor]) -> bool:
     return all(bool(torch.isfinite(t).all()) for t in tensors)
+
+
+@dataclass
+class _Linearisation:
+    """What the least-squares residuals hold fixed around one point: visibility and per-sample weights.
+
+    Attributes
+    ----------
+    pid, tid : (N,) covered pixels (flat index into S x S; a subsample) and the triangle seen at each
+    accepted : (Nv,) float, UV correspondences passing the reference's acceptance tests
+    uv_weight : (N,) float, dense-UV mask of each covered pixel
+    normal_weight : (N, 3) float, L1 normal term reweighted to least squares: ``keep / (2 |e|)`` (IRLS)
+    """
+
+    pid: torch.Tensor
+    tid: torch.Tensor
+    accepted: torch.Tensor
+    uv_weight: torch.Tensor
+    normal_weight: torch.Tensor
+
+
+#: Smallest normal error (per component) in the L1 reweighting; bounds the weight of pixels that already fit.
+_IRLS_FLOOR = 1e-3
+#: One covered pixel in this many enters the Gauss-Newton curvature (the gradient uses them all).
+_CURVATURE_PIXEL_STRIDE = 4
+#: Initial Levenberg-Marquardt damping (relative to the Gauss-Newton diagonal).
+_LM_DAMPING = 1e-2
 
 
 class _Problem:
@@ -168,29 +225,57 @@ class _Problem:
         self.matched = sq < self.cfg.delta_uv
         return int(self.matched.sum())
 
+    def geometry(self, p: _Params, need_normals: bool) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """Posed vertices (1, V, 3), canonical vertex normals of the neckless mesh (1, V, 3) or None, and the
+        unposed shape + expression mesh (V, 3)."""
+        params = p.flame_params()
+        if need_normals:
+            both = FlameParams(**{k: (None if v is None else torch.cat([v, v], 0)) for k, v in params.__dict__.items()})
+            both.neck_pose = torch.cat([p.neck, self.ident6], 0)
+            out = self.flame(both)
+            verts, canon = out.vertices[:1], vertex_normals(out.vertices[1:], self.faces)
+        else:
+            out = self.flame(params)
+            verts, canon = out.vertices, None
+        return verts, canon, out.vertices_shaped[0]
+
+    def world(self, p: _Params, verts: torch.Tensor) -> torch.Tensor:
+        """World-space vertices ``R v + t`` (1, V, 3)."""
+        return verts @ rotation_6d_to_matrix(p.rotation)[0].T + p.translation[:, None]
+
+    def regularisers(self, p: _Params, w: dict[str, float], shaped: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Unweighted regulariser values, each a flat residual vector whose squared sum is the term."""
+        eyes = p.groups["eyes"]
+        out: dict[str, torch.Tensor] = {}
+        if "reg_expression" in w:
+            out["reg_expression"] = p.expression.reshape(-1)
+        if "reg_shape" in w:  # no MICA identity here: the prior mean is zero
+            out["reg_shape"] = p.shape.reshape(-1)
+        if "reg_shape_general" in w:
+            out["reg_shape_general"] = p.shape.reshape(-1)
+        if "reg_jaw" in w:
+            out["reg_jaw"] = (self.ident6 - p.jaw).reshape(-1)
+        if "reg_neck" in w:
+            out["reg_neck"] = (self.ident6 - p.neck).reshape(-1)
+        if "reg_eyes" in w:
+            out["reg_eyes"] = torch.cat([(self.ident6 - eyes[0]).reshape(-1), (self.ident6 - eyes[1]).reshape(-1)])
+        if "reg_eye_sym" in w:
+            out["reg_eye_sym"] = (eyes[0] - eyes[1]).reshape(-1)
+        if "reg_mirror" in w:  # mean over vertices of the squared mirror distance
+            out["reg_mirror"] = L.mirror_offsets(shaped, self.mirror).reshape(-1) / math.sqrt(shaped.shape[0])
+        if "reg_pp" in w:
+            out["reg_pp"] = p.principal_point.reshape(-1)
+        return out
+
     def losses(self, p: _Params, stage: StageSpec, frozen_flame: tuple | None) -> dict[str, torch.Tensor]:
         w = {k: v for k, v in stage.weights.items() if v != 0.0}
         t = self.targets
         size = self.size
-        rot = rotation_6d_to_matrix(p.rotation)[0]
         if frozen_flame is not None:
             verts, canon, shaped = frozen_flame
         else:
-            need_normals = "normal" in w
-            params = p.flame_params()
-            if need_normals:
-                both = FlameParams(**{
-                    k: (None if v is None else torch.cat([v, v], 0)) for k, v in params.__dict__.items()
-                })
-                both.neck_pose = torch.cat([p.neck, self.ident6], 0)
-                out = self.flame(both)
-                verts, canon_v = out.vertices[:1], out.vertices[1:]
-                canon = vertex_normals(canon_v, self.faces)
-            else:
-                out = self.flame(params)
-                verts, canon = out.vertices, None
-            shaped = out.vertices_shaped[0]
-        world = verts @ rot.T + p.translation[:, None]
+            verts, canon, shaped = self.geometry(p, "normal" in w)
+        world = self.world(p, verts)
         terms: dict[str, torch.Tensor] = {}
         dense = any(k in w for k in ("uv_dense", "normal", "sil"))
         need_depth = dense or "uv_corr" in w or "uv_corr_l1" in w
@@ -216,7 +301,7 @@ class _Problem:
         if maps is not None:
             cov = maps.coverage[0]
             if "uv_dense" in w:
-                terms["uv_dense"] = L.dense_uv(t.uv, t.uv_mask, maps.uv[0], cov)
+                terms["uv_dense"] = L.dense_uv(t.uv, t.uv_mask, maps.uv[0], cov, self.cfg.dense_uv_max)
             if "normal" in w:
                 eye = L.gaussian_blur(maps.regions[0, ..., 1].detach(), self.cfg.eye_blur_size, self.cfg.eye_blur_sigma)
                 terms["normal"] = L.normal_loss(
@@ -227,26 +312,125 @@ class _Problem:
         if "lmk_iris" in w and self.iris_vertices is not None:
             xy, _ = project(world_to_camera(world[:, self.iris_vertices]), p.focal, p.principal_point, size)
             terms["lmk_iris"] = ((xy[0] - t.iris) / size).square().mean()
-        if "reg_expression" in w:
-            terms["reg_expression"] = p.expression.square().sum()
-        if "reg_shape" in w:  # no MICA identity here: the prior mean is zero
-            terms["reg_shape"] = p.shape.square().sum()
-        if "reg_shape_general" in w:
-            terms["reg_shape_general"] = p.shape.square().sum()
-        if "reg_jaw" in w:
-            terms["reg_jaw"] = (self.ident6 - p.jaw).square().sum()
-        if "reg_neck" in w:
-            terms["reg_neck"] = (self.ident6 - p.neck).square().sum()
-        eyes = p.groups["eyes"]
-        if "reg_eyes" in w:
-            terms["reg_eyes"] = (self.ident6 - eyes[0]).square().sum() + (self.ident6 - eyes[1]).square().sum()
-        if "reg_eye_sym" in w:
-            terms["reg_eye_sym"] = (eyes[0] - eyes[1]).square().sum()
-        if "reg_mirror" in w:
-            terms["reg_mirror"] = L.mirror_loss(shaped, self.mirror)
-        if "reg_pp" in w:
-            terms["reg_pp"] = p.principal_point.square().sum()
+        terms.update({k: r.square().sum() for k, r in self.regularisers(p, w, shaped).items()})
         return {k: v * w[k] for k, v in terms.items()}
+
+    def linearise(self, p: _Params, w: dict[str, float], stride: int = _CURVATURE_PIXEL_STRIDE) -> _Linearisation:
+        """Visibility, accepted correspondences and per-pixel weights at ``p`` (see :class:`_Linearisation`),
+        for every ``stride``-th covered pixel (weighted ``stride`` times)."""
+        t = self.targets
+        size = self.size
+        with torch.no_grad():
+            verts, canon, _ = self.geometry(p, True)
+            world = self.world(p, verts)
+            maps = render_head(
+                world, canon, self.faces, self.corner_uv, p.focal, p.principal_point, size, self.region_attr,
+                cull_back=self.cfg.cull_back,
+            )
+            tri_img = maps.rast[0, ..., 3].reshape(-1)
+            pid = (tri_img > 0).nonzero().squeeze(1)
+            tid = tri_img.index_select(0, pid).long() - 1
+            xy, depth = project(world_to_camera(world[:, self.valid]), p.focal, p.principal_point, size)
+            _, accepted = L.uv_correspondence(
+                xy[0], depth[0], self.target_xy, self.matched, maps.depth[0], size, self.max_px,
+                self.cfg.visibility_eps, squared=True,
+            )
+            uv_weight = t.uv_mask.reshape(-1).index_select(0, pid).to(world.dtype)
+            if self.cfg.dense_uv_max is not None:
+                d = t.uv.reshape(-1, 2).index_select(0, pid) - maps.uv[0].reshape(-1, 2).index_select(0, pid)
+                uv_weight = uv_weight * (d.square().sum(-1) < self.cfg.dense_uv_max ** 2).to(world.dtype)
+            eye = L.gaussian_blur(maps.regions[0, ..., 1], self.cfg.eye_blur_size, self.cfg.eye_blur_sigma)
+            err = (t.normals.reshape(-1, 3).index_select(0, pid) - maps.normals[0].reshape(-1, 3).index_select(0, pid)).abs()
+            keep = (
+                (err.mean(-1) < self.cfg.delta_n).to(err.dtype)
+                * t.normal_mask.reshape(-1).index_select(0, pid)
+                * (1.0 - eye).clamp(0.0, 1.0).reshape(-1).index_select(0, pid)
+            )
+            normal_weight = keep[:, None] / (2.0 * err.clamp(min=_IRLS_FLOOR))
+            k = stride
+            pick = torch.arange(0, pid.numel(), k, device=pid.device)
+            pid, tid = pid.index_select(0, pick), tid.index_select(0, pick)
+            uv_weight = uv_weight.index_select(0, pick) * k
+            normal_weight = normal_weight.index_select(0, pick) * k
+        return _Linearisation(pid, tid, accepted.to(world.dtype), uv_weight, normal_weight)
+
+    def residuals(self, p: _Params, lin: _Linearisation, w: dict[str, float]) -> torch.Tensor:
+        """Residual vector whose squared norm is the loss around ``lin``'s point, L1 normals reweighted.
+
+        The silhouette term (a visibility effect) and the camera stage's L1 correspondences have no residuals
+        here; the Levenberg-Marquardt acceptance test still sees them through :meth:`losses`.
+        """
+        t = self.targets
+        size = self.size
+        area = float(size * size)
+        verts, canon, shaped = self.geometry(p, "normal" in w)
+        cam = world_to_camera(self.world(p, verts))
+        parts = []
+        if "uv_corr" in w:
+            xy, _ = project(cam[:, self.valid], p.focal, p.principal_point, size)
+            scale = math.sqrt(w["uv_corr"] / (2.0 * self.valid.numel())) / size
+            parts.append(((xy[0] - self.target_xy) * (lin.accepted[:, None] * scale)).reshape(-1))
+        if "uv_dense" in w or "normal" in w:
+            clip = clip_from_camera(cam, p.focal, p.principal_point, size)
+            bary, _ = pixel_barycentrics(clip, self.faces, lin.pid, lin.tid, (size, size))
+            u, v = bary[:, :1], bary[:, 1:]
+            if "uv_dense" in w:
+                c0, c1, c2 = self.corner_uv.view(-1, 3, 2).index_select(0, lin.tid).unbind(1)
+                rendered = u * c0 + v * c1 + (1.0 - u - v) * c2
+                scale = math.sqrt(w["uv_dense"] / (2.0 * area))
+                pred = t.uv.reshape(-1, 2).index_select(0, lin.pid)
+                parts.append(((pred - rendered) * (lin.uv_weight.sqrt()[:, None] * scale)).reshape(-1))
+            if "normal" in w:
+                n0, n1, n2 = canon[0].index_select(0, self.faces.index_select(0, lin.tid).reshape(-1)).view(-1, 3, 3).unbind(1)
+                rendered = torch.nn.functional.normalize(u * n0 + v * n1 + (1.0 - u - v) * n2, dim=-1, eps=1e-12)
+                scale = math.sqrt(w["normal"] / (3.0 * area))
+                pred = t.normals.reshape(-1, 3).index_select(0, lin.pid)
+                parts.append(((pred - rendered) * (lin.normal_weight.sqrt() * scale)).reshape(-1))
+        if "lmk_iris" in w and self.iris_vertices is not None:
+            xy, _ = project(cam[:, self.iris_vertices], p.focal, p.principal_point, size)
+            parts.append(((xy[0] - t.iris) * (math.sqrt(w["lmk_iris"] / t.iris.numel()) / size)).reshape(-1))
+        parts.extend(r * math.sqrt(w[k]) for k, r in self.regularisers(p, w, shaped).items())
+        return torch.cat(parts)
+
+
+class _LevenbergMarquardt:
+    """A Levenberg-Marquardt stage over the free groups' values, stepping ``p`` in place."""
+
+    def __init__(self, problem: _Problem, p: _Params, stage: StageSpec, groups: list[str]) -> None:
+        self.problem, self.p, self.stage, self.groups = problem, p, stage, groups
+        self.weights = {k: v for k, v in stage.weights.items() if v != 0.0}
+        self.damping = _LM_DAMPING
+        self.accepted = True
+
+    def _terms(self, x: torch.Tensor) -> dict[str, float]:
+        with torch.no_grad():
+            terms = self.problem.losses(self.p.with_flat(self.groups, x), self.stage, None)
+        values = {k: float(v) for k, v in terms.items()}
+        values["total"] = sum(values.values())
+        return values
+
+    def _loss(self, x: torch.Tensor) -> float:
+        value = self._terms(x)["total"]
+        return value if math.isfinite(value) else math.inf
+
+    def step(self) -> dict[str, float]:
+        """One linearisation and solve; returns the loss terms at the new point (the old one when rejected)."""
+        x = self.p.flat(self.groups).requires_grad_(True)
+        total = sum(self.problem.losses(self.p.with_flat(self.groups, x), self.stage, None).values())
+        gradient, = torch.autograd.grad(total, x)
+        x = x.detach()
+        value = float(total.detach())
+        self.accepted = False
+        if math.isfinite(value) and bool(torch.isfinite(gradient).all()):
+            lin = self.problem.linearise(self.p, self.weights)
+
+            def residuals(y: torch.Tensor) -> torch.Tensor:
+                return self.problem.residuals(self.p.with_flat(self.groups, y), lin, self.weights)
+
+            curvature = gauss_newton_curvature(residuals, x)
+            x, self.damping, _, self.accepted = lm_step(x, value, gradient, curvature, self._loss, self.damping)
+            self.p.set_flat(self.groups, x)
+        return self._terms(x)
 
 
 def fit(
@@ -317,18 +501,30 @@ def fit(
         if stage.steps == 0 or not groups:
             done += stage.steps
             continue
-        opt = torch.optim.Adam([{"params": p.groups[g], "lr": stage.lr[g]} for g in groups])
         n_matched = problem.match()
-        log.info("Stage %s: %d steps, %d UV-matched vertices.", stage.name, stage.steps, n_matched)
-        frozen = None
-        if not any(g in _FLAME_GROUPS for g in groups):
-            with torch.no_grad():
-                out = flame(p.flame_params())
-                canon = vertex_normals(flame(p.flame_params(with_neck=False)).vertices, problem.faces)
-                frozen = (out.vertices, canon, out.vertices_shaped[0])
+        log.info("Stage %s: %d %s steps, %d UV-matched vertices.", stage.name, stage.steps, stage.method, n_matched)
+        if stage.method == "lm":
+            lm = _LevenbergMarquardt(problem, p, stage, groups)
+        else:
+            opt = torch.optim.Adam([{"params": p.groups[g], "lr": stage.lr[g]} for g in groups])
+            frozen = None
+            if not any(g in _FLAME_GROUPS for g in groups):
+                with torch.no_grad():
+                    out = flame(p.flame_params())
+                    canon = vertex_normals(flame(p.flame_params(with_neck=False)).vertices, problem.faces)
+                    frozen = (out.vertices, canon, out.vertices_shaped[0])
         for step in range(stage.steps):
             if should_cancel is not None and should_cancel():
                 raise FitCancelled("The fit was cancelled; start the reconstruction again to get a head.")
+            if stage.method == "lm":
+                values = lm.step()
+                skipped += not lm.accepted
+                for k, v in values.items():
+                    history.setdefault(f"{stage.name}/{k}", []).append(v)
+                done += 1
+                if on_progress is not None:
+                    on_progress(FitProgress(stage.name, step + 1, stage.steps, done / max(total_steps, 1), values))
+                continue
             if stage.lr_decay_at is not None and step == stage.lr_decay_at:
                 for group in opt.param_groups:
                     group["lr"] *= stage.lr_decay

@@ -14,7 +14,7 @@ __all__ = [
     "dense_uv",
     "normal_loss",
     "silhouette_loss",
-    "mirror_loss",
+    "mirror_offsets",
     "gaussian_blur",
     "sample_nearest",
 ]
@@ -103,10 +103,24 @@ def uv_correspondence(
     return loss, accepted
 
 
-def dense_uv(pred_uv: torch.Tensor, uv_mask: torch.Tensor, rendered_uv: torch.Tensor, coverage: torch.Tensor) -> torch.Tensor:
-    """Mean over pixels and channels of ``(pred - rendered)^2`` on predicted-and-rendered pixels."""
-    m = (uv_mask.to(rendered_uv.dtype) * coverage)[..., None]
-    return ((pred_uv - rendered_uv).square() * m).mean()
+def dense_uv(
+    pred_uv: torch.Tensor,
+    uv_mask: torch.Tensor,
+    rendered_uv: torch.Tensor,
+    coverage: torch.Tensor,
+    max_dist: float | None = None,
+) -> torch.Tensor:
+    """Mean over pixels and channels of ``(pred - rendered)^2`` on predicted-and-rendered pixels.
+
+    ``max_dist``: pixels whose UV distance reaches it are ignored (None keeps every pixel, as the reference).
+    Such pixels show a different part of the UV layout than predicted (an eyeball seen through the lid, the far
+    side of a UV seam); their squared error dwarfs the rest and their gradient only slides that part's texture.
+    """
+    sq = (pred_uv - rendered_uv).square()
+    m = uv_mask.to(rendered_uv.dtype) * coverage
+    if max_dist is not None:
+        m = m * (sq.detach().sum(-1) < max_dist * max_dist).to(m.dtype)
+    return (sq * m[..., None]).mean()
 
 
 def normal_loss(
@@ -136,15 +150,15 @@ def silhouette_loss(fg_mask: torch.Tensor, rendered_fg: torch.Tensor, valid_bg: 
     return ((fg_mask - rendered_fg).abs() * valid_bg).mean()
 
 
-def mirror_loss(vertices: torch.Tensor, mirror_index: torch.Tensor) -> torch.Tensor:
-    """Mean squared distance (m^2) between each vertex and its mirror vertex reflected through x = 0.
+def mirror_offsets(vertices: torch.Tensor, mirror_index: torch.Tensor) -> torch.Tensor:
+    """(V, 3) offset of each vertex from its mirror vertex reflected through x = 0 (metres).
 
     Parameters
     ----------
     vertices : (V, 3) unposed shape + expression mesh; mirror_index : (V,) long
     """
     flip = torch.tensor([-1.0, 1.0, 1.0], dtype=vertices.dtype, device=vertices.device)
-    return (vertices - vertices[mirror_index] * flip).square().sum(-1).mean()
+    return vertices - vertices.index_select(0, mirror_index) * flip
 
 
 def gaussian_blur(image: torch.Tensor, size: int, sigma: float) -> torch.Tensor:

@@ -22,7 +22,8 @@ def small():
 
 def test_presets_and_from_dict():
     bal = FitConfig.preset("balanced")
-    assert [s.steps for s in bal.stages] == [250, 500]
+    assert [(s.name, s.method) for s in bal.stages][:2] == [("camera", "adam"), ("image", "adam")]
+    assert bal.dense_uv_max == 0.1 and FitConfig().dense_uv_max is None  # the reference keeps every pixel
     assert bal.stages[0].lr == {"translation": 1e-3, "rotation": 5e-3, "focal": 2e-2, "principal_point": 1e-4}
     assert bal.stages[1].weights["uv_corr"] == 2e5 and bal.stages[1].weights["sil"] == 50.0
     fast, best = FitConfig.preset("fast"), FitConfig.preset("best")
@@ -126,6 +127,17 @@ def test_match_uv_matches_brute_force():
     assert torch.isinf(sq0).all()
 
 
+def test_dense_uv_ignores_pixels_beyond_max_dist():
+    pred = torch.zeros(4, 4, 2, dtype=torch.float64)
+    rend = torch.full((4, 4, 2), 0.01, dtype=torch.float64)
+    rend[0, 0] = torch.tensor([0.6, 0.3])  # another part of the UV layout (an eyeball behind the lid)
+    ones = torch.ones(4, 4, dtype=torch.float64)
+    full = L.dense_uv(pred, ones.bool(), rend, ones)
+    robust = L.dense_uv(pred, ones.bool(), rend, ones, max_dist=0.1)
+    assert full.item() == pytest.approx((15 * 2 * 1e-4 + 0.36 + 0.09) / 32)
+    assert robust.item() == pytest.approx(15 * 2 * 1e-4 / 32)
+
+
 def test_uv_correspondence_acceptance():
     xy = torch.tensor([[10.0, 10.0], [20.0, 20.0], [30.0, 30.0], [5.0, 5.0]], requires_grad=True)
     target = torch.tensor([[11.0, 10.0], [20.0, 45.0], [31.0, 31.0], [5.0, 6.0]])
@@ -146,10 +158,13 @@ def test_mirror_and_image_losses(small):
     data, uvt = small
     v = torch.tensor(data.v_template)
     mi = torch.tensor(uvt.mirror_index)
-    assert L.mirror_loss(v, mi).item() < 1e-12  # the synthetic template is exactly symmetric
+    assert L.mirror_offsets(v, mi).abs().max().item() < 1e-9  # the synthetic template is exactly symmetric
+    j = int(np.flatnonzero(uvt.mirror_index != np.arange(len(uvt.mirror_index)))[0])  # off the mid-plane
     bumped = v.clone()
-    bumped[0, 0] += 0.01
-    assert L.mirror_loss(bumped, mi).item() > 1e-6
+    bumped[j, 0] += 0.01
+    off = L.mirror_offsets(bumped, mi)
+    assert off[j, 0].item() == pytest.approx(0.01) and off[mi[j], 0].item() == pytest.approx(0.01)
+    assert off.abs().sum().item() == pytest.approx(0.02)
     img = torch.zeros(31, 31, dtype=torch.float64)
     img[15, 15] = 1.0
     blurred = L.gaussian_blur(img, 13, 13.0)
