@@ -30,7 +30,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--presets", nargs="+", default=["fast", "balanced", "best"])
-    ap.add_argument("--probe-steps", type=int, default=20, help="steps per stage for the per-step figure")
+    ap.add_argument("--probe-steps", type=int, default=20,
+                    help="steps per stage for the per-step figure (at most 3 for Levenberg-Marquardt stages)")
     ap.add_argument("--no-whole", action="store_true", help="skip the whole-fit timing")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--both-sides", action="store_true", help="FitConfig.cull_back = False (draw back faces too)")
@@ -55,7 +56,8 @@ def main() -> None:
         )
         per_step = []
         for stage in cfg.stages:
-            probe = FitConfig.from_dict({**cfg.to_dict(), "stages": [stage.scaled(args.probe_steps / stage.steps).__dict__]})
+            steps = min(args.probe_steps, 3) if stage.method == "lm" else args.probe_steps  # an LM step takes seconds
+            probe = FitConfig.from_dict({**cfg.to_dict(), "stages": [stage.scaled(steps / stage.steps).__dict__]})
             stamps, cpu = [], []
 
             def record(_progress) -> None:
