@@ -26,7 +26,10 @@ _CHUNK = 64
 
 
 def gauss_newton_curvature(residuals: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, chunk: int = _CHUNK) -> torch.Tensor:
-    """``JᵀJ`` (P, P) float64 of ``residuals`` (P,) -> (M,) at ``x``, the Jacobian taken column by column with jvp."""
+    """``JᵀJ`` (P, P) of ``residuals`` (P,) -> (M,) at ``x``, the Jacobian taken column by column with jvp.
+
+    The product is formed in float64 on the CPU (MPS has no float64; P is a few hundred), whatever ``x``'s device.
+    """
     basis = torch.eye(x.numel(), dtype=x.dtype, device=x.device)
 
     def column(v: torch.Tensor) -> torch.Tensor:
@@ -35,7 +38,8 @@ def gauss_newton_curvature(residuals: Callable[[torch.Tensor], torch.Tensor], x:
     with torch.no_grad(), warnings.catch_warnings():
         # torch.func's own decompositions still call the deprecated torch.jit.script (torch 2.14).
         warnings.filterwarnings("ignore", message=".*torch.jit.script.*is deprecated", category=FutureWarning)
-        jt = torch.cat([vmap(column)(basis[i : i + chunk]) for i in range(0, x.numel(), chunk)]).double()
+        jt = torch.cat([vmap(column)(basis[i : i + chunk]) for i in range(0, x.numel(), chunk)])
+        jt = jt.to("cpu", torch.float64)
         return jt @ jt.T
 
 
@@ -58,7 +62,8 @@ def lm_step(
     ----------
     x : (P,) current point; value : the loss there
     gradient : (P,) gradient of the loss at ``x``
-    curvature : (P, P) Gauss-Newton matrix ``JᵀJ`` (see :func:`gauss_newton_curvature`)
+    curvature : (P, P) Gauss-Newton matrix ``JᵀJ`` (see :func:`gauss_newton_curvature`); the system is solved in
+        its dtype and on its device, and the step moved to ``x``'s
     loss : the objective, (P,) -> float (``inf`` for a non-finite value)
     damping : λ (carried from one call to the next)
     tries : solves per iteration before giving up
@@ -73,9 +78,9 @@ def lm_step(
     diag = curvature.diagonal()
     # Parameters the residuals do not see (zero column) get a unit diagonal so that the system stays regular.
     diag = torch.where(diag > 0, diag, torch.ones_like(diag))
-    rhs = -0.5 * gradient.double()
+    rhs = -0.5 * gradient.to(curvature.device, curvature.dtype)
     for _ in range(tries):
-        step = torch.linalg.solve(curvature + torch.diag(damping * diag), rhs).to(x.dtype)
+        step = torch.linalg.solve(curvature + torch.diag(damping * diag), rhs).to(x.device, x.dtype)
         candidate = x + step
         new = loss(candidate)
         if new < value:

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from core.device import gpu_available, resolve_device
 from core.fit import FitConfig, fit, render_maps
 from core.fit import fitter as F
 from core.fit.config import _camera_stage, _image_stage
@@ -166,3 +167,16 @@ def test_lm_stage_lowers_the_loss_and_the_error(problem):
         return np.linalg.norm(tr.apply(result.vertices_posed) - verts, axis=1).mean()
 
     assert err(refined) < 0.5 * err(plain)  # measured 0.13 against 0.56 mm
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not gpu_available(), reason="needs a CUDA or MPS device")
+def test_lm_stage_on_the_accelerator_matches_the_cpu(problem):
+    pred, crop, flame, uvt, verts = problem.data
+    cfg = FitConfig(resolution=64, stages=(_camera_stage(20), _image_stage(20)))
+    cfg = dataclasses.replace(cfg, stages=cfg.stages + (dataclasses.replace(cfg.stages[1], name="refine", steps=2, method="lm"),))
+    small = FlameModel.from_data(synthetic_flame("small", 0)[0])  # float32: MPS has no float64
+    cpu = fit(pred, crop, small, uvt, cfg)
+    dev = fit(pred, crop, small, uvt, cfg, device=resolve_device("gpu"))
+    assert dev.info["device"] != "cpu" and len(dev.loss_history["refine/total"]) == 2
+    assert np.abs(dev.vertices_posed - cpu.vertices_posed).max() < 1e-3  # float32 on two devices, same path
