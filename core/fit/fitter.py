@@ -393,6 +393,43 @@ class _Problem:
         return torch.cat(parts)
 
 
+class _Adam:
+    """An Adam stage (the reference's optimiser) over the free groups, stepping ``p`` in place."""
+
+    def __init__(self, problem: _Problem, p: _Params, stage: StageSpec, groups: list[str]) -> None:
+        self.problem, self.p, self.stage = problem, p, stage
+        self.opt = torch.optim.Adam([{"params": p.groups[g], "lr": stage.lr[g]} for g in groups])
+        self.frozen = None
+        if not any(g in _FLAME_GROUPS for g in groups):  # pose and camera only: the head's shape stays fixed
+            flame = problem.flame
+            with torch.no_grad():
+                out = flame(p.flame_params())
+                canon = vertex_normals(flame(p.flame_params(with_neck=False)).vertices, problem.faces)
+                self.frozen = (out.vertices, canon, out.vertices_shaped[0])
+
+    def step(self, step: int) -> tuple[dict[str, float], bool]:
+        """One Adam step; returns the loss terms before it and whether everything stayed finite."""
+        stage = self.stage
+        if stage.lr_decay_at is not None and step == stage.lr_decay_at:
+            for group in self.opt.param_groups:
+                group["lr"] *= stage.lr_decay
+        self.opt.zero_grad(set_to_none=True)
+        terms = self.problem.losses(self.p, stage, self.frozen)
+        total = sum(terms.values()) if terms else self.problem.flame.v_template.new_zeros(())
+        values = {k: float(v.detach()) for k, v in terms.items()}
+        values["total"] = float(total.detach())
+        if not math.isfinite(values["total"]):
+            return values, False
+        if total.requires_grad:
+            snap = self.p.snapshot()
+            total.backward()
+            self.opt.step()
+            if not _finite(self.p.all()):
+                self.p.restore(snap)
+                return values, False
+        return values, True
+
+
 class _LevenbergMarquardt:
     """A Levenberg-Marquardt stage over the free groups' values, stepping ``p`` in place."""
 
@@ -400,7 +437,6 @@ class _LevenbergMarquardt:
         self.problem, self.p, self.stage, self.groups = problem, p, stage, groups
         self.weights = {k: v for k, v in stage.weights.items() if v != 0.0}
         self.damping = _LM_DAMPING
-        self.accepted = True
 
     def _terms(self, x: torch.Tensor) -> dict[str, float]:
         with torch.no_grad():
@@ -413,24 +449,27 @@ class _LevenbergMarquardt:
         value = self._terms(x)["total"]
         return value if math.isfinite(value) else math.inf
 
-    def step(self) -> dict[str, float]:
-        """One linearisation and solve; returns the loss terms at the new point (the old one when rejected)."""
+    def step(self, step: int) -> tuple[dict[str, float], bool]:
+        """One linearisation and solve; returns the loss terms at the new point (the old one when no step lowered
+        the loss, which is normal near convergence) and whether the loss and its gradient were finite."""
         x = self.p.flat(self.groups).requires_grad_(True)
         total = sum(self.problem.losses(self.p.with_flat(self.groups, x), self.stage, None).values())
         gradient, = torch.autograd.grad(total, x)
         x = x.detach()
         value = float(total.detach())
-        self.accepted = False
-        if math.isfinite(value) and bool(torch.isfinite(gradient).all()):
-            lin = self.problem.linearise(self.p, self.weights)
+        if not (math.isfinite(value) and bool(torch.isfinite(gradient).all())):
+            return self._terms(x), False
+        lin = self.problem.linearise(self.p, self.weights)
 
-            def residuals(y: torch.Tensor) -> torch.Tensor:
-                return self.problem.residuals(self.p.with_flat(self.groups, y), lin, self.weights)
+        def residuals(y: torch.Tensor) -> torch.Tensor:
+            return self.problem.residuals(self.p.with_flat(self.groups, y), lin, self.weights)
 
-            curvature = gauss_newton_curvature(residuals, x)
-            x, self.damping, _, self.accepted = lm_step(x, value, gradient, curvature, self._loss, self.damping)
-            self.p.set_flat(self.groups, x)
-        return self._terms(x)
+        curvature = gauss_newton_curvature(residuals, x)
+        x, self.damping, _, accepted = lm_step(x, value, gradient, curvature, self._loss, self.damping)
+        if not accepted:
+            log.debug("%s step %d: no Levenberg-Marquardt step lowered the loss (damping now %.2g).", self.stage.name, step, self.damping)
+        self.p.set_flat(self.groups, x)
+        return self._terms(x), True
 
 
 def fit(
@@ -503,46 +542,14 @@ def fit(
             continue
         n_matched = problem.match()
         log.info("Stage %s: %d %s steps, %d UV-matched vertices.", stage.name, stage.steps, stage.method, n_matched)
-        if stage.method == "lm":
-            lm = _LevenbergMarquardt(problem, p, stage, groups)
-        else:
-            opt = torch.optim.Adam([{"params": p.groups[g], "lr": stage.lr[g]} for g in groups])
-            frozen = None
-            if not any(g in _FLAME_GROUPS for g in groups):
-                with torch.no_grad():
-                    out = flame(p.flame_params())
-                    canon = vertex_normals(flame(p.flame_params(with_neck=False)).vertices, problem.faces)
-                    frozen = (out.vertices, canon, out.vertices_shaped[0])
+        stepper = (_LevenbergMarquardt if stage.method == "lm" else _Adam)(problem, p, stage, groups)
         for step in range(stage.steps):
             if should_cancel is not None and should_cancel():
                 raise FitCancelled("The fit was cancelled; start the reconstruction again to get a head.")
-            if stage.method == "lm":
-                values = lm.step()
-                skipped += not lm.accepted
-                for k, v in values.items():
-                    history.setdefault(f"{stage.name}/{k}", []).append(v)
-                done += 1
-                if on_progress is not None:
-                    on_progress(FitProgress(stage.name, step + 1, stage.steps, done / max(total_steps, 1), values))
-                continue
-            if stage.lr_decay_at is not None and step == stage.lr_decay_at:
-                for group in opt.param_groups:
-                    group["lr"] *= stage.lr_decay
-            opt.zero_grad(set_to_none=True)
-            terms = problem.losses(p, stage, frozen)
-            total = sum(terms.values()) if terms else ref.new_zeros(())
-            values = {k: float(v.detach()) for k, v in terms.items()}
-            values["total"] = float(total.detach())
-            if not math.isfinite(values["total"]):
+            values, finite = stepper.step(step)
+            if not finite:
                 skipped += 1
-                log.debug("Non-finite loss at %s step %d; step skipped.", stage.name, step)
-            elif total.requires_grad:
-                snap = p.snapshot()
-                total.backward()
-                opt.step()
-                if not _finite(p.all()):
-                    p.restore(snap)
-                    skipped += 1
+                log.debug("Non-finite values at %s step %d; step skipped.", stage.name, step)
             for k, v in values.items():
                 history.setdefault(f"{stage.name}/{k}", []).append(v)
             done += 1
