@@ -157,7 +157,11 @@ def test_lm_stage_lowers_the_loss_and_the_error(problem):
     pred, crop, flame, uvt, verts = problem.data
     adam = FitConfig(resolution=64, stages=(_camera_stage(30), _image_stage(40)))
     lm = dataclasses.replace(adam.stages[1], name="refine", steps=3, method="lm")
-    refined = fit(pred, crop, flame, uvt, dataclasses.replace(adam, stages=adam.stages + (lm,)))
+    reports = []
+    refined = fit(pred, crop, flame, uvt, dataclasses.replace(adam, stages=adam.stages + (lm,)), on_progress=reports.append)
+    # Progress advances with time: an LM iteration counts as 50 Adam steps.
+    assert [r.stage for r in reports] == ["camera"] * 30 + ["image"] * 40 + ["refine"] * 3
+    assert reports[69].fraction == pytest.approx(70 / (70 + 3 * 50)) and reports[-1].fraction == 1.0
     plain = fit(pred, crop, flame, uvt, adam)
     hist = refined.loss_history["refine/total"]
     assert len(hist) == 3 and all(b <= a for a, b in zip(hist, hist[1:]))
