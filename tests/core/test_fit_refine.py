@@ -20,12 +20,7 @@ from core.render.camera import DEFAULT_FOCAL
 PRED = 128
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_curvature_is_jacobian_gram_matrix():
