@@ -388,6 +388,8 @@ def _sample(image: np.ndarray, xy: np.ndarray) -> np.ndarray:
     """Bilinear samples (N, C) of an (H, W, C) float32 image at pixel coordinates (N, 2) (centres at +0.5);
     positions outside the image read the nearest border pixel."""
     n = xy.shape[0]
+    if n == 0:  # cv2.remap refuses an empty map (a head wholly outside the photo)
+        return np.zeros((0, image.shape[-1]), dtype=image.dtype)
     width = 1024
     rows = -(-n // width)
     pad = np.zeros((rows * width, 2), dtype=np.float32)

@@ -251,6 +251,14 @@ def test_skin_tone_and_remaining_texels():
     np.testing.assert_allclose(plain.skin_tone, [0.3, 0.3, 0.3], atol=1e-6)
 
 
+def test_head_outside_the_photo_is_one_clear_error():
+    _, tpl = synthetic_flame("small", seed=0)
+    verts = tpl.vertices + np.array([3.0, 0.0, 0.0])  # far to the side: no texel projects into the photo
+    photo = np.full(PHOTO_HW + (3,), 0.4, np.float32)
+    with pytest.raises(Pixel3DMMError, match="No part of the head faces the camera"):
+        bake_texture(photo, verts, tpl.faces, tpl.corner_uv, K, size=32)
+
+
 def test_charts_are_padded_past_their_borders(scene):
     b = scene.baked
     cov = b.covered
