@@ -183,6 +183,9 @@ _IRLS_FLOOR = 1e-3
 _CURVATURE_PIXEL_STRIDE = 4
 #: Initial Levenberg-Marquardt damping (relative to the Gauss-Newton diagonal).
 _LM_DAMPING = 1e-2
+#: Share of the samples counted at its start (see ``_Problem.support``) that a Levenberg-Marquardt stage must keep
+#: (refinement steps change a few).
+_SUPPORT_KEPT = 0.9
 #: Time of a Levenberg-Marquardt iteration in Adam steps of the image stage (CPU, full-size head: 1.9 s / 40 ms),
 #: so that the reported progress advances with time.
 _LM_STEP_COST = 50
@@ -322,6 +325,29 @@ class _Problem:
         terms.update({k: r.square().sum() for k, r in self.regularisers(p, w, shaped).items()})
         return {k: v * w[k] for k, v in terms.items()}
 
+    def support(self, p: _Params) -> int:
+        """Samples the data terms count at ``p``: accepted UV correspondences, and covered pixels of the predicted
+        masks that pass the dense UV and normal outlier tests."""
+        t = self.targets
+        with torch.no_grad():
+            verts, canon, _ = self.geometry(p, True)
+            world = self.world(p, verts)
+            maps = render_head(
+                world, canon, self.faces, self.corner_uv, p.focal, p.principal_point, self.size, self.region_attr,
+                cull_back=self.cfg.cull_back,
+            )
+            covered = maps.coverage[0] > 0
+            xy, depth = project(world_to_camera(world[:, self.valid]), p.focal, p.principal_point, self.size)
+            _, accepted = L.uv_correspondence(
+                xy[0], depth[0], self.target_xy, self.matched, maps.depth[0], self.size, self.max_px,
+                self.cfg.visibility_eps, squared=True,
+            )
+            uv_in = covered & t.uv_mask
+            if self.cfg.dense_uv_max is not None:
+                uv_in &= (t.uv - maps.uv[0]).square().sum(-1) < self.cfg.dense_uv_max ** 2
+            normal_in = covered & (t.normal_mask > 0) & ((t.normals - maps.normals[0]).abs().mean(-1) < self.cfg.delta_n)
+            return int(accepted.sum()) + int(uv_in.sum()) + int(normal_in.sum())
+
     def linearise(self, p: _Params, w: dict[str, float], stride: int = _CURVATURE_PIXEL_STRIDE) -> _Linearisation:
         """Visibility, accepted correspondences and per-pixel weights at ``p`` (see :class:`_Linearisation`),
         for every ``stride``-th covered pixel (weighted ``stride`` times)."""
@@ -444,6 +470,7 @@ class _LevenbergMarquardt:
         self.problem, self.p, self.stage, self.groups = problem, p, stage, groups
         self.weights = {k: v for k, v in stage.weights.items() if v != 0.0}
         self.damping = _LM_DAMPING
+        self.min_support = _SUPPORT_KEPT * problem.support(p)
 
     def _terms(self, x: torch.Tensor) -> dict[str, float]:
         with torch.no_grad():
@@ -452,7 +479,12 @@ class _LevenbergMarquardt:
         values["total"] = sum(values.values())
         return values
 
-    def _loss(self, x: torch.Tensor) -> float:
+    def _loss(self, x: torch.Tensor, min_support: float) -> float:
+        """The loss at ``x``, or inf when it is not finite or too few samples still count: the data terms drop
+        outliers and pixels off the head, so with poor predictions a large step could lower the loss by turning
+        everything into an outlier (moving the head out of the picture, or right up to the camera)."""
+        if self.problem.support(self.p.with_flat(self.groups, x)) < min_support:
+            return math.inf
         value = self._terms(x)["total"]
         return value if math.isfinite(value) else math.inf
 
@@ -472,7 +504,9 @@ class _LevenbergMarquardt:
             return self.problem.residuals(self.p.with_flat(self.groups, y), lin, self.weights)
 
         curvature = gauss_newton_curvature(residuals, x)
-        x, self.damping, _, accepted = lm_step(x, value, gradient, curvature, self._loss, self.damping)
+        x, self.damping, _, accepted = lm_step(
+            x, value, gradient, curvature, lambda y: self._loss(y, self.min_support), self.damping
+        )
         if not accepted:
             log.debug("%s step %d: no Levenberg-Marquardt step lowered the loss (damping now %.2g).", self.stage.name, step, self.damping)
         self.p.set_flat(self.groups, x)

@@ -179,3 +179,23 @@ def test_lm_stage_on_the_accelerator_matches_the_cpu(problem):
     dev = fit(pred, crop, small, uvt, cfg, device=resolve_device("gpu"))
     assert dev.info["device"] != "cpu" and len(dev.loss_history["refine/total"]) == 2
     assert np.abs(dev.vertices_posed - cpu.vertices_posed).max() < 1e-3  # float32 on two devices, same path
+
+
+def test_lm_rejects_steps_that_turn_the_data_into_outliers(problem):
+    # Every data term drops outliers and pixels off the head, so moving the head out of the picture (or up to the
+    # camera, where every pixel is an outlier) lowers the loss; a Levenberg-Marquardt step must not do that.
+    prob, p, stage = problem.prob, problem.p, problem.stage
+    groups = list(stage.lr)
+    lm = F._LevenbergMarquardt(prob, p, stage, groups)
+    start = prob.support(p)
+    assert lm.min_support == pytest.approx(0.9 * start) and start > 100
+    x = p.flat(groups)
+    t0 = sum(t.numel() for g in groups[: groups.index("translation")] for t in p.groups[g])
+    for offset in ([0.5, 0.0, 0.0], [0.0, 0.0, 0.85]):  # out of the picture; 15 cm from the camera
+        away = x.clone()
+        away[t0 : t0 + 3] += torch.tensor(offset, dtype=x.dtype)
+        moved = p.with_flat(groups, away)
+        assert prob.support(moved) < 0.5 * start
+        assert sum(prob.losses(moved, stage, None).values()).item() < sum(prob.losses(p, stage, None).values()).item()
+        assert lm._loss(away, lm.min_support) == float("inf")
+    assert lm._loss(x, lm.min_support) == pytest.approx(sum(v.item() for v in prob.losses(p, stage, None).values()))
