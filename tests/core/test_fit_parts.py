@@ -1,5 +1,6 @@
 """Fitting building blocks: config, result storage, vertex regions, losses, target maps."""
 
+import dataclasses
 from collections import deque
 from types import SimpleNamespace
 
@@ -22,7 +23,11 @@ def small():
 
 def test_presets_and_from_dict():
     bal = FitConfig.preset("balanced")
-    assert [(s.name, s.method) for s in bal.stages][:2] == [("camera", "adam"), ("image", "adam")]
+    assert [(s.name, s.method) for s in bal.stages] == [("camera", "adam"), ("image", "adam"), ("refine", "lm")]
+    refine, image = bal.stages[2], bal.stages[1]
+    assert refine.weights == image.weights and refine.lr == image.lr and refine.lr_decay_at is None
+    with pytest.raises(ValueError, match="optimiser"):
+        dataclasses.replace(image, method="sgd")
     assert bal.dense_uv_max == 0.1 and FitConfig().dense_uv_max is None  # the reference keeps every pixel
     assert bal.stages[0].lr == {"translation": 1e-3, "rotation": 5e-3, "focal": 2e-2, "principal_point": 1e-4}
     assert bal.stages[1].weights["uv_corr"] == 2e5 and bal.stages[1].weights["sil"] == 50.0
