@@ -142,6 +142,8 @@ def main() -> None:
                     help="Levenberg-Marquardt iterations after the image stage (replaces the preset's; 0: none)")
     ap.add_argument("--dense-uv-max", type=float, default=None,
                     help="FitConfig.dense_uv_max (0 keeps every pixel in the dense UV term)")
+    ap.add_argument("--camera-accept-quantile", type=float, default=None,
+                    help="FitConfig.camera_accept_quantile (0: the reference's fixed radius)")
     ap.add_argument("--shape-prior", choices=sorted(SHAPE_PRIORS), default="no_mica",
                     help="identity regulariser weights (core.fit.config.SHAPE_PRIORS)")
     ap.add_argument("--shape-lr", type=float, default=SHAPE_LR,
@@ -169,12 +171,15 @@ def main() -> None:
         cfg = dataclasses.replace(cfg, stages=tuple(stages))
     if args.dense_uv_max is not None:
         cfg = FitConfig.from_dict({**cfg.to_dict(), "dense_uv_max": args.dense_uv_max or None})
+    if args.camera_accept_quantile is not None:
+        cfg = FitConfig.from_dict({**cfg.to_dict(), "camera_accept_quantile": args.camera_accept_quantile or None})
     if args.both_sides:
         cfg = FitConfig.from_dict({**cfg.to_dict(), "cull_back": False})
     print(f"# goal {args.goal}: {args.heads} heads, preset {args.preset} x{args.steps_scale} "
           f"({[s.steps for s in cfg.stages]} steps), fit {args.resolution}px, {args.threads} threads, "
           f"{args.size} head ({len(data.v_template)} v), face region {int(region.sum())} v, shape prior {args.shape_prior}, shape lr {args.shape_lr}, "
-          f"fit_focal {cfg.fit_focal}, cull_back {cfg.cull_back}, dense_uv_max {cfg.dense_uv_max}")
+          f"fit_focal {cfg.fit_focal}, cull_back {cfg.cull_back}, dense_uv_max {cfg.dense_uv_max}, "
+          f"camera_accept_quantile {cfg.camera_accept_quantile}")
     rng = np.random.default_rng(args.seed)
     heads = [make_head(rng, flame, expressive=(i % 2 == 1)) for i in range(args.heads)]
 

@@ -165,6 +165,10 @@ class FitConfig:
         every step (reference 20).
     visibility_eps : float
         A vertex is visible when its depth is below the rendered depth + this (metres, reference 0.01).
+    camera_accept_quantile : float or None
+        In the camera stage, widen the ``dist_uv`` acceptance radius to this quantile of the matched vertices'
+        current pixel distances when that is larger (None: the reference's fixed radius). From a start 30 degrees
+        off, no correspondence lies within 20 pixels and the reference's camera stage does not move the head.
     dense_uv_max : float or None
         UV distance at which a pixel leaves the dense UV term (None: every pixel counts, as in the reference).
         See :func:`.losses.dense_uv`.
@@ -195,6 +199,7 @@ class FitConfig:
     delta_uv: float = 5e-5
     dist_uv: float = 20.0
     visibility_eps: float = 0.01
+    camera_accept_quantile: float | None = None
     dense_uv_max: float | None = None
     delta_n: float = 0.33
     eye_blur_size: int = 13

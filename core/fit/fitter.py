@@ -304,8 +304,14 @@ class _Problem:
         for name in ("uv_corr", "uv_corr_l1"):
             if name in w:
                 xy, depth = project(world_to_camera(world[:, self.valid]), p.focal, p.principal_point, size)
+                max_px = self.max_px
+                quantile = self.cfg.camera_accept_quantile
+                if stage.name == "camera" and quantile is not None and bool(self.matched.any()):
+                    with torch.no_grad():
+                        far = (xy[0] - self.target_xy).abs().sum(-1)[self.matched].quantile(quantile)
+                    max_px = max(max_px, float(far))
                 terms[name], _ = L.uv_correspondence(
-                    xy[0], depth[0], self.target_xy, self.matched, depth_map, size, self.max_px,
+                    xy[0], depth[0], self.target_xy, self.matched, depth_map, size, max_px,
                     self.cfg.visibility_eps, squared=name == "uv_corr",
                 )
         if maps is not None:
