@@ -25,6 +25,9 @@ Deviations from the reference tracker (``pixel3dmm.md`` section 3), each behind 
 * Dense UV term: pixels whose UV error reaches 0.1 are left out (``FitConfig.dense_uv_max``; None keeps them, as
   the reference). They show another part of the UV layout (an eyeball through the lid, the far side of a seam) and
   otherwise make up almost all of the term.
+* Camera stage: the correspondence acceptance radius widens to the median current distance when that exceeds
+  ``dist_uv`` (``FitConfig.camera_accept_quantile``; None keeps the reference's fixed radius, under which a start
+  30 degrees off accepts no correspondence and the camera stage does not move the head).
 * Back faces are not drawn (``FitConfig.cull_back = True``; ``False`` draws both sides as the reference does).
 * Masks: FaceCrop has no neck or ear classes (see :mod:`.targets`).
 """

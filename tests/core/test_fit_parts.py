@@ -29,6 +29,7 @@ def test_presets_and_from_dict():
     with pytest.raises(ValueError, match="optimiser"):
         dataclasses.replace(image, method="sgd")
     assert bal.dense_uv_max == 0.1 and FitConfig().dense_uv_max is None  # the reference keeps every pixel
+    assert bal.camera_accept_quantile == 0.5 and FitConfig().camera_accept_quantile is None
     assert bal.stages[0].lr == {"translation": 1e-3, "rotation": 5e-3, "focal": 2e-2, "principal_point": 1e-4}
     assert bal.stages[1].weights["uv_corr"] == 2e5 and bal.stages[1].weights["sil"] == 50.0
     fast, best = FitConfig.preset("fast"), FitConfig.preset("best")
