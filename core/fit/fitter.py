@@ -28,7 +28,7 @@ from ..render.raster import pixel_barycentrics
 from . import losses as L
 from .config import FitConfig, StageSpec
 from .init import PoseInit, frontal_pose, initial_pose
-from .maps import corner_uv_tensor, render_depth, render_head, vertex_normals
+from .maps import HeadMaps, corner_uv_tensor, render_depth, render_head, vertex_normals
 from .refine import gauss_newton_curvature, lm_step
 from .regions import derive_regions
 from .result import FitResult
@@ -331,9 +331,10 @@ class _Problem:
         terms.update({k: r.square().sum() for k, r in self.regularisers(p, w, shaped).items()})
         return {k: v * w[k] for k, v in terms.items()}
 
-    def support(self, p: _Params) -> int:
-        """Samples the data terms count at ``p``: accepted UV correspondences, and covered pixels of the predicted
-        masks that pass the dense UV and normal outlier tests."""
+    def _samples(self, p: _Params) -> tuple[HeadMaps, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The samples the data terms count at ``p``, without gradients: the rendered maps, accepted UV
+        correspondences (Nv,), and the covered pixels (S, S) that pass the dense UV and the normal outlier tests,
+        with the normal errors (S, S, 3)."""
         t = self.targets
         with torch.no_grad():
             verts, canon, _ = self.geometry(p, True)
@@ -351,47 +352,31 @@ class _Problem:
             uv_in = covered & t.uv_mask
             if self.cfg.dense_uv_max is not None:
                 uv_in &= (t.uv - maps.uv[0]).square().sum(-1) < self.cfg.dense_uv_max ** 2
-            normal_in = covered & (t.normal_mask > 0) & ((t.normals - maps.normals[0]).abs().mean(-1) < self.cfg.delta_n)
-            return int(accepted.sum()) + int(uv_in.sum()) + int(normal_in.sum())
+            normal_err = (t.normals - maps.normals[0]).abs()
+            normal_in = covered & (t.normal_mask > 0) & (normal_err.mean(-1) < self.cfg.delta_n)
+        return maps, accepted, uv_in, normal_in, normal_err
+
+    def support(self, p: _Params) -> int:
+        """Number of samples the data terms count at ``p`` (correspondences and pixels, see :meth:`_samples`)."""
+        _, accepted, uv_in, normal_in, _ = self._samples(p)
+        return int(accepted.sum()) + int(uv_in.sum()) + int(normal_in.sum())
 
     def linearise(self, p: _Params, w: dict[str, float], stride: int = _CURVATURE_PIXEL_STRIDE) -> _Linearisation:
         """Visibility, accepted correspondences and per-pixel weights at ``p`` (see :class:`_Linearisation`),
         for every ``stride``-th covered pixel (weighted ``stride`` times)."""
-        t = self.targets
-        size = self.size
+        maps, accepted, uv_in, normal_in, normal_err = self._samples(p)
         with torch.no_grad():
-            verts, canon, _ = self.geometry(p, True)
-            world = self.world(p, verts)
-            maps = render_head(
-                world, canon, self.faces, self.corner_uv, p.focal, p.principal_point, size, self.region_attr,
-                cull_back=self.cfg.cull_back,
-            )
             tri_img = maps.rast[0, ..., 3].reshape(-1)
             pid = (tri_img > 0).nonzero().squeeze(1)
+            pid = pid.index_select(0, torch.arange(0, pid.numel(), stride, device=pid.device))
             tid = tri_img.index_select(0, pid).long() - 1
-            xy, depth = project(world_to_camera(world[:, self.valid]), p.focal, p.principal_point, size)
-            _, accepted = L.uv_correspondence(
-                xy[0], depth[0], self.target_xy, self.matched, maps.depth[0], size, self.max_px,
-                self.cfg.visibility_eps, squared=True,
-            )
-            uv_weight = t.uv_mask.reshape(-1).index_select(0, pid).to(world.dtype)
-            if self.cfg.dense_uv_max is not None:
-                d = t.uv.reshape(-1, 2).index_select(0, pid) - maps.uv[0].reshape(-1, 2).index_select(0, pid)
-                uv_weight = uv_weight * (d.square().sum(-1) < self.cfg.dense_uv_max ** 2).to(world.dtype)
+            dtype = maps.uv.dtype
             eye = L.gaussian_blur(maps.regions[0, ..., 1], self.cfg.eye_blur_size, self.cfg.eye_blur_sigma)
-            err = (t.normals.reshape(-1, 3).index_select(0, pid) - maps.normals[0].reshape(-1, 3).index_select(0, pid)).abs()
-            keep = (
-                (err.mean(-1) < self.cfg.delta_n).to(err.dtype)
-                * t.normal_mask.reshape(-1).index_select(0, pid)
-                * (1.0 - eye).clamp(0.0, 1.0).reshape(-1).index_select(0, pid)
-            )
-            normal_weight = keep[:, None] / (2.0 * err.clamp(min=_IRLS_FLOOR))
-            k = stride
-            pick = torch.arange(0, pid.numel(), k, device=pid.device)
-            pid, tid = pid.index_select(0, pick), tid.index_select(0, pick)
-            uv_weight = uv_weight.index_select(0, pick) * k
-            normal_weight = normal_weight.index_select(0, pick) * k
-        return _Linearisation(pid, tid, accepted.to(world.dtype), uv_weight, normal_weight)
+            keep = (normal_in.to(dtype) * (1.0 - eye).clamp(0.0, 1.0)).reshape(-1).index_select(0, pid)
+            err = normal_err.reshape(-1, 3).index_select(0, pid)
+            uv_weight = uv_in.reshape(-1).index_select(0, pid).to(dtype) * stride
+            normal_weight = keep[:, None] * stride / (2.0 * err.clamp(min=_IRLS_FLOOR))
+        return _Linearisation(pid, tid, accepted.to(dtype), uv_weight, normal_weight)
 
     def residuals(self, p: _Params, lin: _Linearisation, w: dict[str, float]) -> torch.Tensor:
         """Residual vector whose squared norm is the loss around ``lin``'s point, L1 normals reweighted.
