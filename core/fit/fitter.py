@@ -470,11 +470,11 @@ class _LevenbergMarquardt:
         values["total"] = sum(values.values())
         return values
 
-    def _loss(self, x: torch.Tensor, min_support: float) -> float:
+    def _loss(self, x: torch.Tensor) -> float:
         """The loss at ``x``, or inf when it is not finite or too few samples still count: the data terms drop
         outliers and pixels off the head, so with poor predictions a large step could lower the loss by turning
         everything into an outlier (moving the head out of the picture, or right up to the camera)."""
-        if self.problem.support(self.p.with_flat(self.groups, x)) < min_support:
+        if self.problem.support(self.p.with_flat(self.groups, x)) < self.min_support:
             return math.inf
         value = self._terms(x)["total"]
         return value if math.isfinite(value) else math.inf
@@ -495,9 +495,7 @@ class _LevenbergMarquardt:
             return self.problem.residuals(self.p.with_flat(self.groups, y), lin, self.weights)
 
         curvature = gauss_newton_curvature(residuals, x)
-        x, self.damping, _, accepted = lm_step(
-            x, value, gradient, curvature, lambda y: self._loss(y, self.min_support), self.damping
-        )
+        x, self.damping, _, accepted = lm_step(x, value, gradient, curvature, self._loss, self.damping)
         if not accepted:
             log.debug("%s step %d: no Levenberg-Marquardt step lowered the loss (damping now %.2g).", self.stage.name, step, self.damping)
         self.p.set_flat(self.groups, x)

@@ -197,5 +197,5 @@ def test_lm_rejects_steps_that_turn_the_data_into_outliers(problem):
         moved = p.with_flat(groups, away)
         assert prob.support(moved) < 0.5 * start
         assert sum(prob.losses(moved, stage, None).values()).item() < sum(prob.losses(p, stage, None).values()).item()
-        assert lm._loss(away, lm.min_support) == float("inf")
-    assert lm._loss(x, lm.min_support) == pytest.approx(sum(v.item() for v in prob.losses(p, stage, None).values()))
+        assert lm._loss(away) == float("inf")
+    assert lm._loss(x) == pytest.approx(sum(v.item() for v in prob.losses(p, stage, None).values()))
