@@ -32,12 +32,16 @@ def vertex_normals(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
     (B, V, 3) tensor of unit normals.
     """
     faces = faces.long()
-    corners = vertices[:, faces]  # (B, F, 3, 3)
-    fn = torch.linalg.cross(corners[:, :, 1] - corners[:, :, 0], corners[:, :, 2] - corners[:, :, 0], dim=-1)
-    normals = torch.zeros_like(vertices)
-    for k in range(3):
-        normals = normals.index_add(1, faces[:, k], fn)
-    return torch.nn.functional.normalize(normals, dim=-1, eps=1e-12)
+    batch, n_vert, _ = vertices.shape
+    flat = vertices.reshape(-1, 3)
+    # Row indices of each corner, (3, B*F); dim-0 index_select / index_add on (B*V, 3) rows are the fast CPU paths.
+    rows = (faces.T[:, None, :] + n_vert * torch.arange(batch, device=faces.device)[:, None]).reshape(3, -1)
+    c0, c1, c2 = (flat.index_select(0, r) for r in rows)
+    fn = torch.linalg.cross(c1 - c0, c2 - c0, dim=-1)
+    normals = torch.zeros_like(flat)
+    for r in rows:
+        normals = normals.index_add(0, r, fn)
+    return torch.nn.functional.normalize(normals.view_as(vertices), dim=-1, eps=1e-12)
 
 
 def corner_uv_tensor(uv_template: UVTemplate, like: torch.Tensor) -> torch.Tensor:

@@ -274,3 +274,22 @@ def test_render_depth_equals_render_head_depth():
         depth = render_depth(world, flame.faces, focal, pp, 48, cull)
         assert torch.isfinite(depth).any() and torch.isinf(depth).any()
         assert torch.equal(depth, full)
+
+
+def test_vertex_normals_match_a_per_vertex_sum_and_finite_differences():
+    """Area-weighted normals against a plain loop over each vertex's faces (two meshes in a batch), and their
+    gradient against finite differences."""
+    from core.fit.maps import vertex_normals
+
+    data, _ = synthetic_flame("small", 0)
+    faces = torch.as_tensor(data.faces)
+    g = np.random.default_rng(3)
+    verts = data.v_template[None] + g.normal(scale=1e-3, size=(2,) + data.v_template.shape)
+    got = vertex_normals(torch.tensor(verts), faces).numpy()
+    for b in range(2):
+        v = verts[b]
+        for i in g.choice(v.shape[0], 40, replace=False):
+            n = sum(np.cross(v[f[1]] - v[f[0]], v[f[2]] - v[f[0]]) for f in data.faces if i in f)
+            np.testing.assert_allclose(got[b, i], n / np.linalg.norm(n), atol=1e-10)
+    tiny = torch.tensor([[[0.0, 0, 0], [1, 0, 0.2], [0, 1, 0.1], [1, 1, 0.5]]], dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda x: vertex_normals(x, torch.tensor([[0, 1, 2], [1, 3, 2]])), (tiny.requires_grad_(True),))
