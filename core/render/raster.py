@@ -344,12 +344,14 @@ def interpolate(attr: torch.Tensor, rast: torch.Tensor, tri: torch.Tensor) -> to
 def antialias(color: torch.Tensor, rast: torch.Tensor, pos: torch.Tensor, tri: torch.Tensor) -> torch.Tensor:
     """Blend colours across silhouette edges by the edges' analytic sub-pixel positions.
 
-    For every pair of horizontally or vertically adjacent pixels whose triangles differ and share no vertex (or
-    where one pixel is background), the pixel whose triangle ``T`` forms a silhouette edge between the two pixel centres (the other pixel is background, or lies behind
-    the extension of ``T`` and its triangle does not share the crossing edge) is the front pixel. With ``t`` the
-    fraction of the centre-to-centre segment at which ``T``'s edge crosses it, the back pixel receives
-    ``max(t - 0.5, 0)`` of the front colour and the front pixel ``max(0.5 - t, 0)`` of the back colour. This is
-    the idea of nvdiffrast's ``antialias`` in pure torch.
+    Candidates are pairs of horizontally or vertically adjacent pixels where one is background or whose
+    triangles share no vertex (triangles that share one belong to one continuous surface). In a pair, the pixel
+    whose triangle ``T`` has an edge crossing the segment between the two pixel centres is the front pixel when
+    the other pixel is background or lies behind ``T``'s plane, and ``T``'s crossing edge is not shared with the
+    other pixel's triangle. With ``t`` the fraction of the centre-to-centre segment at which that edge crosses
+    it, the back pixel receives ``max(t - 0.5, 0)`` of the front colour and the front pixel ``max(0.5 - t, 0)``
+    of the back colour. This is the idea of nvdiffrast's ``antialias`` in pure torch; only ``t`` carries
+    gradients to ``pos`` (the choice of pairs and edges is piecewise constant).
 
     Parameters
     ----------
@@ -373,80 +375,82 @@ def antialias(color: torch.Tensor, rast: torch.Tensor, pos: torch.Tensor, tri: t
     if pos.shape[0] != rast.shape[0]:
         raise ValueError("pos and rast must have the same batch size.")
     batch, height, width, channels = color.shape
+    n_pix = height * width
     tri = tri.long()
-    tid_img = rast[..., 3].detach().long() - 1  # (B, H, W)
-    z_img = rast[..., 2].detach()
+    sel = _silhouette_pairs(rast.detach(), pos.detach(), tri)
+    if sel is None:
+        return color
+    front, back, v0, v1 = sel
+    # t = e(front) / (e(front) - e(back)) for the crossing edge's line function e (its scale cancels), with
+    # the edge's end points taken differentiably from pos.
+    b = torch.div(front, n_pix, rounding_mode="floor")
+    screen = torch.stack(_screen(pos, height, width)[:2], -1).reshape(-1, 2)  # (B*V, 2)
+    offset = b * pos.shape[1]
+    p0 = screen.index_select(0, v0 + offset)
+    d = screen.index_select(0, v1 + offset) - p0
+    centres = torch.stack(_pixel_centres(front, height, width, pos.dtype) + _pixel_centres(back, height, width, pos.dtype))  # (4, N)
+    ef = d[:, 0] * (centres[1] - p0[:, 1]) - d[:, 1] * (centres[0] - p0[:, 0])
+    eb = d[:, 0] * (centres[3] - p0[:, 1]) - d[:, 1] * (centres[2] - p0[:, 0])
+    t = (ef / (ef - eb)).clamp(0.0, 1.0)[:, None].to(color.dtype)
     flat_color = color.reshape(-1, channels)
-    deltas = []
-    index = torch.arange(batch * height * width, device=color.device).view(batch, height, width)
-    # index_select throughout: much faster than advanced indexing on CPU.
+    cf = flat_color.index_select(0, front)
+    cb = flat_color.index_select(0, back)
+    diff = cf - cb
+    delta = torch.cat([(t - 0.5).clamp(min=0.0) * diff, (t - 0.5).clamp(max=0.0) * diff])
+    return flat_color.index_add(0, torch.cat([back, front]), delta).view(batch, height, width, channels)
+
+
+def _pixel_centres(idx: torch.Tensor, height: int, width: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pixel-centre coordinates (x, y) of flat (B, H, W) pixel indices."""
+    pix = idx % (height * width)
+    return (pix % width).to(dtype) + 0.5, torch.div(pix, width, rounding_mode="floor").to(dtype) + 0.5
+
+
+@torch.no_grad()
+def _silhouette_pairs(rast: torch.Tensor, pos: torch.Tensor, tri: torch.Tensor):
+    """The antialiased pairs of :func:`antialias`: flat front and back pixel indices and the vertex ids of the
+    front triangle's crossing edge, each (N,); None when there are none."""
+    batch, height, width, _ = rast.shape
+    tid_img = rast[..., 3].long() - 1  # (B, H, W)
+    index = torch.arange(batch * height * width, device=rast.device).view(batch, height, width)
+    pairs = []
     for sl_a, sl_b in (
         ((slice(None), slice(None), slice(None, -1)), (slice(None), slice(None), slice(1, None))),  # horizontal
         ((slice(None), slice(None, -1)), (slice(None), slice(1, None))),  # vertical neighbours
     ):
-        ta = tid_img[sl_a].reshape(-1)
-        tb = tid_img[sl_b].reshape(-1)
-        # Candidate silhouette pairs: one side is background, or the two triangles share no vertex (pairs of
-        # triangles that share a vertex or an edge belong to one continuous surface).
-        differ = (ta != tb).nonzero().squeeze(1)
-        a_idx, b_idx = index[sl_a].reshape(-1).index_select(0, differ), index[sl_b].reshape(-1).index_select(0, differ)
-        ta, tb = ta.index_select(0, differ), tb.index_select(0, differ)
-        tri_a = tri.index_select(0, ta.clamp(min=0))
-        tri_b = tri.index_select(0, tb.clamp(min=0))
-        share = (tri_a[:, :, None] == tri_b[:, None, :]).any(-1).any(-1)
-        cand = ((ta < 0) | (tb < 0) | ~share).nonzero().squeeze(1)
-        if cand.numel() == 0:
-            continue
-        a_idx, b_idx = a_idx.index_select(0, cand), b_idx.index_select(0, cand)
-        ta, tb = ta.index_select(0, cand), tb.index_select(0, cand)
-        # Each ordered (front, back) candidate: front pixel's triangle tested against the back pixel.
-        front = torch.cat([a_idx, b_idx])
-        back = torch.cat([b_idx, a_idx])
-        tf = torch.cat([ta, tb])
-        tbk = torch.cat([tb, ta])
-        ok = (tf >= 0).nonzero().squeeze(1)
-        front, back, tf, tbk = (x.index_select(0, ok) for x in (front, back, tf, tbk))
-        if front.numel() == 0:
-            continue
-        bf = torch.div(front, height * width, rounding_mode="floor")
-        corners = _corners(pos, tri, bf, tf)  # (N, 3, 4)
-        sx, sy, sz, _ = _screen(corners, height, width)
-
-        def centre(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            pix = idx % (height * width)
-            return (pix % width).to(pos.dtype) + 0.5, torch.div(pix, width, rounding_mode="floor").to(pos.dtype) + 0.5
-
-        fx, fy = centre(front)
-        bx, by = centre(back)
-        lf = torch.stack(_edge_bary(sx, sy, fx, fy)[:3], -1)  # (N, 3)
-        lb = torch.stack(_edge_bary(sx, sy, bx, by)[:3], -1)
-        k = lb.detach().argmin(-1)
-        lfk = lf.gather(1, k[:, None]).squeeze(1)
-        lbk = lb.gather(1, k[:, None]).squeeze(1)
-        # The crossing edge (opposite corner k) must not be shared with the back pixel's triangle, and the back
-        # pixel must be background or behind the front triangle's plane.
-        tri_f = tri.index_select(0, tf)
-        e0 = tri_f.gather(1, ((k + 1) % 3)[:, None]).squeeze(1)
-        e1 = tri_f.gather(1, ((k + 2) % 3)[:, None]).squeeze(1)
-        tri_b = tri.index_select(0, tbk.clamp(min=0))
-        shared = (tri_b == e0[:, None]).any(-1) & (tri_b == e1[:, None]).any(-1) & (tbk >= 0)
-        lbd = lb.detach()
-        z_plane = (lbd * sz.detach()).sum(-1)
-        behind = (tbk < 0) | (z_plane < z_img.reshape(-1).index_select(0, back))
-        crosses = (lbk.detach() < 0) & (lfk.detach() >= 0)
-        sel = (crosses & behind & ~shared).nonzero().squeeze(1)
-        if sel.numel() == 0:
-            continue
-        front, back, lfk, lbk = (x.index_select(0, sel) for x in (front, back, lfk, lbk))
-        t = (lfk / (lfk - lbk)).clamp(0.0, 1.0)
-        cf = flat_color.index_select(0, front)
-        cb = flat_color.index_select(0, back)
-        gain_back = (t - 0.5).clamp(min=0.0)[:, None].to(color.dtype)
-        gain_front = (0.5 - t).clamp(min=0.0)[:, None].to(color.dtype)
-        deltas.append((back, gain_back * (cf - cb)))
-        deltas.append((front, gain_front * (cb - cf)))
-    if not deltas:
-        return color
-    idx = torch.cat([d[0] for d in deltas])
-    val = torch.cat([d[1] for d in deltas])
-    return (flat_color.index_add(0, idx, val)).view(batch, height, width, channels)
+        differ = (tid_img[sl_a] != tid_img[sl_b]).reshape(-1).nonzero().squeeze(1)
+        pairs.append((index[sl_a].reshape(-1).index_select(0, differ), index[sl_b].reshape(-1).index_select(0, differ)))
+    a_idx = torch.cat([pairs[0][0], pairs[1][0]])
+    b_idx = torch.cat([pairs[0][1], pairs[1][1]])
+    flat_tid = tid_img.reshape(-1)
+    ta, tb = flat_tid.index_select(0, a_idx), flat_tid.index_select(0, b_idx)
+    tri_a = tri.index_select(0, ta.clamp(min=0))
+    tri_b = tri.index_select(0, tb.clamp(min=0))
+    share = (tri_a[:, :, None] == tri_b[:, None, :]).any(-1).any(-1)
+    cand = ((ta < 0) | (tb < 0) | ~share).nonzero().squeeze(1)
+    a_idx, b_idx, ta, tb = (x.index_select(0, cand) for x in (a_idx, b_idx, ta, tb))
+    # Each ordered (front, back) candidate: the front pixel's triangle tested against the back pixel.
+    front, back = torch.cat([a_idx, b_idx]), torch.cat([b_idx, a_idx])
+    tf, tbk = torch.cat([ta, tb]), torch.cat([tb, ta])
+    ok = (tf >= 0).nonzero().squeeze(1)
+    front, back, tf, tbk = (x.index_select(0, ok) for x in (front, back, tf, tbk))
+    if front.numel() == 0:
+        return None
+    bf = torch.div(front, height * width, rounding_mode="floor")
+    sx, sy, sz, _ = _screen(_corners(pos, tri, bf, tf), height, width)  # each (N, 3)
+    lf = torch.stack(_edge_bary(sx, sy, *_pixel_centres(front, height, width, pos.dtype))[:3], -1)  # (N, 3)
+    lb = torch.stack(_edge_bary(sx, sy, *_pixel_centres(back, height, width, pos.dtype))[:3], -1)
+    k = lb.argmin(-1, keepdim=True)
+    tri_f = tri.index_select(0, tf)
+    v0 = tri_f.gather(1, (k + 1) % 3).squeeze(1)
+    v1 = tri_f.gather(1, (k + 2) % 3).squeeze(1)
+    # The crossing edge (opposite corner k) must not be shared with the back pixel's triangle, and the back pixel
+    # must be background or behind the front triangle's plane.
+    tri_b = tri.index_select(0, tbk.clamp(min=0))
+    shared = (tri_b == v0[:, None]).any(-1) & (tri_b == v1[:, None]).any(-1) & (tbk >= 0)
+    behind = (tbk < 0) | ((lb * sz).sum(-1) < rast[..., 2].reshape(-1).index_select(0, back))
+    crosses = (lb.gather(1, k).squeeze(1) < 0) & (lf.gather(1, k).squeeze(1) >= 0)
+    sel = (crosses & behind & ~shared).nonzero().squeeze(1)
+    if sel.numel() == 0:
+        return None
+    return tuple(x.index_select(0, sel) for x in (front, back, v0, v1))
