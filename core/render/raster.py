@@ -12,8 +12,10 @@ Conventions (the one place they are stated for the renderer)
   centre ``(j + 0.5, i + 0.5)``. Rasterizing UV coordinates as positions, ``pos = (2u - 1, 2v - 1, 0, 1)``, puts
   ``v = 1`` in row 0, i.e. an ordinary texture image with the origin of ``v`` at the bottom.
 * Both windings are drawn unless ``cull_back=True`` (then only counter-clockwise triangles in NDC). A pixel
-  belongs to a triangle when all three screen-space barycentrics are ``>= 0``; the z-buffer keeps the smallest
-  ``z/w`` (ties go to the larger triangle id).
+  belongs to a triangle when its centre lies inside or on the triangle's edges. The test is watertight: two
+  triangles that share an edge evaluate one edge function (exact negatives of each other), and a centre exactly on
+  a shared edge goes to one of them by a top-left rule, so a closed surface has no cracks. The z-buffer keeps the
+  smallest ``z/w`` (ties go to the larger triangle id).
 * ``rast`` (B, H, W, 4) holds ``(u, v, z/w, triangle_id + 1)``; ``triangle_id + 1 == 0`` marks background.
   ``u`` and ``v`` are perspective-correct barycentrics: an attribute is ``u * a0 + v * a1 + (1 - u - v) * a2``
   for the triangle's vertices ``(i0, i1, i2) = tri[triangle_id]``.
@@ -38,6 +40,14 @@ _W_EPS = 1e-8
 _DEFAULT_CHUNK = 1 << 22
 #: Pixels by which a row's candidate span is widened beyond the analytic edge crossings (rounding safety).
 _SPAN_MARGIN = 1e-3
+#: Edges along which a barycentric changes by less than this per pixel column bound no row span (they are nearly
+#: horizontal: the exact test decides), which keeps each span bound alpha * y + beta well conditioned.
+_FLAT_EDGE = 1e-2
+#: Smallest positive value per dtype: an edge function >= it is > 0.
+_TINY = {
+    dt: torch.nextafter(torch.zeros((), dtype=dt), torch.ones((), dtype=dt)).item()
+    for dt in (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+}
 
 
 def _check_pos_tri(pos: torch.Tensor, tri: torch.Tensor) -> None:
@@ -175,87 +185,133 @@ def pixel_barycentrics(
     return torch.stack([q0 / denom, q1 / denom], -1), l0 * sz[:, 0] + l1 * sz[:, 1] + l2 * sz[:, 2]
 
 
+def _min3(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    return torch.minimum(torch.minimum(a, b), c)
+
+
+def _max3(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    return torch.maximum(torch.maximum(a, b), c)
+
+
 @torch.no_grad()
 def _visible_samples(
     pos: torch.Tensor, tri: torch.Tensor, height: int, width: int, chunk_size: int, cull_back: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Z-buffered (flat pixel index, triangle index) pairs of the visible triangle at each covered pixel."""
-    batch = pos.shape[0]
+    """Z-buffered (flat pixel index, triangle index) pairs of the visible triangle at each covered pixel, in pixel
+    order."""
+    batch, n_vert = pos.shape[:2]
     n_tri = tri.shape[0]
-    corners = pos.index_select(1, tri.reshape(-1)).view(batch, n_tri, 3, pos.shape[-1])  # (B, F, 3, 4)
-    sx, sy, sz, sw = _screen(corners, height, width)
-    valid = ((sw > _W_EPS) & torch.isfinite(sx) & torch.isfinite(sy)).all(-1)
-    area = (sx[..., 1] - sx[..., 0]) * (sy[..., 2] - sy[..., 0]) - (sy[..., 1] - sy[..., 0]) * (sx[..., 2] - sx[..., 0])
+    dev = pos.device
+    # Per corner, contiguous (3, B*F) screen coordinates (x right, y down, in pixels), z/w and w.
+    w = pos[..., 3]
+    w_safe = torch.where(w.abs() > _W_EPS, w, torch.full_like(w, _W_EPS))
+    vert = torch.stack([(pos[..., 0] / w_safe + 1.0) * (0.5 * width), (1.0 - pos[..., 1] / w_safe) * (0.5 * height),
+                        pos[..., 2] / w_safe, w], 0).reshape(4, -1)  # (4, B*V)
+    rows = (tri.T[:, None, :] + n_vert * torch.arange(batch, device=dev)[:, None]).reshape(-1)  # (3*B*F,)
+    x, y, z, w = (vert[c].index_select(0, rows).view(3, -1) for c in range(4))
+    valid = (w[0] > _W_EPS) & (w[1] > _W_EPS) & (w[2] > _W_EPS)
+    valid &= torch.isfinite(x).all(0) & torch.isfinite(y).all(0)
+    area = (x[1] - x[0]) * (y[2] - y[0]) - (y[1] - y[0]) * (x[2] - x[0])
     # Pixel rows grow downwards, so counter-clockwise triangles in NDC have a negative area here.
     valid &= (area < -1e-12) if cull_back else (area.abs() > 1e-12)
     # Pixel index ranges whose centres can fall in the bounding box.
-    x_lo = torch.ceil(sx.amin(-1) - 0.5).clamp(0, width)
-    x_hi = torch.floor(sx.amax(-1) - 0.5).clamp(-1, width - 1)
-    y_lo = torch.ceil(sy.amin(-1) - 0.5).clamp(0, height)
-    y_hi = torch.floor(sy.amax(-1) - 0.5).clamp(-1, height - 1)
-    nx = (x_hi - x_lo + 1).clamp(min=0).long()
-    ny = (y_hi - y_lo + 1).clamp(min=0).long()
-    counts = torch.where(valid, ny, torch.zeros_like(ny)).reshape(-1)  # rows per triangle, (B*F,)
+    x_lo = torch.ceil(_min3(x[0], x[1], x[2]) - 0.5).clamp(0, width)
+    x_hi = torch.floor(_max3(x[0], x[1], x[2]) - 0.5).clamp(-1, width - 1)
+    y_lo = torch.ceil(_min3(y[0], y[1], y[2]) - 0.5).clamp(0, height)
+    y_hi = torch.floor(_max3(y[0], y[1], y[2]) - 0.5).clamp(-1, height - 1)
+    nx = x_hi - x_lo + 1
+    ny = (y_hi - y_lo + 1).long()
+    counts = torch.where(valid & (nx > 0), ny.clamp(min=0), torch.zeros_like(ny))  # rows per triangle
     keep = counts.nonzero().squeeze(1)
-    empty = torch.zeros(0, dtype=torch.long, device=pos.device)
+    empty = torch.zeros(0, dtype=torch.long, device=dev)
     if keep.numel() == 0:
         return empty, empty
-    # Per kept triangle: barycentrics l0, l1 and depth as affine functions of pixel coordinates relative to the
-    # bounding-box corner (small numbers keep float32 exact enough).
-    ox = x_lo.reshape(-1).index_select(0, keep)
-    oy = y_lo.reshape(-1).index_select(0, keep)
-    vx = sx.reshape(-1, 3).index_select(0, keep) - ox[:, None]
-    vy = sy.reshape(-1, 3).index_select(0, keep) - oy[:, None]
-    vz = sz.reshape(-1, 3).index_select(0, keep)
-    area = area.reshape(-1).index_select(0, keep)
+    # Per kept triangle, relative to its bounding-box corner (small numbers keep float32 exact enough): each
+    # barycentric l_i = A_i x + B_i y + C_i (edge from corner i + 1 to i + 2) and the depth z = Az x + Bz y + Cz.
+    ox, oy = x_lo.index_select(0, keep), y_lo.index_select(0, keep)
+    x, y = x.index_select(1, keep), y.index_select(1, keep)
+    # Image-centred coordinates for the edge functions: the same numbers for a vertex in every triangle.
+    cx, cy = x - 0.5 * width, y - 0.5 * height
+    x, y = x - ox, y - oy
+    z = z.index_select(1, keep)
+    area = area.index_select(0, keep)
     coef = []
-    for a, b in ((1, 2), (2, 0)):  # l0 uses edge (v1, v2), l1 uses edge (v2, v0)
-        ex, ey = vx[:, b] - vx[:, a], vy[:, b] - vy[:, a]
-        coef.append((-ey / area, ex / area, (ey * vx[:, a] - ex * vy[:, a]) / area))
-    dz0, dz1 = vz[:, 0] - vz[:, 2], vz[:, 1] - vz[:, 2]
-    coef.append(
-        (
-            coef[0][0] * dz0 + coef[1][0] * dz1,
-            coef[0][1] * dz0 + coef[1][1] * dz1,
-            vz[:, 2] + coef[0][2] * dz0 + coef[1][2] * dz1,
-        )
-    )
-    # One entry per (triangle, bounding-box row): the row's part of each affine function, and the span of pixel
-    # centres where all three barycentrics can be >= 0 (widened by a small margin; the exact test follows).
+    for i in range(3):
+        j, k = (i + 1) % 3, (i + 2) % 3
+        ex, ey = x[k] - x[j], y[k] - y[j]
+        coef.append((-ey / area, ex / area, (ey * x[j] - ex * y[j]) / area))
+    dz0, dz1 = z[0] - z[2], z[1] - z[2]
+    coef.append(tuple(c0 * dz0 + c1 * dz1 for c0, c1 in zip(coef[0], coef[1])))
+    coef[3] = (coef[3][0], coef[3][1], coef[3][2] + z[2])
+    # Row spans: l_i >= 0 bounds the column of pixel centre x = q + 0.5 from the left when A_i > 0 and from the
+    # right when A_i < 0, at q = alpha_i y + beta_i. A triangle has at most two edges on each side: slots
+    # (alpha, beta) = (0, -inf) on the left and (0, +inf) on the right stand for missing ones.
+    bounds = {"left": [], "right": []}
+    for a, b, c in coef[:3]:
+        steep = a.abs() > _FLAT_EDGE
+        safe = torch.where(steep, a, torch.ones_like(a))
+        bounds["left"].append((steep & (a > 0), -b / safe, -c / safe - 0.5))
+        bounds["right"].append((steep & (a < 0), -b / safe, -c / safe - 0.5))
+    table = []
+    for side, pad in (("left", -float("inf")), ("right", float("inf"))):
+        (m0, a0, b0), (m1, a1, b1), (m2, a2, b2) = bounds[side]
+        zero, padding = torch.zeros_like(a0), torch.full_like(b0, pad)
+        # first slot: the first bounding edge; second slot: edge 2 when another edge bounds too, else edge 1 when
+        # edges 0 and 1 both bound.
+        first_a = torch.where(m0, a0, torch.where(m1, a1, torch.where(m2, a2, zero)))
+        first_b = torch.where(m0, b0, torch.where(m1, b1, torch.where(m2, b2, padding)))
+        two = m2 & (m0 | m1)
+        second_a = torch.where(two, a2, torch.where(m0 & m1, a1, zero))
+        second_b = torch.where(two, b2, torch.where(m0 & m1, b1, padding))
+        table += [first_a, first_b, second_a, second_b]
+    table.append(nx.index_select(0, keep) - 1.0)
+    table = torch.stack(table, 1)  # (K, 9)
     rows_per = counts.index_select(0, keep)
     n_rows = int(rows_per.sum())
-    row_tri = torch.repeat_interleave(torch.arange(keep.numel(), device=pos.device), rows_per, output_size=n_rows)
+    row_tri = torch.repeat_interleave(torch.arange(keep.numel(), device=dev), rows_per, output_size=n_rows)
     row_first = torch.cumsum(rows_per, 0) - rows_per
-    qy = torch.arange(n_rows, device=pos.device) - row_first.index_select(0, row_tri)
+    qy = torch.arange(n_rows, device=dev) - row_first.index_select(0, row_tri)
     py = qy.to(pos.dtype) + 0.5
-    rc = [[c.index_select(0, row_tri) for c in trio] for trio in coef]
-    row_part = [b * py + c for _, b, c in rc]  # l = a * px + row_part
-    lo = torch.zeros_like(py)
-    hi = nx.reshape(-1).index_select(0, keep).index_select(0, row_tri).to(pos.dtype) - 1.0
-    l2 = (-(rc[0][0] + rc[1][0]), 1.0 - row_part[0] - row_part[1])  # l2 = 1 - l0 - l1
-    for a, r in ((rc[0][0], row_part[0]), (rc[1][0], row_part[1]), l2):
-        # a * (qx + 0.5) + r >= 0  <=>  qx >= -r / a - 0.5 (a > 0) or qx <= -r / a - 0.5 (a < 0)
-        edge = -r / torch.where(a == 0, torch.ones_like(a), a) - 0.5
-        lo = torch.where(a > 0, torch.maximum(lo, torch.ceil(edge - _SPAN_MARGIN)), lo)
-        hi = torch.where(a < 0, torch.minimum(hi, torch.floor(edge + _SPAN_MARGIN)), hi)
-        hi = torch.where((a == 0) & (r < -_SPAN_MARGIN), torch.full_like(hi, -1.0), hi)
+    t = table.index_select(0, row_tri).T  # (9, n_rows), strided
+    lo = torch.ceil(torch.maximum(t[0] * py + t[1], t[2] * py + t[3]) - _SPAN_MARGIN).clamp(min=0.0)
+    hi = torch.minimum(torch.floor(torch.minimum(t[4] * py + t[5], t[6] * py + t[7]) + _SPAN_MARGIN), t[8])
     span = (hi - lo + 1.0).clamp(min=0.0)
     rows = span.nonzero().squeeze(1)
     if rows.numel() == 0:
         return empty, empty
     row_tri = row_tri.index_select(0, rows)
     span = span.index_select(0, rows).long()
-    # Packed per-row values so that each candidate needs one contiguous gather per value.
-    packed = torch.stack(
-        [rc[k][0].index_select(0, rows) for k in range(3)]
-        + [row_part[k].index_select(0, rows) for k in range(3)]
-        + [lo.index_select(0, rows)],
-        0,
-    )  # (7, R): a0, a1, az, r0, r1, rz, first column
+    py = py.index_select(0, rows)
+    # The exact inside test uses edge functions that two triangles sharing an edge compute from the same two
+    # vertices in the same order (lower vertex id first) in image-centred coordinates, so that they are exact
+    # negatives of each other and no pixel centre on a shared edge is lost (watertight). An edge through a pixel
+    # centre keeps it when its outward side is up or left in the sense of its coefficients (a top-left rule).
+    vid = tri.index_select(0, torch.remainder(keep, n_tri)).T  # (3, K)
+    sign = torch.where(area > 0, torch.ones_like(area), -torch.ones_like(area))
+    edge = []
+    for i in range(3):
+        j, k = (i + 1) % 3, (i + 2) % 3
+        swap = vid[j] > vid[k]
+        xp, yp = torch.where(swap, cx[k], cx[j]), torch.where(swap, cy[k], cy[j])
+        dx, dy = torch.where(swap, cx[j], cx[k]) - xp, torch.where(swap, cy[j], cy[k]) - yp
+        s = torch.where(swap, -sign, sign)
+        a_, b_ = -dy * s, dx * s
+        c_ = (dy * xp - dx * yp) * s
+        keep_tie = (a_ > 0) | ((a_ == 0) & (b_ > 0))
+        edge.append((a_, b_, c_, torch.where(keep_tie, torch.zeros_like(a_), torch.full_like(a_, _TINY[a_.dtype]))))
+    centring = [ox - 0.5 * width, oy - 0.5 * height]
+    per_tri = torch.stack([e[m] for m in range(4) for e in edge] + list(coef[3]) + centring, 1)
+    r = per_tri.index_select(0, row_tri)  # (R, 17): A0-2, B0-2, C0-2, T0-2, Az, Bz, Cz, centring offsets
+    ys = py + r[:, 16]  # image-centred row coordinate
+    packed = torch.cat(
+        [r[:, 0:3], torch.addcmul(r[:, 6:9], r[:, 3:6], ys[:, None]), r[:, 9:12], r[:, 12:13],
+         torch.addcmul(r[:, 14:15], r[:, 13:14], py[:, None]), lo.index_select(0, rows)[:, None], r[:, 15:16]], 1,
+    )  # (R, 13): A0-2, row parts R0-2, thresholds T0-2, Az, row part Rz, first column, x centring offset
     flat_tri = keep.index_select(0, row_tri)
     b_row = torch.div(flat_tri, n_tri, rounding_mode="floor")
     tri_row = flat_tri - b_row * n_tri
-    base_row = (b_row * height + oy.long().index_select(0, row_tri) + qy.index_select(0, rows)) * width + ox.long().index_select(0, row_tri)
+    row_y = (oy.index_select(0, row_tri) + py - 0.5).long()
+    base_row = (b_row * height + row_y) * width + ox.long().index_select(0, row_tri)
     ends = torch.cumsum(span, 0)
     starts = ends - span
     n_span_rows = rows.numel()
@@ -264,22 +320,23 @@ def _visible_samples(
     start_count = 0
     while start_row < n_span_rows:
         # Largest run of rows whose candidates fit in the chunk (at least one row).
-        stop_row = int(torch.searchsorted(ends, start_count + chunk_size, right=True))
-        stop_row = max(stop_row, start_row + 1)
-        c = span[start_row:stop_row]
+        stop_row = max(int(torch.searchsorted(ends, start_count + chunk_size, right=True)), start_row + 1)
         n_cand = int(ends[stop_row - 1]) - start_count
-        local_row = torch.repeat_interleave(torch.arange(start_row, stop_row, device=pos.device), c, output_size=n_cand)
-        # index_select on contiguous rows: much faster than advanced indexing on CPU.
-        a0, a1, az, r0, r1, rz, first = (packed[k].index_select(0, local_row) for k in range(7))
-        qx = torch.arange(start_count, start_count + n_cand, device=pos.device) - starts.index_select(0, local_row)
-        px = qx.to(pos.dtype) + first + 0.5
-        l0 = a0 * px + r0
-        l1 = a1 * px + r1
-        depth = az * px + rz
-        inside = (l0 >= 0) & (l1 >= 0) & (l0 + l1 <= 1) & (depth >= -1.0) & (depth <= 1.0)
+        local_row = torch.repeat_interleave(
+            torch.arange(start_row, stop_row, device=dev), span[start_row:stop_row], output_size=n_cand
+        )
+        v = packed.index_select(0, local_row)
+        qx = torch.arange(start_count, start_count + n_cand, device=dev) - starts.index_select(0, local_row)
+        px = qx.to(pos.dtype) + v[:, 11] + 0.5  # relative to the bounding-box corner
+        xs = px + v[:, 12]
+        inside = torch.addcmul(v[:, 3], v[:, 0], xs) >= v[:, 6]
+        inside &= torch.addcmul(v[:, 4], v[:, 1], xs) >= v[:, 7]
+        inside &= torch.addcmul(v[:, 5], v[:, 2], xs) >= v[:, 8]
+        depth = torch.addcmul(v[:, 10], v[:, 9], px)
+        inside &= (depth >= -1.0) & (depth <= 1.0)
         idx = inside.nonzero().squeeze(1)
         kr = local_row.index_select(0, idx)
-        pids.append(base_row.index_select(0, kr) + (first.index_select(0, idx).long() + qx.index_select(0, idx)))
+        pids.append(base_row.index_select(0, kr) + (px.index_select(0, idx) - 0.5).long())
         depths.append(depth.index_select(0, idx))
         tids.append(tri_row.index_select(0, kr))
         start_row = stop_row
@@ -287,15 +344,15 @@ def _visible_samples(
     pid = torch.cat(pids)
     depth = torch.cat(depths)
     tid = torch.cat(tids)
+    # z-buffer: the nearest depth at each pixel, then the largest triangle id among the samples at that depth.
     n_pix = batch * height * width
-    zbuf = torch.full((n_pix,), float("inf"), dtype=depth.dtype, device=depth.device)
+    zbuf = torch.full((n_pix,), float("inf"), dtype=depth.dtype, device=dev)
     zbuf.scatter_reduce_(0, pid, depth, reduce="amin")
-    win = depth <= zbuf.index_select(0, pid)
-    pid, tid = pid[win], tid[win]
-    best = torch.full((n_pix,), -1, dtype=torch.long, device=pos.device)
-    best.scatter_reduce_(0, pid, tid, reduce="amax")
-    win = tid == best.index_select(0, pid)
-    return pid[win], tid[win]
+    front = torch.where(depth <= zbuf.index_select(0, pid), tid, torch.full_like(tid, -1))
+    best = torch.full((n_pix,), -1, dtype=torch.long, device=dev)
+    best.scatter_reduce_(0, pid, front, reduce="amax")
+    pid = (best >= 0).nonzero().squeeze(1)
+    return pid, best.index_select(0, pid)
 
 
 def interpolate(attr: torch.Tensor, rast: torch.Tensor, tri: torch.Tensor) -> torch.Tensor:
@@ -388,7 +445,9 @@ def antialias(color: torch.Tensor, rast: torch.Tensor, pos: torch.Tensor, tri: t
     offset = b * pos.shape[1]
     p0 = screen.index_select(0, v0 + offset)
     d = screen.index_select(0, v1 + offset) - p0
-    centres = torch.stack(_pixel_centres(front, height, width, pos.dtype) + _pixel_centres(back, height, width, pos.dtype))  # (4, N)
+    centres = torch.stack(
+        _pixel_centres(front, height, width, pos.dtype) + _pixel_centres(back, height, width, pos.dtype)
+    )  # (4, N): front x, y, back x, y
     ef = d[:, 0] * (centres[1] - p0[:, 1]) - d[:, 1] * (centres[0] - p0[:, 0])
     eb = d[:, 0] * (centres[3] - p0[:, 1]) - d[:, 1] * (centres[2] - p0[:, 0])
     t = (ef / (ef - eb)).clamp(0.0, 1.0)[:, None].to(color.dtype)
