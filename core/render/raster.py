@@ -483,9 +483,16 @@ def _silhouette_pairs(rast: torch.Tensor, pos: torch.Tensor, tri: torch.Tensor):
     b_idx = torch.cat([pairs[0][1], pairs[1][1]])
     flat_tid = tid_img.reshape(-1)
     ta, tb = flat_tid.index_select(0, a_idx), flat_tid.index_select(0, b_idx)
-    tri_a = tri.index_select(0, ta.clamp(min=0))
-    tri_b = tri.index_select(0, tb.clamp(min=0))
-    share = (tri_a[:, :, None] == tri_b[:, None, :]).any(-1).any(-1)
+    # Shared vertex: nine comparisons of contiguous corner columns (a broadcast (N, 3, 3) test is several times
+    # slower on the CPU).
+    corner_ids = tri.T.contiguous()
+    ia, ib = ta.clamp(min=0), tb.clamp(min=0)
+    cols_a = [c.index_select(0, ia) for c in corner_ids]
+    cols_b = [c.index_select(0, ib) for c in corner_ids]
+    share = torch.zeros_like(ta, dtype=torch.bool)
+    for ca in cols_a:
+        for cb in cols_b:
+            share |= ca == cb
     cand = ((ta < 0) | (tb < 0) | ~share).nonzero().squeeze(1)
     a_idx, b_idx, ta, tb = (x.index_select(0, cand) for x in (a_idx, b_idx, ta, tb))
     # Each ordered (front, back) candidate: the front pixel's triangle tested against the back pixel.
