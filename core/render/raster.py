@@ -12,10 +12,11 @@ Conventions (the one place they are stated for the renderer)
   centre ``(j + 0.5, i + 0.5)``. Rasterizing UV coordinates as positions, ``pos = (2u - 1, 2v - 1, 0, 1)``, puts
   ``v = 1`` in row 0, i.e. an ordinary texture image with the origin of ``v`` at the bottom.
 * Both windings are drawn unless ``cull_back=True`` (then only counter-clockwise triangles in NDC). A pixel
-  belongs to a triangle when its centre lies inside or on the triangle's edges. The test is watertight: two
-  triangles that share an edge evaluate one edge function (exact negatives of each other), and a centre exactly on
-  a shared edge goes to one of them by a top-left rule, so a closed surface has no cracks. The z-buffer keeps the
-  smallest ``z/w`` (ties go to the larger triangle id).
+  belongs to a triangle when its centre lies inside or on the triangle's edges. The test is watertight: the two
+  triangles that share an edge decide from the same edge line, computed from the same two vertices in the same
+  order, and a centre exactly on a shared edge goes to exactly one of them (the one to its right; on a horizontal
+  edge to both, the z-buffer then choosing), so a closed surface has no cracks. The z-buffer keeps the smallest
+  ``z/w`` (ties go to the larger triangle id).
 * ``rast`` (B, H, W, 4) holds ``(u, v, z/w, triangle_id + 1)``; ``triangle_id + 1 == 0`` marks background.
   ``u`` and ``v`` are perspective-correct barycentrics: an attribute is ``u * a0 + v * a1 + (1 - u - v) * a2``
   for the triangle's vertices ``(i0, i1, i2) = tri[triangle_id]``.
@@ -38,16 +39,8 @@ __all__ = ["rasterize", "pixel_barycentrics", "interpolate", "antialias"]
 
 _W_EPS = 1e-8
 _DEFAULT_CHUNK = 1 << 22
-#: Pixels by which a row's candidate span is widened beyond the analytic edge crossings (rounding safety).
-_SPAN_MARGIN = 1e-3
-#: Edges along which a barycentric changes by less than this per pixel column bound no row span (they are nearly
-#: horizontal: the exact test decides), which keeps each span bound alpha * y + beta well conditioned.
-_FLAT_EDGE = 1e-2
-#: Smallest positive value per dtype: an edge function >= it is > 0.
-_TINY = {
-    dt: torch.nextafter(torch.zeros((), dtype=dt), torch.ones((), dtype=dt)).item()
-    for dt in (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-}
+#: Edge crossings are clamped to +-this many columns (far outside any image, exact in float32).
+_COLUMN_LIMIT = float(1 << 24)
 
 
 def _check_pos_tri(pos: torch.Tensor, tri: torch.Tensor) -> None:
@@ -214,104 +207,84 @@ def _visible_samples(
     area = (x[1] - x[0]) * (y[2] - y[0]) - (y[1] - y[0]) * (x[2] - x[0])
     # Pixel rows grow downwards, so counter-clockwise triangles in NDC have a negative area here.
     valid &= (area < -1e-12) if cull_back else (area.abs() > 1e-12)
-    # Pixel index ranges whose centres can fall in the bounding box.
-    x_lo = torch.ceil(_min3(x[0], x[1], x[2]) - 0.5).clamp(0, width)
-    x_hi = torch.floor(_max3(x[0], x[1], x[2]) - 0.5).clamp(-1, width - 1)
+    # Rows whose centres fall in the bounding box; columns are decided by the edges alone, within the box widened
+    # by a pixel (which only bounds the work of sliver triangles) and the image.
+    x_lo = torch.ceil(_min3(x[0], x[1], x[2]) - 1.5).clamp(0, width)
+    x_hi = torch.floor(_max3(x[0], x[1], x[2]) + 0.5).clamp(-1, width - 1)
     y_lo = torch.ceil(_min3(y[0], y[1], y[2]) - 0.5).clamp(0, height)
     y_hi = torch.floor(_max3(y[0], y[1], y[2]) - 0.5).clamp(-1, height - 1)
-    nx = x_hi - x_lo + 1
     ny = (y_hi - y_lo + 1).long()
-    counts = torch.where(valid & (nx > 0), ny.clamp(min=0), torch.zeros_like(ny))  # rows per triangle
+    counts = torch.where(valid & (x_hi >= x_lo), ny.clamp(min=0), torch.zeros_like(ny))  # rows per triangle
     keep = counts.nonzero().squeeze(1)
     empty = torch.zeros(0, dtype=torch.long, device=dev)
     if keep.numel() == 0:
         return empty, empty
-    # Per kept triangle, relative to its bounding-box corner (small numbers keep float32 exact enough): each
-    # barycentric l_i = A_i x + B_i y + C_i (edge from corner i + 1 to i + 2) and the depth z = Az x + Bz y + Cz.
-    ox, oy = x_lo.index_select(0, keep), y_lo.index_select(0, keep)
-    x, y = x.index_select(1, keep), y.index_select(1, keep)
-    # Image-centred coordinates for the edge functions: the same numbers for a vertex in every triangle.
-    cx, cy = x - 0.5 * width, y - 0.5 * height
-    x, y = x - ox, y - oy
-    z = z.index_select(1, keep)
+    x, y, z = x.index_select(1, keep), y.index_select(1, keep), z.index_select(1, keep)
     area = area.index_select(0, keep)
-    coef = []
+    ox, oy = x_lo.index_select(0, keep), y_lo.index_select(0, keep)
+    # Coverage. Each edge's line function E = a x + b y + c is formed from its two vertices in a canonical order
+    # (lower vertex id first) in image-centred coordinates: the same numbers for both triangles that share the
+    # edge. On a pixel row it crosses at u = -(b y + c) / a (again the same number for both); with s = +-1 the
+    # sign that makes E positive inside the triangle, the edge admits the columns whose centres are >= u when
+    # s a > 0 and < u when s a < 0, so that the two triangles of an edge split every row between them, with no
+    # pixel centre lost or shared (watertight). Horizontal edges (a = 0) bound no row inside the bounding box.
+    vid = tri.index_select(0, torch.remainder(keep, n_tri)).T  # (3, K)
+    cx, cy = x - 0.5 * width, y - 0.5 * height
+    orient = area > 0
+    inf = torch.full_like(area, float("inf"))
+    per_tri = []  # per edge: -a (1 where horizontal), b, c, padding of the left bound, padding of the right bound
     for i in range(3):
         j, k = (i + 1) % 3, (i + 2) % 3
-        ex, ey = x[k] - x[j], y[k] - y[j]
-        coef.append((-ey / area, ex / area, (ey * x[j] - ex * y[j]) / area))
-    dz0, dz1 = z[0] - z[2], z[1] - z[2]
-    coef.append(tuple(c0 * dz0 + c1 * dz1 for c0, c1 in zip(coef[0], coef[1])))
-    coef[3] = (coef[3][0], coef[3][1], coef[3][2] + z[2])
-    # Row spans: l_i >= 0 bounds the column of pixel centre x = q + 0.5 from the left when A_i > 0 and from the
-    # right when A_i < 0, at q = alpha_i y + beta_i. A triangle has at most two edges on each side: slots
-    # (alpha, beta) = (0, -inf) on the left and (0, +inf) on the right stand for missing ones.
-    bounds = {"left": [], "right": []}
-    for a, b, c in coef[:3]:
-        steep = a.abs() > _FLAT_EDGE
-        safe = torch.where(steep, a, torch.ones_like(a))
-        bounds["left"].append((steep & (a > 0), -b / safe, -c / safe - 0.5))
-        bounds["right"].append((steep & (a < 0), -b / safe, -c / safe - 0.5))
-    table = []
-    for side, pad in (("left", -float("inf")), ("right", float("inf"))):
-        (m0, a0, b0), (m1, a1, b1), (m2, a2, b2) = bounds[side]
-        zero, padding = torch.zeros_like(a0), torch.full_like(b0, pad)
-        # first slot: the first bounding edge; second slot: edge 2 when another edge bounds too, else edge 1 when
-        # edges 0 and 1 both bound.
-        first_a = torch.where(m0, a0, torch.where(m1, a1, torch.where(m2, a2, zero)))
-        first_b = torch.where(m0, b0, torch.where(m1, b1, torch.where(m2, b2, padding)))
-        two = m2 & (m0 | m1)
-        second_a = torch.where(two, a2, torch.where(m0 & m1, a1, zero))
-        second_b = torch.where(two, b2, torch.where(m0 & m1, b1, padding))
-        table += [first_a, first_b, second_a, second_b]
-    table.append(nx.index_select(0, keep) - 1.0)
-    table = torch.stack(table, 1)  # (K, 9)
+        swap = vid[j] > vid[k]
+        xp, yp = torch.where(swap, cx[k], cx[j]), torch.where(swap, cy[k], cy[j])
+        dx, dy = torch.where(swap, cx[j], cx[k]) - xp, torch.where(swap, cy[j], cy[k]) - yp
+        bounds_left = (dy < 0) == (orient != swap)  # s * a > 0 with a = -dy, s = +1 for (orient xor swap)
+        flat = dy == 0
+        per_tri += [
+            torch.where(flat, torch.ones_like(dy), dy), dx, dy * xp - dx * yp,
+            torch.where(bounds_left & ~flat, torch.zeros_like(dy), -inf),
+            torch.where(~bounds_left & ~flat, torch.zeros_like(dy), inf),
+        ]
+    per_tri += [oy - 0.5 * height, x_hi.index_select(0, keep), ox]
+    table = torch.stack(per_tri, 1)  # (K, 18)
     rows_per = counts.index_select(0, keep)
     n_rows = int(rows_per.sum())
     row_tri = torch.repeat_interleave(torch.arange(keep.numel(), device=dev), rows_per, output_size=n_rows)
     row_first = torch.cumsum(rows_per, 0) - rows_per
     qy = torch.arange(n_rows, device=dev) - row_first.index_select(0, row_tri)
-    py = qy.to(pos.dtype) + 0.5
-    t = table.index_select(0, row_tri).T  # (9, n_rows), strided
-    lo = torch.ceil(torch.maximum(t[0] * py + t[1], t[2] * py + t[3]) - _SPAN_MARGIN).clamp(min=0.0)
-    hi = torch.minimum(torch.floor(torch.minimum(t[4] * py + t[5], t[6] * py + t[7]) + _SPAN_MARGIN), t[8])
+    t = table.index_select(0, row_tri).T  # (18, n_rows) strided views
+    ys = qy.to(pos.dtype) + 0.5 + t[15]  # image-centred row coordinate
+    lo = t[17].clone()
+    hi = t[16].clone()
+    for i in range(3):
+        e = t[5 * i : 5 * i + 5]
+        # column >= u'  <=>  column >= ceil(u'), column < u'  <=>  column <= ceil(u') - 1, u' = u + W/2 - 1/2
+        # (clamped: a nearly horizontal edge may cross at +-inf, and inf + padding must not give nan)
+        col = torch.ceil(torch.addcmul(e[2], e[1], ys) / e[0] + (0.5 * width - 0.5))
+        col = col.clamp(-_COLUMN_LIMIT, _COLUMN_LIMIT)
+        lo = torch.maximum(lo, col + e[3])
+        hi = torch.minimum(hi, col - 1.0 + e[4])
     span = (hi - lo + 1.0).clamp(min=0.0)
     rows = span.nonzero().squeeze(1)
     if rows.numel() == 0:
         return empty, empty
     row_tri = row_tri.index_select(0, rows)
     span = span.index_select(0, rows).long()
-    py = py.index_select(0, rows)
-    # The exact inside test uses edge functions that two triangles sharing an edge compute from the same two
-    # vertices in the same order (lower vertex id first) in image-centred coordinates, so that they are exact
-    # negatives of each other and no pixel centre on a shared edge is lost (watertight). An edge through a pixel
-    # centre keeps it when its outward side is up or left in the sense of its coefficients (a top-left rule).
-    vid = tri.index_select(0, torch.remainder(keep, n_tri)).T  # (3, K)
-    sign = torch.where(area > 0, torch.ones_like(area), -torch.ones_like(area))
-    edge = []
-    for i in range(3):
-        j, k = (i + 1) % 3, (i + 2) % 3
-        swap = vid[j] > vid[k]
-        xp, yp = torch.where(swap, cx[k], cx[j]), torch.where(swap, cy[k], cy[j])
-        dx, dy = torch.where(swap, cx[j], cx[k]) - xp, torch.where(swap, cy[j], cy[k]) - yp
-        s = torch.where(swap, -sign, sign)
-        a_, b_ = -dy * s, dx * s
-        c_ = (dy * xp - dx * yp) * s
-        keep_tie = (a_ > 0) | ((a_ == 0) & (b_ > 0))
-        edge.append((a_, b_, c_, torch.where(keep_tie, torch.zeros_like(a_), torch.full_like(a_, _TINY[a_.dtype]))))
-    centring = [ox - 0.5 * width, oy - 0.5 * height]
-    per_tri = torch.stack([e[m] for m in range(4) for e in edge] + list(coef[3]) + centring, 1)
-    r = per_tri.index_select(0, row_tri)  # (R, 17): A0-2, B0-2, C0-2, T0-2, Az, Bz, Cz, centring offsets
-    ys = py + r[:, 16]  # image-centred row coordinate
-    packed = torch.cat(
-        [r[:, 0:3], torch.addcmul(r[:, 6:9], r[:, 3:6], ys[:, None]), r[:, 9:12], r[:, 12:13],
-         torch.addcmul(r[:, 14:15], r[:, 13:14], py[:, None]), lo.index_select(0, rows)[:, None], r[:, 15:16]], 1,
-    )  # (R, 13): A0-2, row parts R0-2, thresholds T0-2, Az, row part Rz, first column, x centring offset
+    lo = lo.index_select(0, rows)
+    # Depth, affine in the pixel coordinates relative to the bounding-box corner (small numbers: accurate).
+    x, y = x - ox, y - oy
+    dx0, dx1, dy0, dy1 = x[0] - x[2], x[1] - x[2], y[0] - y[2], y[1] - y[2]
+    dz0, dz1 = z[0] - z[2], z[1] - z[2]
+    za = (dz0 * dy1 - dz1 * dy0) / area  # d depth / d x
+    zb = (dz1 * dx0 - dz0 * dx1) / area  # d depth / d y
+    zc = z[2] - za * x[2] - zb * y[2]
+    qy = qy.index_select(0, rows).to(pos.dtype) + 0.5
+    rz = torch.stack([za, zb, zc, ox], 1).index_select(0, row_tri)  # (R, 4)
+    packed = torch.stack([rz[:, 0], torch.addcmul(rz[:, 2], rz[:, 1], qy), lo - rz[:, 3]], 1)  # (R, 3)
     flat_tri = keep.index_select(0, row_tri)
     b_row = torch.div(flat_tri, n_tri, rounding_mode="floor")
     tri_row = flat_tri - b_row * n_tri
-    row_y = (oy.index_select(0, row_tri) + py - 0.5).long()
-    base_row = (b_row * height + row_y) * width + ox.long().index_select(0, row_tri)
+    base_row = (b_row * height + (oy.index_select(0, row_tri) + qy - 0.5).long()) * width + lo.long()
     ends = torch.cumsum(span, 0)
     starts = ends - span
     n_span_rows = rows.numel()
@@ -319,7 +292,6 @@ def _visible_samples(
     start_row = 0
     start_count = 0
     while start_row < n_span_rows:
-        # Largest run of rows whose candidates fit in the chunk (at least one row).
         stop_row = max(int(torch.searchsorted(ends, start_count + chunk_size, right=True)), start_row + 1)
         n_cand = int(ends[stop_row - 1]) - start_count
         local_row = torch.repeat_interleave(
@@ -327,16 +299,10 @@ def _visible_samples(
         )
         v = packed.index_select(0, local_row)
         qx = torch.arange(start_count, start_count + n_cand, device=dev) - starts.index_select(0, local_row)
-        px = qx.to(pos.dtype) + v[:, 11] + 0.5  # relative to the bounding-box corner
-        xs = px + v[:, 12]
-        inside = torch.addcmul(v[:, 3], v[:, 0], xs) >= v[:, 6]
-        inside &= torch.addcmul(v[:, 4], v[:, 1], xs) >= v[:, 7]
-        inside &= torch.addcmul(v[:, 5], v[:, 2], xs) >= v[:, 8]
-        depth = torch.addcmul(v[:, 10], v[:, 9], px)
-        inside &= (depth >= -1.0) & (depth <= 1.0)
-        idx = inside.nonzero().squeeze(1)
+        depth = torch.addcmul(v[:, 1], v[:, 0], qx.to(pos.dtype) + v[:, 2] + 0.5)
+        idx = ((depth >= -1.0) & (depth <= 1.0)).nonzero().squeeze(1)
         kr = local_row.index_select(0, idx)
-        pids.append(base_row.index_select(0, kr) + (px.index_select(0, idx) - 0.5).long())
+        pids.append(base_row.index_select(0, kr) + qx.index_select(0, idx))
         depths.append(depth.index_select(0, idx))
         tids.append(tri_row.index_select(0, kr))
         start_row = stop_row
@@ -344,7 +310,6 @@ def _visible_samples(
     pid = torch.cat(pids)
     depth = torch.cat(depths)
     tid = torch.cat(tids)
-    # z-buffer: the nearest depth at each pixel, then the largest triangle id among the samples at that depth.
     n_pix = batch * height * width
     zbuf = torch.full((n_pix,), float("inf"), dtype=depth.dtype, device=dev)
     zbuf.scatter_reduce_(0, pid, depth, reduce="amin")
