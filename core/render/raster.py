@@ -168,14 +168,22 @@ def pixel_barycentrics(
     pix = pid - b_idx * (height * width)
     py = torch.div(pix, width, rounding_mode="floor").to(pos.dtype) + 0.5
     px = (pix % width).to(pos.dtype) + 0.5
-    # Screen coordinates per vertex, then one gather of the winners' corners: autograd then scatters (N, 3, 4)
-    # corner gradients once instead of allocating a full (N, 3, 4) gradient per selected component.
-    screen = torch.stack(_screen(pos, height, width), -1)  # (B, V, 4): x, y, z/w, w
-    sx, sy, sz, sw = _corners(screen, tri, b_idx, tid).unbind(-1)  # each (N, 3)
-    l0, l1, l2, _ = _edge_bary(sx, sy, px, py)
-    q0, q1, q2 = l0 / sw[:, 0], l1 / sw[:, 1], l2 / sw[:, 2]
+    # Per-vertex screen coordinates, then per component one gather of the winners' corners, corner-major so that
+    # each corner is a contiguous row (its gradient is one stack and one 1-D index_add, the fast CPU paths).
+    x, y, z, w = (c.reshape(-1) for c in _screen(pos, height, width))
+    rows = (tri.index_select(0, tid) + (b_idx * pos.shape[1])[:, None]).T.reshape(-1)  # (3 * N,)
+    x0, x1, x2 = x.index_select(0, rows).view(3, -1).unbind(0)
+    y0, y1, y2 = y.index_select(0, rows).view(3, -1).unbind(0)
+    w0, w1, w2 = w.index_select(0, rows).view(3, -1).unbind(0)
+    area = (x1 - x0) * (y2 - y0) - (y1 - y0) * (x2 - x0)
+    area = torch.where(area.abs() > 1e-12, area, torch.full_like(area, 1e-12))
+    l0 = ((x2 - x1) * (py - y1) - (y2 - y1) * (px - x1)) / area
+    l1 = ((x0 - x2) * (py - y2) - (y0 - y2) * (px - x2)) / area
+    l2 = 1.0 - l0 - l1
+    q0, q1, q2 = l0 / w0, l1 / w1, l2 / w2
     denom = q0 + q1 + q2
-    return torch.stack([q0 / denom, q1 / denom], -1), l0 * sz[:, 0] + l1 * sz[:, 1] + l2 * sz[:, 2]
+    z0, z1, z2 = z.index_select(0, rows).view(3, -1).unbind(0)
+    return torch.stack([q0 / denom, q1 / denom], -1), l0 * z0 + l1 * z1 + l2 * z2
 
 
 def _min3(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
