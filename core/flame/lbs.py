@@ -128,12 +128,16 @@ def lbs(
     rest_joints = vertices2joints(j_regressor, v_shaped)
     v_posed = v_shaped + blend_shapes(pose_feature(rot_mats), posedirs)
     world, skinning = batch_rigid_transform(rot_mats, rest_joints, parents)
-    # Blend the 3x4 joint transforms per vertex with one 2-D matmul, then apply them elementwise (a batched
-    # matmul of V tiny 3x3 matrices is far slower on the CPU).
+    # Blend the 3x4 joint transforms per vertex with one 2-D matmul, component-major so that each of the 12
+    # blended entries is a contiguous (B, V) array, then apply them with elementwise multiply-adds (a batched
+    # matmul of V tiny 3x3 matrices, or a broadcast product summed over a size-3 axis, is far slower on the CPU,
+    # and more so under torch.func.vmap).
     b, j = rest_joints.shape[:2]
-    flat = skinning[:, :, :3, :].reshape(b, j, 12).transpose(0, 1).reshape(j, b * 12)
-    per_vertex = (weights @ flat).reshape(-1, b, 3, 4).transpose(0, 1)  # (B, V, 3, 4)
-    vertices = (per_vertex[..., :3] * v_posed[:, :, None, :]).sum(-1) + per_vertex[..., 3]
+    flat = skinning[:, :, :3, :].permute(2, 3, 0, 1).reshape(12 * b, j)  # rows: entry (r, c), batch
+    per_vertex = (flat @ weights.T).view(3, 4, b, -1)  # (3, 4, B, V)
+    x, y, z = v_posed.permute(2, 0, 1)  # each (B, V)
+    rows = [torch.addcmul(torch.addcmul(torch.addcmul(m[3], m[0], x), m[1], y), m[2], z) for m in per_vertex]
+    vertices = torch.stack(rows, -1)
     return vertices, world[..., :3, 3], world, v_shaped
 
 
