@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -185,6 +186,16 @@ class FlameModel(nn.Module):
             )
         return torch.nn.functional.pad(value, (0, size - value.shape[1]))
 
+    def _shape_expression(self, params: FlameParams, batch: int) -> torch.Tensor:
+        """(B, Ns + Ne) identity then expression coefficients, zero-padded, in the column order of ``dirs``."""
+        return torch.cat(
+            (
+                self._coeffs(params.shape, self.n_shape, "shape", batch),
+                self._coeffs(params.expression, self.n_expr, "expression", batch),
+            ),
+            dim=1,
+        )
+
     def forward(self, params: FlameParams) -> FlameOutput:
         """Pose and shape the head.
 
@@ -198,13 +209,7 @@ class FlameModel(nn.Module):
         vertices_shaped (B,V,3).
         """
         batch = params.batch_size or 1
-        coeffs = torch.cat(
-            (
-                self._coeffs(params.shape, self.n_shape, "shape", batch),
-                self._coeffs(params.expression, self.n_expr, "expression", batch),
-            ),
-            dim=1,
-        )
+        coeffs = self._shape_expression(params, batch)
         eye = torch.eye(3, dtype=coeffs.dtype, device=coeffs.device).expand(batch, 3, 3)
         rot_mats = torch.stack(
             [
@@ -251,3 +256,47 @@ class FlameModel(nn.Module):
             return self.v_template[None]
         coeffs = self._coeffs(shape, self.n_shape, "shape", shape.shape[0])
         return self.v_template + blend_shapes(coeffs, self.shapedirs)
+
+    def shaped(self, params: FlameParams) -> torch.Tensor:
+        """(B, V, 3) template plus identity and expression offsets: ``forward(params).vertices_shaped`` without
+        the pose (and at a fraction of its cost)."""
+        coeffs = self._shape_expression(params, params.batch_size or 1)
+        return self.v_template + blend_shapes(coeffs, self.dirs)
+
+    def restricted(self, vertex_ids: torch.Tensor) -> FlameModel:
+        """A copy that evaluates only some vertices, exactly as the full model does.
+
+        The copy keeps the given vertices plus those the joint regressor reads (so that the joints, and with
+        them every posed vertex, are unchanged), in increasing order, listed in its ``vertex_ids``; its
+        ``faces`` are the triangles whose corners it all keeps, renumbered. Buffers are slices (copies) of this
+        model's; nothing else is shared.
+
+        Parameters
+        ----------
+        vertex_ids : (n,) integer tensor of vertex indices (any order, repeats allowed)
+
+        Returns
+        -------
+        FlameModel whose ``forward(params).vertices[:, i]`` equals this model's ``vertices[:, vertex_ids[i]]``
+        for the copy's own ``vertex_ids``.
+        """
+        n_vert = self.v_template.shape[0]
+        ids = torch.as_tensor(vertex_ids, device=self.v_template.device).long().reshape(-1)
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= n_vert):
+            raise ValueError(f"vertex_ids must lie in [0, {n_vert}).")
+        regressed = (self.J_regressor != 0).any(0).nonzero().squeeze(1)
+        ids = torch.unique(torch.cat([ids, regressed]))
+        local = torch.full((n_vert,), -1, dtype=torch.long, device=ids.device)
+        local[ids] = torch.arange(ids.numel(), device=ids.device)
+        kept = (local[self.faces] >= 0).all(1)
+        sub = copy.copy(self)
+        buffers = dict(self._buffers)
+        for name in ("v_template", "dirs", "posedirs", "lbs_weights"):
+            buffers[name] = self._buffers[name].index_select(0, ids)
+        buffers["J_regressor"] = self.J_regressor.index_select(1, ids)
+        if self.eyelids is not None:
+            buffers["eyelids"] = self.eyelids.index_select(1, ids)
+        buffers["faces"] = local[self.faces[kept]]
+        sub.__dict__["_buffers"] = buffers
+        sub.vertex_ids = ids
+        return sub

@@ -154,9 +154,9 @@ def test_lm_stage_lowers_the_loss_and_the_error(problem):
     lm = dataclasses.replace(adam.stages[1], name="refine", steps=3, method="lm")
     reports = []
     refined = fit(pred, crop, flame, uvt, dataclasses.replace(adam, stages=adam.stages + (lm,)), on_progress=reports.append)
-    # Progress advances with time: an LM iteration counts as 50 Adam steps.
+    # Progress advances with time: an LM iteration counts as F._LM_STEP_COST Adam steps.
     assert [r.stage for r in reports] == ["camera"] * 30 + ["image"] * 40 + ["refine"] * 3
-    assert reports[69].fraction == pytest.approx(70 / (70 + 3 * 50)) and reports[-1].fraction == 1.0
+    assert reports[69].fraction == pytest.approx(70 / (70 + 3 * F._LM_STEP_COST)) and reports[-1].fraction == 1.0
     plain = fit(pred, crop, flame, uvt, adam)
     hist = refined.loss_history["refine/total"]
     assert len(hist) == 3 and all(b <= a for a, b in zip(hist, hist[1:]))

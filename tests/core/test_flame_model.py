@@ -184,3 +184,26 @@ def test_flame_data_rejects_inconsistent_arrays(data):
     for name, value in broken.items():
         with pytest.raises(AssetInvalidError, match="download the model file again"):
             type(data)(**{**base, name: value})
+
+
+def test_restricted_model_evaluates_a_vertex_subset_exactly(data):
+    """A restricted copy gives the full model's posed vertices, joints and faces on its vertices (including the
+    ones the joint regressor reads, added on its own), and ``shaped`` equals the unposed mesh of ``forward``."""
+    rng = np.random.default_rng(11)
+    params = _params(_random_case(rng, data, batch=2), "6d")
+    model = FlameModel.from_data(data, dtype=torch.float64)
+    full = model(params)
+    wanted = torch.tensor(rng.choice(data.v_template.shape[0], 40, replace=False))
+    sub = model.restricted(torch.cat([wanted, wanted[:5]]))
+    ids = sub.vertex_ids
+    assert torch.isin(wanted, ids).all() and bool((ids[1:] > ids[:-1]).all())
+    regressed = np.flatnonzero((data.J_regressor != 0).any(0))
+    assert np.isin(regressed, ids.numpy()).all() and ids.numel() < data.v_template.shape[0]
+    out = sub(params)
+    torch.testing.assert_close(out.vertices, full.vertices[:, ids], rtol=0, atol=1e-12)
+    torch.testing.assert_close(out.joints, full.joints, rtol=0, atol=1e-12)
+    kept = np.isin(data.faces, ids.numpy()).all(1)
+    np.testing.assert_array_equal(ids.numpy()[sub.faces.numpy()], data.faces[kept])
+    torch.testing.assert_close(model.shaped(params), full.vertices_shaped, rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="vertex_ids"):
+        model.restricted(torch.tensor([data.v_template.shape[0]]))
