@@ -169,8 +169,8 @@ class _Linearisation:
     uv_weight : (N,) float, dense-UV mask of each covered pixel
     normal_weight : (N, 3) float, L1 normal term reweighted to least squares: ``keep / (2 |e|)`` (IRLS)
     flame : the FLAME model restricted to the vertices the residuals read (see :meth:`FlameModel.restricted`):
-        the correspondence vertices, the pixels' triangle corners and their neighbours (for the corners' normals),
-        the iris vertices; under forward-mode differentiation the full mesh costs twice as much for nothing
+        the correspondence vertices, the pixels' triangle corners and their neighbours (for the corners' normals)
+        and the iris vertices, about half the mesh; the forward-mode Jacobian's cost follows the vertex count
     valid, corners, iris : the correspondence vertices (Nv,), the pixels' triangle corners (N, 3) and the iris
         vertices (or None) as indices into ``flame``'s vertices
     normal_faces : (Fn, 3) the triangles around the corners, as indices into ``flame``'s vertices
