@@ -256,7 +256,11 @@ class _Problem:
         faces = self.faces if faces is None else faces
         params = p.flame_params()
         if need_normals:
-            both = FlameParams(**{k: (None if v is None else torch.cat([v, v], 0)) for k, v in params.__dict__.items()})
+            # Posed and neckless in one batch; the coefficients (batch 1) are shared, their blendshapes formed once.
+            both = FlameParams(**{
+                k: v if v is None or k in ("shape", "expression") else torch.cat([v, v], 0)
+                for k, v in params.__dict__.items()
+            })
             both.neck_pose = torch.cat([p.neck, self.ident6], 0)
             out = flame(both)
             verts, canon = out.vertices[:1], vertex_normals(out.vertices[1:], faces)

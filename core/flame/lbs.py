@@ -110,7 +110,7 @@ def lbs(
 
     Parameters
     ----------
-    coeffs : (B, K) identity and expression coefficients, in the column order of ``dirs``.
+    coeffs : (B, K) or (1, K) identity and expression coefficients, in the column order of ``dirs``.
     rot_mats : (B, J, 3, 3) local joint rotations.
     v_template : (V, 3) template vertices.
     dirs : (V, 3, K) identity and expression blendshapes.
@@ -124,10 +124,12 @@ def lbs(
     vertices : (B, V, 3) posed vertices.
     joints : (B, J, 3) posed joint locations.
     world : (B, J, 4, 4) world transforms of the joint frames (see :func:`batch_rigid_transform`).
-    v_shaped : (B, V, 3) template plus identity and expression offsets, unposed.
+    v_shaped : (B, V, 3) (or (1, V, 3) for coefficients of batch 1) template plus identity and expression offsets,
+        unposed.
     """
     v_shaped = v_template + blend_shapes(coeffs, dirs)
-    rest_joints = vertices2joints(j_regressor, v_shaped)
+    # Coefficients with batch 1 serve every pose in the batch: the blendshapes are formed once.
+    rest_joints = vertices2joints(j_regressor, v_shaped).expand(rot_mats.shape[0], -1, -1)
     v_posed = v_shaped + blend_shapes(pose_feature(rot_mats), posedirs)
     world, skinning = batch_rigid_transform(rot_mats, rest_joints, parents)
     # Blend the 3x4 joint transforms per vertex with one 2-D matmul, component-major so that each of the 12

@@ -187,29 +187,37 @@ class FlameModel(nn.Module):
         return torch.nn.functional.pad(value, (0, size - value.shape[1]))
 
     def _shape_expression(self, params: FlameParams, batch: int) -> torch.Tensor:
-        """(B, Ns + Ne) identity then expression coefficients, zero-padded, in the column order of ``dirs``."""
-        return torch.cat(
-            (
-                self._coeffs(params.shape, self.n_shape, "shape", batch),
-                self._coeffs(params.expression, self.n_expr, "expression", batch),
-            ),
-            dim=1,
+        """(B, Ns + Ne) identity then expression coefficients, zero-padded, in the column order of ``dirs`` (a
+        field with batch 1 is repeated to B)."""
+        parts = (
+            self._coeffs(params.shape, self.n_shape, "shape", batch),
+            self._coeffs(params.expression, self.n_expr, "expression", batch),
         )
+        return torch.cat([c.expand(batch, -1) for c in parts], dim=1)
 
     def forward(self, params: FlameParams) -> FlameOutput:
         """Pose and shape the head.
 
         Parameters
         ----------
-        params : :class:`FlameParams` with batch size B (B = 1 when every field is None).
+        params : :class:`FlameParams` with batch size B (B = 1 when every field is None). ``shape`` and
+            ``expression`` may also have batch 1 while the other fields have B: one identity and expression in
+            several poses, whose blendshapes are then formed once.
 
         Returns
         -------
         :class:`FlameOutput` with vertices (B,V,3), joints (B,J,3), joint_transforms (B,J,4,4) and
-        vertices_shaped (B,V,3).
+        vertices_shaped (B,V,3), or (1,V,3) when the coefficients have batch 1.
         """
-        batch = params.batch_size or 1
-        coeffs = self._shape_expression(params, batch)
+        given = {f.name: getattr(params, f.name) for f in fields(params)}
+        sizes = {name: int(v.shape[0]) for name, v in given.items() if v is not None}
+        batch = max(sizes.values(), default=1)
+        coeff_batch = max((sizes[n] for n in ("shape", "expression") if n in sizes), default=1)
+        if any(b != batch and not (n in ("shape", "expression") and b == 1) for n, b in sizes.items()):
+            raise ValueError(
+                f"FLAME parameters must share one batch size (shape and expression may also have batch 1), got {sizes}."
+            )
+        coeffs = self._shape_expression(params, coeff_batch)
         eye = torch.eye(3, dtype=coeffs.dtype, device=coeffs.device).expand(batch, 3, 3)
         rot_mats = torch.stack(
             [
@@ -260,7 +268,8 @@ class FlameModel(nn.Module):
     def shaped(self, params: FlameParams) -> torch.Tensor:
         """(B, V, 3) template plus identity and expression offsets: ``forward(params).vertices_shaped`` without
         the pose (and at a fraction of its cost)."""
-        coeffs = self._shape_expression(params, params.batch_size or 1)
+        given = [v.shape[0] for v in (params.shape, params.expression) if v is not None]
+        coeffs = self._shape_expression(params, max(given, default=1))
         return self.v_template + blend_shapes(coeffs, self.dirs)
 
     def restricted(self, vertex_ids: torch.Tensor) -> FlameModel:

@@ -207,3 +207,22 @@ def test_restricted_model_evaluates_a_vertex_subset_exactly(data):
     torch.testing.assert_close(model.shaped(params), full.vertices_shaped, rtol=0, atol=1e-12)
     with pytest.raises(ValueError, match="vertex_ids"):
         model.restricted(torch.tensor([data.v_template.shape[0]]))
+
+
+def test_coefficients_of_batch_one_serve_every_pose(data):
+    """shape and expression with batch 1 next to poses of batch 3 give what repeating them gives; other batch
+    mismatches are refused with one sentence."""
+    rng = np.random.default_rng(5)
+    params = _params(_random_case(rng, data, batch=3), "6d")
+    model = FlameModel.from_data(data, dtype=torch.float64)
+    single = FlameParams(**{**params.__dict__, "shape": params.shape[:1], "expression": params.expression[:1]})
+    repeated = FlameParams(
+        **{**single.__dict__, "shape": single.shape.expand(3, -1), "expression": single.expression.expand(3, -1)}
+    )
+    a, b = model(single), model(repeated)
+    torch.testing.assert_close(a.vertices, b.vertices, rtol=0, atol=1e-12)
+    torch.testing.assert_close(a.joints, b.joints, rtol=0, atol=1e-12)
+    assert a.vertices_shaped.shape[0] == 1
+    torch.testing.assert_close(a.vertices_shaped[0], b.vertices_shaped[0], rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="one batch size"):
+        model(FlameParams(**{**params.__dict__, "jaw_pose": params.jaw_pose[:2]}))
