@@ -300,6 +300,7 @@ def _visible_samples(
     start_row = 0
     start_count = 0
     while start_row < n_span_rows:
+        # Largest run of rows whose candidates fit in the chunk (at least one row).
         stop_row = max(int(torch.searchsorted(ends, start_count + chunk_size, right=True)), start_row + 1)
         n_cand = int(ends[stop_row - 1]) - start_count
         local_row = torch.repeat_interleave(
@@ -439,7 +440,9 @@ def _pixel_centres(idx: torch.Tensor, height: int, width: int, dtype: torch.dtyp
 
 
 @torch.no_grad()
-def _silhouette_pairs(rast: torch.Tensor, pos: torch.Tensor, tri: torch.Tensor):
+def _silhouette_pairs(
+    rast: torch.Tensor, pos: torch.Tensor, tri: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None:
     """The antialiased pairs of :func:`antialias`: flat front and back pixel indices and the vertex ids of the
     front triangle's crossing edge, each (N,); None when there are none."""
     batch, height, width, _ = rast.shape
