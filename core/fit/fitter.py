@@ -92,11 +92,11 @@ class _Params:
     def all(self) -> list[torch.Tensor]:
         return [p for ps in self.groups.values() for p in ps]
 
-    def flame_params(self, with_neck: bool = True) -> FlameParams:
+    def flame_params(self) -> FlameParams:
         return FlameParams(
             shape=self.shape,
             expression=self.expression,
-            neck_pose=self.neck if with_neck else None,
+            neck_pose=self.neck,
             jaw_pose=self.jaw,
             eye_pose_left=self.groups["eyes"][0],
             eye_pose_right=self.groups["eyes"][1],
@@ -459,11 +459,8 @@ class _Adam:
         self.opt = torch.optim.Adam([{"params": p.groups[g], "lr": stage.lr[g]} for g in groups])
         self.frozen = None
         if not any(g in _FLAME_GROUPS for g in groups):  # pose and camera only: the head's shape stays fixed
-            flame = problem.flame
             with torch.no_grad():
-                out = flame(p.flame_params())
-                canon = vertex_normals(flame(p.flame_params(with_neck=False)).vertices, problem.faces)
-                self.frozen = (out.vertices, canon, out.vertices_shaped[0])
+                self.frozen = problem.geometry(p, True)
 
     def step(self, step: int) -> tuple[dict[str, float], bool]:
         """One Adam step; returns the loss terms before it and whether everything stayed finite."""
