@@ -17,6 +17,10 @@ _ROTATION_FIELDS = ("global_pose", "neck_pose", "jaw_pose", "eye_pose_left", "ey
 _IDENTITY_6D = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 
 
+#: FlameParams fields that may have batch 1 next to a batch of poses.
+_COEFFICIENT_FIELDS = ("shape", "expression")
+
+
 @dataclass
 class FlameParams:
     """Inputs of :meth:`FlameModel.forward`. Any field may be None, meaning zeros or the identity rotation.
@@ -43,12 +47,22 @@ class FlameParams:
 
     @property
     def batch_size(self) -> int | None:
-        """B from the first tensor given, or None when every field is None."""
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if value is not None:
-                return int(value.shape[0])
-        return None
+        """B, the largest batch given (None when every field is None). Every field has batch B, except that
+        ``shape`` and ``expression`` may have batch 1 (one identity and expression in B poses).
+
+        Raises
+        ------
+        ValueError when the fields' batch sizes disagree otherwise.
+        """
+        sizes = {f.name: int(getattr(self, f.name).shape[0]) for f in fields(self) if getattr(self, f.name) is not None}
+        if not sizes:
+            return None
+        batch = max(sizes.values())
+        if any(b != batch and not (n in _COEFFICIENT_FIELDS and b == 1) for n, b in sizes.items()):
+            raise ValueError(
+                f"FLAME parameters must share one batch size (shape and expression may also have batch 1), got {sizes}."
+            )
+        return batch
 
     @classmethod
     def zeros(
@@ -186,9 +200,12 @@ class FlameModel(nn.Module):
             )
         return torch.nn.functional.pad(value, (0, size - value.shape[1]))
 
-    def _shape_expression(self, params: FlameParams, batch: int) -> torch.Tensor:
-        """(B, Ns + Ne) identity then expression coefficients, zero-padded, in the column order of ``dirs`` (a
-        field with batch 1 is repeated to B)."""
+    def _shape_expression(self, params: FlameParams, default_batch: int = 1) -> torch.Tensor:
+        """(B, Ns + Ne) identity then expression coefficients, zero-padded, in the column order of ``dirs``, B the
+        larger of the two fields' batches (``default_batch`` when both are None; a field with batch 1 is repeated
+        to B)."""
+        given = [v.shape[0] for v in (params.shape, params.expression) if v is not None]
+        batch = max(given, default=default_batch)
         parts = (
             self._coeffs(params.shape, self.n_shape, "shape", batch),
             self._coeffs(params.expression, self.n_expr, "expression", batch),
@@ -209,15 +226,8 @@ class FlameModel(nn.Module):
         :class:`FlameOutput` with vertices (B,V,3), joints (B,J,3), joint_transforms (B,J,4,4) and
         vertices_shaped (B,V,3), or (1,V,3) when the coefficients have batch 1.
         """
-        given = {f.name: getattr(params, f.name) for f in fields(params)}
-        sizes = {name: int(v.shape[0]) for name, v in given.items() if v is not None}
-        batch = max(sizes.values(), default=1)
-        coeff_batch = max((sizes[n] for n in ("shape", "expression") if n in sizes), default=1)
-        if any(b != batch and not (n in ("shape", "expression") and b == 1) for n, b in sizes.items()):
-            raise ValueError(
-                f"FLAME parameters must share one batch size (shape and expression may also have batch 1), got {sizes}."
-            )
-        coeffs = self._shape_expression(params, coeff_batch)
+        batch = params.batch_size or 1
+        coeffs = self._shape_expression(params, batch)
         eye = torch.eye(3, dtype=coeffs.dtype, device=coeffs.device).expand(batch, 3, 3)
         rot_mats = torch.stack(
             [
@@ -268,8 +278,7 @@ class FlameModel(nn.Module):
     def shaped(self, params: FlameParams) -> torch.Tensor:
         """(B, V, 3) template plus identity and expression offsets: ``forward(params).vertices_shaped`` without
         the pose (and at a fraction of its cost)."""
-        given = [v.shape[0] for v in (params.shape, params.expression) if v is not None]
-        coeffs = self._shape_expression(params, max(given, default=1))
+        coeffs = self._shape_expression(params)
         return self.v_template + blend_shapes(coeffs, self.dirs)
 
     def restricted(self, vertex_ids: torch.Tensor) -> FlameModel:
