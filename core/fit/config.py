@@ -3,7 +3,8 @@
 ``FitConfig()`` follows the Pixel3DMM tracker for a single image (``configs/tracking.yaml``): a camera stage of
 500 Adam steps, then a per-image stage of 800 steps with the shape free, at a fitting resolution of 256 pixels.
 The presets add this project's choices (fewer Adam steps, a Levenberg-Marquardt refinement, the robust dense UV
-term, a widening camera-stage acceptance radius). Every deviation from the reference is a named option here, documented where it is declared.
+term, a widening camera-stage acceptance radius). Every deviation from the reference is a named option here,
+documented where it is declared.
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-__all__ = ["StageSpec", "FitConfig", "PARAM_GROUPS", "LOSS_TERMS", "PRESETS", "SHAPE_PRIORS", "SHAPE_LR", "REFERENCE_SHAPE_LR", "DENSE_UV_MAX",
-           "CAMERA_ACCEPT_QUANTILE"]
+__all__ = [
+    "StageSpec", "FitConfig", "PARAM_GROUPS", "LOSS_TERMS", "PRESETS", "SHAPE_PRIORS", "SHAPE_LR", "REFERENCE_SHAPE_LR",
+    "DENSE_UV_MAX", "CAMERA_ACCEPT_QUANTILE",
+]
 
 #: Names of the optimisable parameter groups.
 PARAM_GROUPS = (
