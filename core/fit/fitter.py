@@ -19,7 +19,7 @@ import torch
 
 from ..errors import AssetInvalidError, FitCancelled
 from ..flame.model import FlameModel, FlameParams
-from ..flame.rotation import matrix_to_axis_angle, matrix_to_rotation_6d, rotation_6d_to_matrix
+from ..flame.rotation import as_rotation_matrix, matrix_to_axis_angle, matrix_to_rotation_6d, rotation_6d_to_matrix
 from ..flame.uv import UVTemplate
 from ..render.camera import (
     DEFAULT_FOCAL, clip_from_camera, crop_to_photo_intrinsics, intrinsics_matrix, project, world_to_camera,
@@ -65,18 +65,34 @@ class FitProgress:
 class _Params:
     """The fitter's free variables (leaf tensors) and their mapping to FLAME and the camera."""
 
-    def __init__(self, flame: FlameModel, pose: PoseInit, like: torch.Tensor, eyelids: bool) -> None:
+    def __init__(
+        self, flame: FlameModel, pose: PoseInit, like: torch.Tensor, eyelids: bool, start: FlameParams | None = None
+    ) -> None:
         def leaf(values) -> torch.Tensor:
             return torch.as_tensor(np.asarray(values, dtype=np.float64), dtype=like.dtype, device=like.device).clone().requires_grad_(True)
 
-        ident = list(_IDENTITY_6D)
+        def given(name: str, default: np.ndarray) -> np.ndarray:
+            # ``start``'s value of a FlameParams field in the fitter's layout (6D rotations, zero-padded coefficients)
+            value = None if start is None else getattr(start, name)
+            if value is None:
+                return default
+            value = value.detach().cpu().double()
+            if value.shape[0] != 1:
+                raise ValueError(f"A fit starts from one head; init_flame.{name} has batch {value.shape[0]}.")
+            if default.shape[1] == 6:
+                return matrix_to_rotation_6d(as_rotation_matrix(value)).numpy()
+            if value.shape[1] > default.shape[1]:
+                raise ValueError(f"init_flame.{name} has {value.shape[1]} values; this model takes {default.shape[1]}.")
+            return np.pad(value.numpy(), ((0, 0), (0, default.shape[1] - value.shape[1])))
+
+        ident = np.array([_IDENTITY_6D])
         self.groups: dict[str, list[torch.Tensor]] = {
-            "shape": [leaf(np.zeros((1, flame.n_shape)))],
-            "expression": [leaf(np.zeros((1, flame.n_expr)))],
-            "jaw": [leaf([ident])],
-            "neck": [leaf([ident])],
-            "eyes": [leaf([ident]), leaf([ident])],
-            "eyelids": [leaf(np.zeros((1, 2)))] if eyelids else [],
+            "shape": [leaf(given("shape", np.zeros((1, flame.n_shape))))],
+            "expression": [leaf(given("expression", np.zeros((1, flame.n_expr))))],
+            "jaw": [leaf(given("jaw_pose", ident))],
+            "neck": [leaf(given("neck_pose", ident))],
+            "eyes": [leaf(given("eye_pose_left", ident)), leaf(given("eye_pose_right", ident))],
+            "eyelids": [leaf(given("eyelids", np.zeros((1, 2))))] if eyelids else [],
             "rotation": [leaf(matrix_to_rotation_6d(torch.as_tensor(pose.rotation)).numpy()[None])],
             "translation": [leaf(pose.translation[None])],
             "focal": [leaf([DEFAULT_FOCAL])],
@@ -545,6 +561,7 @@ def fit(
     should_cancel: Callable[[], bool] | None = None,
     seed: int = 0,
     init_pose: PoseInit | None = None,
+    init_flame: FlameParams | None = None,
 ) -> FitResult:
     """Fit FLAME and the camera to one image's predicted UV and normal maps.
 
@@ -564,12 +581,17 @@ def fit(
     should_cancel : polled before every step; returning True raises :class:`~core.errors.FitCancelled`
     seed : RNG seed (PnP RANSAC); runs are deterministic for a given seed and device
     init_pose : start from this pose instead of the configured initialisation (benchmarks)
+    init_flame : start the head's FLAME parameters from these (batch 1; rotations in any form FLAME takes;
+        the head pose is ``init_pose``'s, so ``global_pose`` and ``translation`` must be None) instead of the mean
+        head: a warm start, e.g. from the truth in the ground-truth benchmark
 
     Returns
     -------
     FitResult
     """
     cfg = cfg or FitConfig.preset("balanced")
+    if init_flame is not None and (init_flame.global_pose is not None or init_flame.translation is not None):
+        raise ValueError("Give the head's starting pose as init_pose; init_flame's global_pose and translation must be None.")
     if device is not None:
         flame = flame.to(device)
     flame = _component_major(flame)
@@ -588,7 +610,7 @@ def fit(
         else:
             init_pose = frontal_pose()
     log.info("Initial pose: %s (%d pairs, %d inliers).", init_pose.method, init_pose.pairs, init_pose.inliers)
-    p = _Params(flame, init_pose, ref, flame.has_eyelids)
+    p = _Params(flame, init_pose, ref, flame.has_eyelids, init_flame)
     history: dict[str, list[float]] = {}
     total_work = sum(s.steps * _step_cost(s) for s in cfg.stages)
     done = 0
