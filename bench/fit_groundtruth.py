@@ -6,8 +6,12 @@ after rigid alignment (``core.metrics.rigid_align``, the alignment the metrics m
 
 Goals (issue 6):
   A  noise-free maps (also printed: the posed error after a similarity alignment, the scale it needs and the
-     depth error of the head translation, which separate the size/distance ambiguity from shape errors): median over heads of the mean face-region vertex error < 0.5 mm (posed) and < 1 mm for the
-     neutral mesh of heads with neutral expression (reported for expressive heads);
+     depth error of the head translation, which separate the size/distance ambiguity from shape errors): median
+     over heads of the mean face-region vertex error < 0.5 mm (posed) and < 1 mm for the neutral mesh of heads
+     with neutral expression (reported for expressive heads). With --from-truth each fit starts at the true head
+     and runs only Levenberg-Marquardt: it ends at the minimum of the fitting objective next to the truth, so its
+     error is what the loss terms and priors themselves cost, whatever the optimiser (the rest of an ordinary
+     fit's error is the optimiser's); --refine-prior-scale weighs the priors of that stage;
   B  initial yaw errors up to +-30 deg: >= 95 % of fits reach Goal A's error (the error of the same head's ordinary
      fit, and the absolute 0.5 mm); the same sweep with the UV term off;
   C  corrupted maps (blur, noise, outlier pixels): the error curve.
@@ -15,6 +19,7 @@ Goals (issue 6):
 Examples::
 
     python bench/fit_groundtruth.py --goal A --heads 20
+    python bench/fit_groundtruth.py --goal A --heads 20 --from-truth
     python bench/fit_groundtruth.py --goal B --heads 4 --yaw-errors -30 -15 0 15 30 --preset fast
     python bench/fit_groundtruth.py --goal C --heads 4 --preset fast
 """
@@ -35,7 +40,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.fit import FitConfig, PoseInit, fit, render_maps  # noqa: E402
-from core.fit.config import REFERENCE_SHAPE_LR, SHAPE_LR, SHAPE_PRIORS, _refine_stage  # noqa: E402
+from core.fit.config import REFERENCE_SHAPE_LR, REFINE_PRIOR_SCALE, SHAPE_LR, SHAPE_PRIORS, _refine_stage  # noqa: E402
 from core.fit.regions import derive_regions  # noqa: E402
 from core.flame import FlameModel, FlameParams, axis_angle_to_matrix, synthetic_flame  # noqa: E402
 from core.metrics import rigid_align  # noqa: E402
@@ -146,6 +151,11 @@ def main() -> None:
                     help="FitConfig.camera_accept_quantile (0: the reference's fixed radius)")
     ap.add_argument("--shape-prior", choices=sorted(SHAPE_PRIORS), default="no_mica",
                     help="identity regulariser weights (core.fit.config.SHAPE_PRIORS)")
+    ap.add_argument("--from-truth", action="store_true",
+                    help="Goal A: start at the true head and run only the Levenberg-Marquardt stage "
+                         "(--refine-steps, default 8): the objective's own error")
+    ap.add_argument("--refine-prior-scale", type=float, default=REFINE_PRIOR_SCALE,
+                    help="weight of the priors in the Levenberg-Marquardt stage, relative to the image stage's")
     ap.add_argument("--shape-lr", type=float, default=SHAPE_LR,
                     help=f"image-stage shape learning rate (reference {REFERENCE_SHAPE_LR})")
     args = ap.parse_args()
@@ -155,7 +165,9 @@ def main() -> None:
     reg = derive_regions(data.v_template, data.faces, data.J_regressor)
     region = (reg.uv_valid | reg.eye_region) & ~reg.eyeballs
     eyeball_faces = np.flatnonzero(reg.eyeballs[data.faces].all(1))
-    cfg = FitConfig.preset(args.preset, shape_prior=args.shape_prior, shape_lr=args.shape_lr).with_steps(args.steps_scale)
+    cfg = FitConfig.preset(
+        args.preset, shape_prior=args.shape_prior, shape_lr=args.shape_lr, refine_prior_scale=args.refine_prior_scale
+    ).with_steps(args.steps_scale)
     cfg = FitConfig.from_dict({**cfg.to_dict(), "resolution": args.resolution})
     for stage_name, steps in (("image", args.image_steps), ("camera", args.camera_steps)):
         if steps is not None:  # the decay step scales with the stage
@@ -167,19 +179,27 @@ def main() -> None:
     if args.refine_steps is not None:
         stages = [st for st in cfg.stages if st.name != "refine"]
         if args.refine_steps:
-            stages.append(_refine_stage(args.refine_steps, stages[1]))
+            stages.append(_refine_stage(args.refine_steps, stages[1], args.refine_prior_scale))
         cfg = dataclasses.replace(cfg, stages=tuple(stages))
     if args.dense_uv_max is not None:
         cfg = FitConfig.from_dict({**cfg.to_dict(), "dense_uv_max": args.dense_uv_max or None})
     if args.camera_accept_quantile is not None:
         cfg = FitConfig.from_dict({**cfg.to_dict(), "camera_accept_quantile": args.camera_accept_quantile or None})
+    if args.from_truth:
+        if args.goal != "A":
+            ap.error("--from-truth measures Goal A's error; use it with --goal A.")
+        image = next(st for st in cfg.stages if st.name == "image")
+        steps = 8 if args.refine_steps is None else args.refine_steps
+        cfg = dataclasses.replace(cfg, stages=(_refine_stage(steps, image, args.refine_prior_scale),))
     if args.both_sides:
         cfg = FitConfig.from_dict({**cfg.to_dict(), "cull_back": False})
     print(f"# goal {args.goal}: {args.heads} heads, preset {args.preset} x{args.steps_scale} "
           f"({[s.steps for s in cfg.stages]} steps), fit {args.resolution}px, {args.threads} threads, "
           f"{args.size} head ({len(data.v_template)} v), face region {int(region.sum())} v, shape prior {args.shape_prior}, shape lr {args.shape_lr}, "
+          f"refine prior scale {args.refine_prior_scale}, "
           f"fit_focal {cfg.fit_focal}, cull_back {cfg.cull_back}, dense_uv_max {cfg.dense_uv_max}, "
-          f"camera_accept_quantile {cfg.camera_accept_quantile}")
+          f"camera_accept_quantile {cfg.camera_accept_quantile}"
+          f"{', from the truth' if args.from_truth else ''}")
     rng = np.random.default_rng(args.seed)
     heads = [make_head(rng, flame, expressive=(i % 2 == 1)) for i in range(args.heads)]
 
@@ -196,7 +216,10 @@ def main() -> None:
         for i, h in enumerate(heads):
             maps, neutral = truth(h)
             t0 = time.perf_counter()
-            res = fit(*inputs(maps, eyeball_faces), flame, uvt, cfg, seed=args.seed)
+            start = {}
+            if args.from_truth:
+                start = {"init_pose": PoseInit(h["rotation"], h["translation"], "truth", 0, 0), "init_flame": h["params"]}
+            res = fit(*inputs(maps, eyeball_faces), flame, uvt, cfg, seed=args.seed, **start)
             dt = time.perf_counter() - t0
             ep, en = errors_mm(res, maps["vertices"], neutral, region)
             es, _ = errors_mm(res, maps["vertices"], neutral, region, with_scale=True)

@@ -11,6 +11,7 @@ import torch
 from core.errors import AssetMissingError
 from core.fit import FitConfig, FitResult
 from core.fit import losses as L
+from core.fit.config import PRIOR_TERMS, REFINE_PRIOR_SCALE
 from core.fit.regions import connected_components, derive_regions
 from core.fit.targets import build_targets
 from core.flame import synthetic_flame
@@ -25,7 +26,7 @@ def test_presets_and_from_dict():
     bal = FitConfig.preset("balanced")
     assert [(s.name, s.method) for s in bal.stages] == [("camera", "adam"), ("image", "adam"), ("refine", "lm")]
     refine, image = bal.stages[2], bal.stages[1]
-    assert refine.weights == image.weights and refine.lr == image.lr and refine.lr_decay_at is None
+    assert refine.lr == image.lr and refine.lr_decay_at is None
     with pytest.raises(ValueError, match="optimiser"):
         dataclasses.replace(image, method="sgd")
     assert bal.dense_uv_max == 0.1 and FitConfig().dense_uv_max is None  # the reference keeps every pixel
@@ -42,6 +43,15 @@ def test_presets_and_from_dict():
     ref = FitConfig.from_dict({"preset": "balanced", "shape_prior": "tracking", "shape_lr": 2e-3}).stages[1]
     assert (ref.weights["reg_shape"], ref.weights["reg_shape_general"], ref.lr["shape"]) == (0.2, 0.05, 2e-3)
     assert ref.weights["reg_expression"] == image.weights["reg_expression"] == 0.05
+    # The refinement weighs the priors by refine_prior_scale, every other term as the image stage does.
+    for scale, stages in ((REFINE_PRIOR_SCALE, bal.stages),
+                          (0.25, FitConfig.from_dict({"preset": "balanced", "refine_prior_scale": 0.25}).stages)):
+        assert stages[:2] == bal.stages[:2] and set(stages[2].weights) == set(image.weights)
+        for k, v in image.weights.items():
+            assert stages[2].weights[k] == pytest.approx(v * scale if k in PRIOR_TERMS else v, rel=1e-12)
+    assert {"reg_shape", "reg_expression", "reg_mirror"} <= set(PRIOR_TERMS) and "reg_jaw" not in PRIOR_TERMS
+    with pytest.raises(ValueError, match="prior scale"):
+        FitConfig.preset("best", refine_prior_scale=-1.0)
     with pytest.raises(ValueError, match="shape prior"):
         FitConfig.preset("fast", shape_prior="mica")
     with pytest.raises(ValueError, match="give a preset"):
