@@ -85,6 +85,8 @@ class _Params:
                 raise ValueError(f"init_flame.{name} has {value.shape[1]} values; this model takes {default.shape[1]}.")
             return np.pad(value.numpy(), ((0, 0), (0, default.shape[1] - value.shape[1])))
 
+        if start is not None and start.eyelids is not None and not eyelids:
+            raise ValueError("init_flame gives eyelids, but this FLAME model has no eyelid blendshapes; leave them out.")
         ident = np.array([_IDENTITY_6D])
         self.groups: dict[str, list[torch.Tensor]] = {
             "shape": [leaf(given("shape", np.zeros((1, flame.n_shape))))],

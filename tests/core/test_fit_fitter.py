@@ -1,5 +1,6 @@
 """End-to-end fitting on the small synthetic FLAME-format head with rendered ground-truth maps."""
 
+import dataclasses
 from types import SimpleNamespace
 
 import numpy as np
@@ -182,21 +183,24 @@ def test_camera_stage_widens_acceptance_from_a_far_start(head):
 
 
 def test_warm_start_from_given_flame_parameters(head):
-    _, uvt, flame = head
+    data, uvt, flame = head
     pred, crop, rot, t, verts = _truth(flame, uvt)
     g = np.random.default_rng(0)  # _truth's draws, again
     shape = torch.tensor(g.normal(size=(1, flame.n_shape)) * 0.5)
     expression = torch.tensor(g.normal(size=(1, flame.n_expr)) * 0.3)
     jaw = axis_angle_to_matrix(torch.tensor([[0.08, 0.0, 0.0]], dtype=torch.float64))  # as a matrix this time
-    start = FlameParams(shape=shape[:, :3], expression=expression, jaw_pose=jaw)
     res = fit(pred, crop, flame, uvt, _cfg(0, 0), init_pose=PoseInit(rot, t, "test", 0, 0),
               init_flame=FlameParams(shape=shape, expression=expression, jaw_pose=jaw))
     np.testing.assert_allclose(res.vertices_posed, verts, atol=1e-6)
     np.testing.assert_allclose(res.jaw_pose, [0.08, 0.0, 0.0], atol=1e-6)
+    start = FlameParams(shape=shape[:, :3], expression=expression, jaw_pose=jaw)
     short = fit(pred, crop, flame, uvt, _cfg(0, 0), init_pose=PoseInit(rot, t, "test", 0, 0), init_flame=start)
     np.testing.assert_allclose(short.shape[:3], shape[0, :3].numpy(), rtol=1e-6)
     assert not short.shape[3:].any()  # missing trailing components start at zero
     with pytest.raises(ValueError, match="init_pose"):
         fit(pred, crop, flame, uvt, _cfg(0, 0), init_flame=FlameParams(global_pose=torch.zeros(1, 3)))
+    no_lids = FlameModel.from_data(dataclasses.replace(data, eyelids=None), dtype=torch.float64)  # as FLAME 2020
+    with pytest.raises(ValueError, match="eyelid"):
+        fit(pred, crop, no_lids, uvt, _cfg(0, 0), init_flame=FlameParams(eyelids=torch.zeros(1, 2)))
     with pytest.raises(ValueError, match="one head"):
         fit(pred, crop, flame, uvt, _cfg(0, 0), init_flame=FlameParams(expression=torch.zeros(2, flame.n_expr)))
