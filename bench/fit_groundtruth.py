@@ -40,7 +40,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.fit import FitConfig, PoseInit, fit, render_maps  # noqa: E402
-from core.fit.config import REFERENCE_SHAPE_LR, REFINE_PRIOR_SCALE, SHAPE_LR, SHAPE_PRIORS, _refine_stage  # noqa: E402
+from core.fit.config import REFERENCE_SHAPE_LR, REFINE_PRIOR_SCALE, SHAPE_LR, SHAPE_PRIORS  # noqa: E402
 from core.fit.regions import derive_regions  # noqa: E402
 from core.flame import FlameModel, FlameParams, axis_angle_to_matrix, synthetic_flame  # noqa: E402
 from core.metrics import rigid_align  # noqa: E402
@@ -177,10 +177,7 @@ def main() -> None:
     if args.fixed_focal:
         cfg = FitConfig.from_dict({**cfg.to_dict(), "fit_focal": False})
     if args.refine_steps is not None:
-        stages = [st for st in cfg.stages if st.name != "refine"]
-        if args.refine_steps:
-            stages.append(_refine_stage(args.refine_steps, stages[1], args.refine_prior_scale))
-        cfg = dataclasses.replace(cfg, stages=tuple(stages))
+        cfg = cfg.with_refinement(args.refine_steps, args.refine_prior_scale)
     if args.dense_uv_max is not None:
         cfg = FitConfig.from_dict({**cfg.to_dict(), "dense_uv_max": args.dense_uv_max or None})
     if args.camera_accept_quantile is not None:
@@ -188,9 +185,8 @@ def main() -> None:
     if args.from_truth:
         if args.goal != "A":
             ap.error("--from-truth measures Goal A's error; use it with --goal A.")
-        image = next(st for st in cfg.stages if st.name == "image")
-        steps = 8 if args.refine_steps is None else args.refine_steps
-        cfg = dataclasses.replace(cfg, stages=(_refine_stage(steps, image, args.refine_prior_scale),))
+        cfg = cfg.with_refinement(8 if args.refine_steps is None else args.refine_steps, args.refine_prior_scale)
+        cfg = dataclasses.replace(cfg, stages=tuple(st for st in cfg.stages if st.method == "lm"))
     if args.both_sides:
         cfg = FitConfig.from_dict({**cfg.to_dict(), "cull_back": False})
     print(f"# goal {args.goal}: {args.heads} heads, preset {args.preset} x{args.steps_scale} "

@@ -165,8 +165,6 @@ def _image_stage(steps: int = 800, shape_prior: str = "no_mica", shape_lr: float
 def _refine_stage(steps: int, image: StageSpec, prior_scale: float = 1.0) -> StageSpec:
     # This project's addition after the reference's image stage: Levenberg-Marquardt on the same terms and free
     # groups (see core/fit/refine.py), the priors (PRIOR_TERMS) weighted prior_scale times the image stage's.
-    if not prior_scale >= 0.0:
-        raise ValueError(f"The refinement's prior scale must be a number >= 0, got {prior_scale!r}.")
     weights = {k: v * prior_scale if k in PRIOR_TERMS else v for k, v in image.weights.items()}
     return dataclasses.replace(image, name="refine", steps=steps, method="lm", lr_decay_at=None, weights=weights)
 
@@ -256,9 +254,21 @@ class FitConfig:
             raise ValueError(f"Unknown preset {name!r}; choose one of {sorted(PRESETS)}.")
         camera, image, refine = PRESETS[name]
         stages = (_camera_stage(camera), _image_stage(image, shape_prior, shape_lr))
-        if refine:
-            stages += (_refine_stage(refine, stages[1], refine_prior_scale),)
-        return cls(stages=stages, dense_uv_max=DENSE_UV_MAX, camera_accept_quantile=CAMERA_ACCEPT_QUANTILE)
+        cfg = cls(stages=stages, dense_uv_max=DENSE_UV_MAX, camera_accept_quantile=CAMERA_ACCEPT_QUANTILE)
+        return cfg.with_refinement(refine, refine_prior_scale)
+
+    def with_refinement(self, steps: int, prior_scale: float = REFINE_PRIOR_SCALE) -> "FitConfig":
+        """A copy whose Levenberg-Marquardt stage has ``steps`` iterations (0: none), after the image stage, with its
+        terms and free groups and the priors (:data:`PRIOR_TERMS`) weighted ``prior_scale`` times its weights."""
+        if not prior_scale >= 0.0:
+            raise ValueError(f"The refinement's prior scale must be a number >= 0, got {prior_scale!r}.")
+        stages = [s for s in self.stages if s.method != "lm"]
+        image = next((s for s in stages if s.name == "image"), None)
+        if steps and image is None:
+            raise ValueError("The refinement continues the image stage, and this configuration has none.")
+        if steps:
+            stages.insert(stages.index(image) + 1, _refine_stage(steps, image, prior_scale))
+        return dataclasses.replace(self, stages=tuple(stages))
 
     def with_steps(self, factor: float) -> "FitConfig":
         """A copy whose stages have ``factor`` times as many steps."""

@@ -51,7 +51,16 @@ def test_presets_and_from_dict():
             assert stages[2].weights[k] == pytest.approx(v * scale if k in PRIOR_TERMS else v, rel=1e-12)
     assert {"reg_shape", "reg_expression", "reg_mirror"} <= set(PRIOR_TERMS) and "reg_jaw" not in PRIOR_TERMS
     with pytest.raises(ValueError, match="prior scale"):
-        FitConfig.preset("best", refine_prior_scale=-1.0)
+        FitConfig.preset("fast", refine_prior_scale=-1.0)
+    # with_refinement replaces, adds or removes the LM stage after the image stage.
+    fast = FitConfig.preset("fast")
+    assert fast.with_refinement(0) == fast and bal.with_refinement(0).stages == bal.stages[:2]
+    more = fast.with_refinement(3, 0.5)
+    assert more.stages[:2] == fast.stages and more.stages[2].steps == 3 and more.stages[2].method == "lm"
+    assert more.stages[2].weights["reg_shape"] == 0.5 * image.weights["reg_shape"]
+    assert more.with_refinement(3, 0.5) == more and bal.with_refinement(6, REFINE_PRIOR_SCALE) == bal
+    with pytest.raises(ValueError, match="image stage"):
+        FitConfig(stages=(bal.stages[0],)).with_refinement(2)
     with pytest.raises(ValueError, match="shape prior"):
         FitConfig.preset("fast", shape_prior="mica")
     with pytest.raises(ValueError, match="give a preset"):
