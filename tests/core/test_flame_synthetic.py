@@ -131,6 +131,19 @@ def test_blendshapes_are_smooth_and_placed(full):
     assert np.ptp(data.shapedirs[left], axis=0).max() < 1e-15
 
 
+def test_identity_is_nearly_symmetric_expressions_are_not(full):
+    # Real heads are close to mirror-symmetric; expressions (a wink, a smirk) need not be.
+    data, uv = full
+    flip = np.array([-1.0, 1.0, 1.0])[None, :, None]
+
+    def antisymmetric_share(dirs):
+        reflected = dirs[uv.mirror_index] * flip
+        return np.linalg.norm(dirs - reflected) / np.linalg.norm(dirs + reflected)
+
+    assert 0.05 < antisymmetric_share(data.shapedirs) < 0.12  # 0.08 of random fields whose two parts are alike
+    assert antisymmetric_share(data.exprdirs) > 0.5
+
+
 def test_seed_changes_only_the_bases(small):
     data, uv = small
     again, _ = synthetic_flame("small", seed=0)
