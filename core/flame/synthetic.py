@@ -8,7 +8,8 @@ Geometry (metres, +y up, face towards +z, +x the subject's left): a head surface
 only boundary is the neck opening, plus two closed eyeballs. The head is a stack of horizontal vertex rings below
 a top pole; each ring is mirror-symmetric about x = 0, so the left/right mirror index is exact. The UV layout is a
 latitude/longitude unwrap of the head with the seam at the back (face front at u = 0.5, +x side at u > 0.5) and one
-azimuthal island per eyeball, all mirror-symmetric about u = 0.5 and without overlaps.
+azimuthal island per eyeball, all mirror-symmetric about u = 0.5 and without overlaps. The blendshapes are smooth
+random fields; the identity ones nearly mirror-symmetric, like real heads, the expression ones not.
 """
 
 from __future__ import annotations
