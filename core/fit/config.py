@@ -59,12 +59,11 @@ SHAPE_LR = 0.03
 #: to those that keep joints and the camera in range.
 PRIOR_TERMS = ("reg_shape", "reg_shape_general", "reg_expression", "reg_mirror")
 #: The presets' Levenberg-Marquardt stage weighs :data:`PRIOR_TERMS` by this factor times the image stage's weights.
-#: The priors cost accuracy on perfect maps and buy it on imperfect ones. Ground-truth benchmark, balanced: started
-#: at the true head, the full-weight objective's own minimum lies 0.65 mm (posed, median of 20 heads) from it, and
-#: at 0.1 the truth is a local minimum; ordinary fits at 0.1 / 0.3 / 1: posed 0.69 / 0.74 / 0.79 mm, similarity-
-#: aligned 0.48 / 0.51 / 0.63 mm, neutral mesh of neutral heads 0.81 / 0.89 / 0.76 mm (20 heads); but with 1 px
-#: blur, noise 0.01 and 10 % outliers together, paired against 1 over 10 heads, posed +0.17 +- 0.05 mm at 0.1 (9 of
-#: 10 worse) and +0.04 +- 0.02 mm at 0.3. Network predictions are imperfect maps, so the presets keep the
+#: Ground-truth benchmark, balanced, 20 heads, ordinary fits at 0.1 / 0.3 / 1: posed 0.62 / 0.62 / 0.56 mm,
+#: similarity-aligned 0.30 / 0.30 / 0.34 mm, neutral mesh of neutral heads 0.92 / 0.82 / 0.51 mm. (With the
+#: synthetic head's earlier, fully asymmetric identity fields, which the symmetry prior pulled against, lower
+#: values had looked better on perfect maps, 0.69 / 0.74 / 0.79 mm posed, and were already worse on corrupted ones:
+#: blur, noise and 10 % outliers, paired over 10 heads, +0.17 +- 0.05 mm at 0.1.) So the presets keep the
 #: reference's weights.
 REFINE_PRIOR_SCALE = 1.0
 #: The presets' ``FitConfig.dense_uv_max`` (the reference keeps every pixel: None).
