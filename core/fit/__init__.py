@@ -21,7 +21,8 @@ Deviations from the reference tracker (``pixel3dmm.md`` section 3), each behind 
 * A Levenberg-Marquardt stage (``StageSpec.method = "lm"``, :mod:`.refine`) after the image stage in the
   ``balanced`` and ``best`` presets: the same terms and weights, solved to convergence where Adam stalls on the
   hundreds of small identity components. On the ground-truth benchmark it took the posed error from 1.04 to
-  0.79 mm (20 heads, 6 iterations in place of 250 Adam steps). ``FitConfig.preset(refine_prior_scale=...)``
+  0.79 mm (20 heads with the synthetic head's earlier asymmetric identity, 6 iterations in place of 250 Adam
+  steps). ``FitConfig.preset(refine_prior_scale=...)``
   weighs its identity, expression and symmetry priors apart from the image stage's (presets: 1, the same; see
   :data:`.config.REFINE_PRIOR_SCALE` for what lower values gain on perfect maps and lose on imperfect ones).
 * Dense UV term: pixels whose UV error reaches 0.1 are left out (``FitConfig.dense_uv_max``; None keeps them, as
