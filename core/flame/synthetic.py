@@ -21,7 +21,7 @@ import numpy as np
 
 from .data import N_JOINTS, FlameData
 from .io import write_flame_pickle
-from .uv import UVTemplate, mirror_vertex_index, write_obj
+from .uv import UVTemplate, write_obj
 
 _PARENTS = np.array([-1, 0, 1, 1, 1], dtype=np.int64)
 #: Weight of each identity component's left-right antisymmetric part relative to its symmetric part. Real faces are
@@ -298,9 +298,10 @@ def synthetic_flame(size: str = "small", seed: int = 0) -> tuple[FlameData, UVTe
     anchors[eye_r] = joints[4]
     features = _fourier_features(anchors, plan.n_features, rng)
     ones = np.ones(n_v)
-    mirror, _ = mirror_vertex_index(verts)
+    template = UVTemplate.from_arrays(verts, faces, uv, uv_faces, source=f"synthetic UV template ({size})")
     shapedirs = _smooth_basis(
-        features, ones, 0.006 * np.arange(1, plan.n_shape + 1) ** -0.7, rng, head, mirror, _IDENTITY_ASYMMETRY
+        features, ones, 0.006 * np.arange(1, plan.n_shape + 1) ** -0.7, rng, head, template.mirror_index,
+        _IDENTITY_ASYMMETRY,
     )
     frontness = np.clip(z / 0.1, 0.0, 1.0) ** 2
     expr_mask = frontness * np.maximum.reduce(
@@ -337,7 +338,6 @@ def synthetic_flame(size: str = "small", seed: int = 0) -> tuple[FlameData, UVTe
         release="synthetic",
         source=f"synthetic head ({size}, seed {seed})",
     )
-    template = UVTemplate.from_arrays(verts, faces, uv, uv_faces, source=f"synthetic UV template ({size})")
     return data, template
 
 
