@@ -142,6 +142,8 @@ def main() -> None:
     ap.add_argument("--uv-on-only", action="store_true", help="Goal B: skip the sweep with the UV term off")
     ap.add_argument("--threshold-mm", type=float, default=0.5, help="Goal A posed error counted as success in B")
     ap.add_argument("--fixed-focal", action="store_true", help="FitConfig.fit_focal = False")
+    ap.add_argument("--pose-frame", choices=("root", "neck"), default=None,
+                    help="FitConfig.pose_frame: what the free head pose places (default: the preset's)")
     ap.add_argument("--both-sides", action="store_true", help="FitConfig.cull_back = False (draw back faces too)")
     ap.add_argument("--refine-steps", type=int, default=None,
                     help="Levenberg-Marquardt iterations after the image stage (replaces the preset's; 0: none)")
@@ -187,13 +189,15 @@ def main() -> None:
             ap.error("--from-truth measures Goal A's error; use it with --goal A.")
         cfg = cfg.with_refinement(8 if args.refine_steps is None else args.refine_steps, args.refine_prior_scale)
         cfg = dataclasses.replace(cfg, stages=tuple(st for st in cfg.stages if st.method == "lm"))
+    if args.pose_frame is not None:
+        cfg = FitConfig.from_dict({**cfg.to_dict(), "pose_frame": args.pose_frame})
     if args.both_sides:
         cfg = FitConfig.from_dict({**cfg.to_dict(), "cull_back": False})
     print(f"# goal {args.goal}: {args.heads} heads, preset {args.preset} x{args.steps_scale} "
           f"({[s.steps for s in cfg.stages]} steps), fit {args.resolution}px, {args.threads} threads, "
           f"{args.size} head ({len(data.v_template)} v), face region {int(region.sum())} v, shape prior {args.shape_prior}, shape lr {args.shape_lr}, "
           f"refine prior scale {args.refine_prior_scale}, "
-          f"fit_focal {cfg.fit_focal}, cull_back {cfg.cull_back}, dense_uv_max {cfg.dense_uv_max}, "
+          f"fit_focal {cfg.fit_focal}, pose_frame {cfg.pose_frame}, cull_back {cfg.cull_back}, dense_uv_max {cfg.dense_uv_max}, "
           f"camera_accept_quantile {cfg.camera_accept_quantile}"
           f"{', from the truth' if args.from_truth else ''}")
     rng = np.random.default_rng(args.seed)

@@ -199,6 +199,12 @@ class FitConfig:
         Gaussian that softens the rendered eye mask damping the normal term (reference 13, 13 at 256).
     include_neck : bool
         Optimise the neck rotation in the image stage (reference default).
+    pose_frame : str
+        What the free head pose ``(R, t)`` places in the world. ``"root"``: FLAME's root, as in the reference; the
+        neck rotation then turns the face about the neck joint, so the face moves whenever the neck does and the
+        optimiser must counter-rotate the root to keep it in place. ``"neck"``: the neck joint's frame (the
+        reference's "head-centric" camera), so the face stays where the pose puts it and the neck rotation moves
+        only the neck below it. Same objective, other coordinates; see :func:`.fitter.fit` for the measurement.
     fit_focal : bool
         Optimise the normalised focal in the camera stage (reference default). Focal length and head distance
         are nearly interchangeable at this field of view, so a free focal also lets the head's scale drift;
@@ -226,6 +232,7 @@ class FitConfig:
     eye_blur_size: int = 13
     eye_blur_sigma: float = 13.0
     include_neck: bool = True
+    pose_frame: str = "root"
     fit_focal: bool = True
     init: str = "pnp"
     pnp_reprojection_px: float = 4.0
@@ -236,6 +243,8 @@ class FitConfig:
             raise ValueError("The fitting resolution must be at least 16 pixels.")
         if self.init not in ("pnp", "frontal"):
             raise ValueError(f"init must be 'pnp' or 'frontal', got {self.init!r}.")
+        if self.pose_frame not in ("root", "neck"):
+            raise ValueError(f"pose_frame must be 'root' or 'neck', got {self.pose_frame!r}.")
         object.__setattr__(self, "stages", tuple(self.stages))
 
     @classmethod

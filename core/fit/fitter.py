@@ -42,6 +42,8 @@ _IDENTITY_6D = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 #: FLAME vertices at the iris centres used by the reference (right eye first after sorting by x).
 _IRIS_VERTICES = (4051, 4597)
 _FLAME_GROUPS = ("shape", "expression", "jaw", "neck", "eyes", "eyelids")
+#: FLAME's joints: root, neck, jaw, left eye, right eye.
+_NECK_JOINT = 1
 
 
 @dataclass(frozen=True)
@@ -266,10 +268,10 @@ class _Problem:
 
     def geometry(
         self, p: _Params, need_normals: bool, flame: FlameModel | None = None, faces: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-        """Posed vertices (1, V, 3), canonical vertex normals of the neckless mesh (1, V, 3) or None, and the
-        unposed shape + expression mesh (V, 3), of the full model or of a restricted one (``flame``, with the
-        ``faces`` whose normals count)."""
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
+        """Posed vertices (1, V, 3), canonical vertex normals of the neckless mesh (1, V, 3) or None, the
+        unposed shape + expression mesh (V, 3) and the neck joint's transform (4, 4) in FLAME's frame, of the full
+        model or of a restricted one (``flame``, with the ``faces`` whose normals count)."""
         flame = self.flame if flame is None else flame
         faces = self.faces if faces is None else faces
         params = p.flame_params()
@@ -285,11 +287,34 @@ class _Problem:
         else:
             out = flame(params)
             verts, canon = out.vertices, None
-        return verts, canon, out.vertices_shaped[0]
+        return verts, canon, out.vertices_shaped[0], out.joint_transforms[0, _NECK_JOINT]
 
-    def world(self, p: _Params, verts: torch.Tensor) -> torch.Tensor:
+    def head_pose(self, p: _Params, neck: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The root's pose ``R`` (3, 3), ``t`` (1, 3) (world = ``R v + t`` for FLAME's vertices ``v``) from the free
+        pose, given the neck joint's transform ``[N | j]`` (4, 4).
+
+        With ``pose_frame == "neck"`` the free pose ``(Rf, tf)`` is the neck joint frame's, so ``R = Rf Nᵀ`` and
+        ``t = tf - R j``: a vertex the neck carries, ``v = N (x - j) + j``, lands at ``Rf (x - j) + tf`` whatever
+        ``N`` is."""
+        rot = rotation_6d_to_matrix(p.rotation)[0]
+        if self.cfg.pose_frame == "root":
+            return rot, p.translation
+        rot = rot @ neck[:3, :3].T
+        return rot, p.translation - (rot @ neck[:3, 3])[None]
+
+    def root_to_neck_frame(self, p: _Params) -> None:
+        """Re-express ``p``'s pose, given as the root's, as the neck joint frame's (for ``pose_frame == "neck"``):
+        ``Rf = R N``, ``tf = R j + t`` at ``p``'s current FLAME parameters, so that :meth:`head_pose` gives it back."""
+        with torch.no_grad():
+            neck = self.flame(p.flame_params()).joint_transforms[0, _NECK_JOINT]
+            rot = rotation_6d_to_matrix(p.rotation)[0]
+            p.translation.add_((rot @ neck[:3, 3])[None])
+            p.rotation.copy_(matrix_to_rotation_6d(rot @ neck[:3, :3])[None])
+
+    def world(self, p: _Params, verts: torch.Tensor, neck: torch.Tensor) -> torch.Tensor:
         """World-space vertices ``R v + t`` (1, V, 3)."""
-        return verts @ rotation_6d_to_matrix(p.rotation)[0].T + p.translation[:, None]
+        rot, t = self.head_pose(p, neck)
+        return verts @ rot.T + t[:, None]
 
     def regularisers(self, p: _Params, w: dict[str, float], shaped: torch.Tensor | None) -> dict[str, torch.Tensor]:
         """Unweighted regulariser values, each a flat residual vector whose squared sum is the term."""
@@ -320,10 +345,10 @@ class _Problem:
         t = self.targets
         size = self.size
         if frozen_flame is not None:
-            verts, canon, shaped = frozen_flame
+            verts, canon, shaped, neck = frozen_flame
         else:
-            verts, canon, shaped = self.geometry(p, "normal" in w)
-        world = self.world(p, verts)
+            verts, canon, shaped, neck = self.geometry(p, "normal" in w)
+        world = self.world(p, verts, neck)
         terms: dict[str, torch.Tensor] = {}
         dense = any(k in w for k in ("uv_dense", "normal", "sil"))
         need_depth = dense or "uv_corr" in w or "uv_corr_l1" in w
@@ -375,8 +400,8 @@ class _Problem:
         with the normal errors (S, S, 3)."""
         t = self.targets
         with torch.no_grad():
-            verts, canon, _ = self.geometry(p, True)
-            world = self.world(p, verts)
+            verts, canon, _, neck = self.geometry(p, True)
+            world = self.world(p, verts, neck)
             maps = render_head(
                 world, canon, self.faces, self.corner_uv, p.focal, p.principal_point, self.size, self.region_attr,
                 cull_back=self.cfg.cull_back,
@@ -437,8 +462,8 @@ class _Problem:
         t = self.targets
         size = self.size
         area = float(size * size)
-        verts, canon = self.geometry(p, "normal" in w, lin.flame, lin.normal_faces)[:2]
-        cam = world_to_camera(self.world(p, verts))
+        verts, canon, _, neck = self.geometry(p, "normal" in w, lin.flame, lin.normal_faces)
+        cam = world_to_camera(self.world(p, verts, neck))
         parts = []
         if "uv_corr" in w:
             xy, _ = project(cam[:, lin.valid], p.focal, p.principal_point, size)
@@ -613,6 +638,8 @@ def fit(
             init_pose = frontal_pose()
     log.info("Initial pose: %s (%d pairs, %d inliers).", init_pose.method, init_pose.pairs, init_pose.inliers)
     p = _Params(flame, init_pose, ref, flame.has_eyelids, init_flame)
+    if cfg.pose_frame == "neck":
+        problem.root_to_neck_frame(p)
     history: dict[str, list[float]] = {}
     total_work = sum(s.steps * _step_cost(s) for s in cfg.stages)
     done = 0
@@ -648,9 +675,9 @@ def fit(
 def _result(problem: _Problem, p: _Params, prediction, crop, init_pose: PoseInit, history, cfg: FitConfig, skipped: int) -> FitResult:
     flame = problem.flame
     with torch.no_grad():
-        rot = rotation_6d_to_matrix(p.rotation.detach())[0]
         out = flame(p.flame_params())
-        world = out.vertices[0] @ rot.T + p.translation[0]
+        rot, trans = (x.detach() for x in problem.head_pose(p, out.joint_transforms[0, _NECK_JOINT]))
+        world = out.vertices[0] @ rot.T + trans
         neutral = flame.neutral(p.shape)[0]
 
         def aa(r6: torch.Tensor) -> np.ndarray:
@@ -673,7 +700,7 @@ def _result(problem: _Problem, p: _Params, prediction, crop, init_pose: PoseInit
         eye_pose_left=aa(p.groups["eyes"][0]),
         eye_pose_right=aa(p.groups["eyes"][1]),
         head_rotation=rot.cpu().numpy().astype(np.float32),
-        head_translation=p.translation[0].detach().cpu().numpy().astype(np.float32),
+        head_translation=trans[0].cpu().numpy().astype(np.float32),
         focal=focal,
         principal_point=pp.astype(np.float32),
         K_crop=k_crop,

@@ -204,3 +204,44 @@ def test_warm_start_from_given_flame_parameters(head):
         fit(pred, crop, no_lids, uvt, _cfg(0, 0), init_flame=FlameParams(eyelids=torch.zeros(1, 2)))
     with pytest.raises(ValueError, match="one head"):
         fit(pred, crop, flame, uvt, _cfg(0, 0), init_flame=FlameParams(expression=torch.zeros(2, flame.n_expr)))
+
+
+def test_neck_frame_pose_round_trips_and_keeps_the_face_in_place(head):
+    """pose_frame "neck": the free pose is the neck joint frame's; the result still reports the root's (R, t)."""
+    from core.fit.fitter import _NECK_JOINT, _Params, _Problem
+
+    data, uvt, flame = head
+    pred, crop, rot, t, _ = _truth(flame, uvt)
+    neck = torch.tensor([[0.1, -0.25, 0.15]], dtype=torch.float64)
+    params = FlameParams(jaw_pose=torch.tensor([[0.08, 0.0, 0.0]], dtype=torch.float64), neck_pose=neck)
+    expected = flame(params).vertices[0].numpy() @ rot.T + t  # independent: the root pose applied to FLAME
+    cfg = dataclasses.replace(_cfg(0, 0), pose_frame="neck")
+    res = fit(pred, crop, flame, uvt, cfg, init_pose=PoseInit(rot, t, "test", 0, 0), init_flame=params)
+    np.testing.assert_allclose(res.vertices_posed, expected, atol=1e-9)
+    np.testing.assert_allclose(res.head_rotation, rot, atol=1e-9)
+    np.testing.assert_allclose(res.head_translation, t, atol=1e-9)
+    np.testing.assert_allclose(res.neck_pose, neck[0].numpy(), atol=1e-9)
+
+    # With the free pose held, turning the neck moves what the root carries and leaves what the neck carries
+    # (a head whose skull follows the neck joint alone, without FLAME's pose correctives, which reshape the neck as
+    # it turns).
+    on_neck = data.weights[:, _NECK_JOINT] > 0.9
+    on_root = data.weights[:, 0] > 0.5
+    rigid = dataclasses.replace(data, posedirs=np.zeros_like(data.posedirs),
+                                weights=np.where(on_neck[:, None], np.eye(len(data.parents))[_NECK_JOINT], data.weights))
+    flame = FlameModel.from_data(rigid, dtype=torch.float64)
+    problem = _Problem(pred, crop, flame, uvt, cfg)
+    p = _Params(flame, PoseInit(rot, t, "test", 0, 0), flame.v_template, flame.has_eyelids)
+    assert on_neck.sum() > 10 and on_root.sum() > 10
+    worlds = []
+    for aa in ([0.0, 0.0, 0.0], [0.1, -0.25, 0.15]):
+        turned = _Params(flame, PoseInit(rot, t, "test", 0, 0), flame.v_template, flame.has_eyelids,
+                         FlameParams(neck_pose=torch.tensor([aa], dtype=torch.float64)))
+        turned.groups["rotation"], turned.groups["translation"] = p.groups["rotation"], p.groups["translation"]
+        with torch.no_grad():
+            verts, _, _, neck_tf = problem.geometry(turned, False)
+            worlds.append(problem.world(turned, verts, neck_tf)[0].numpy())
+    np.testing.assert_allclose(worlds[1][on_neck], worlds[0][on_neck], atol=1e-9)
+    assert np.linalg.norm(worlds[1][on_root] - worlds[0][on_root], axis=1).min() > 1e-3
+    with pytest.raises(ValueError, match="pose_frame"):
+        dataclasses.replace(cfg, pose_frame="head")
