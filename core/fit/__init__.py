@@ -31,6 +31,10 @@ Deviations from the reference tracker (``pixel3dmm.md`` section 3), each behind 
 * Camera stage: the correspondence acceptance radius widens to the median current distance when that exceeds
   ``dist_uv`` (``FitConfig.camera_accept_quantile``; None keeps the reference's fixed radius, under which a start
   30 degrees off accepts no correspondence and the camera stage does not move the head).
+* Head pose coordinates: the presets optimise the pose of the neck joint's frame (``FitConfig.pose_frame =
+  "neck"``), so that the face stays put when the neck turns; the reference optimises FLAME's root
+  (``"root"``), where Adam and Levenberg-Marquardt left the neck near zero and turned the whole head instead. The
+  objective is the same (see :data:`.config.POSE_FRAME` for the measurement).
 * Back faces are not drawn (``FitConfig.cull_back = True``; ``False`` draws both sides as the reference does).
 * Masks: FaceCrop has no neck or ear classes (see :mod:`.targets`).
 """
