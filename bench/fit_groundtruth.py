@@ -256,16 +256,21 @@ def main() -> None:
         for uv_on in (True,) if args.uv_on_only else (True, False):
             c = cfg if uv_on else cfg.with_weights(uv_corr=0.0, uv_corr_l1=0.0)
             for yaw in args.yaw_errors:
-                errs = []
+                errs, sims, focals = [], [], []
                 for h in heads:
                     maps, neutral = truth(h)
                     res = fit(*inputs(maps, eyeball_faces), flame, uvt, c, seed=args.seed,
                               init_pose=yawed(h["rotation"], h["translation"], yaw))
                     errs.append(errors_mm(res, maps["vertices"], neutral, region)[0])
+                    sims.append(errors_mm(res, maps["vertices"], neutral, region, with_scale=True)[0])
+                    focals.append(res.focal)
                 errs = np.array(errs)
                 reach = errs <= np.maximum(ref * 1.1, ref + 0.1)
                 print(f"{yaw:7.0f} {'on' if uv_on else 'off':>7} {np.median(errs):15.3f} {100 * reach.mean():11.0f} "
                       f"{100 * np.mean(errs < args.threshold_mm):10.0f}", flush=True)
+                for k in np.flatnonzero(~reach):
+                    print(f"        miss: head {k}, posed {errs[k]:.3f} mm (own {ref[k]:.3f}), similarity-aligned "
+                          f"{sims[k]:.3f} mm, focal {focals[k]:.3f}", flush=True)
     else:
         levels = [(0, 0, 0), (1.0, 0.0, 0.0), (0.0, 0.01, 0.0), (0.0, 0.0, 0.1), (1.0, 0.01, 0.1), (2.0, 0.02, 0.2)]
         print(f"{'blur px':>7} {'noise':>6} {'outliers':>8} {'median posed mm':>15} {'median neutral mm':>17}")

@@ -312,7 +312,7 @@ class _Problem:
             p.rotation.copy_(matrix_to_rotation_6d(rot @ neck[:3, :3])[None])
 
     def world(self, p: _Params, verts: torch.Tensor, neck: torch.Tensor) -> torch.Tensor:
-        """World-space vertices ``R v + t`` (1, V, 3)."""
+        """World-space vertices ``R v + t`` (1, V, 3), the root's pose from :meth:`head_pose`."""
         rot, t = self.head_pose(p, neck)
         return verts @ rot.T + t[:, None]
 
