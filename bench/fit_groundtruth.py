@@ -82,15 +82,20 @@ def corrupt(maps: dict, rng: np.random.Generator, blur: float, noise: float, out
     return {**maps, "uv": np.clip(uv, 0, 1).astype(np.float32), "normals": n.astype(np.float32), "mask": mask}
 
 
-def inputs(maps: dict, eyeball_faces: np.ndarray):
+def inputs(maps: dict, eyeball_faces: np.ndarray, face_faces: np.ndarray | None = None):
     """Prediction- and FaceCrop-like inputs (duck-typed) from rendered maps.
 
     The crop masks are what a face segmenter gives: the eyeballs are "eyes", the rest of the head "skin" (the
-    fit then keeps the eyeballs out of the UV and normal terms, as with a real photo)."""
+    fit then keeps the eyeballs out of the UV and normal terms, as with a real photo). With ``face_faces`` only
+    those triangles are "skin", as the product's face-oval masks (no neck, scalp or ears); the rest of the head
+    is then neither skin nor background."""
     pred = SimpleNamespace(uv=maps["uv"], normals=maps["normals"], mask=maps["mask"])
     eyes = np.isin(maps["triangle"], eyeball_faces)
+    skin = maps["mask"] & ~eyes
+    if face_faces is not None:
+        skin &= np.isin(maps["triangle"], face_faces)
     crop = SimpleNamespace(
-        masks={"skin": maps["mask"] & ~eyes, "eyes": eyes, "background": ~maps["mask"]}, landmarks=None,
+        masks={"skin": skin, "eyes": eyes, "background": ~maps["mask"]}, landmarks=None,
         transform=SimpleNamespace(x0=0.0, y0=0.0, size=float(SIZE), out_size=SIZE), photo_size=(SIZE, SIZE),
     )
     return pred, crop
@@ -144,6 +149,9 @@ def main() -> None:
     ap.add_argument("--fixed-focal", action="store_true", help="FitConfig.fit_focal = False")
     ap.add_argument("--pose-frame", choices=("root", "neck"), default=None,
                     help="FitConfig.pose_frame: what the free head pose places (default: the preset's)")
+    ap.add_argument("--masks", choices=("head", "face"), default="head",
+                    help="skin mask of the crop: the whole head (default) or the face oval only, as the product's "
+                         "FaceCrop gives (no neck, scalp or ears)")
     ap.add_argument("--both-sides", action="store_true", help="FitConfig.cull_back = False (draw back faces too)")
     ap.add_argument("--refine-steps", type=int, default=None,
                     help="Levenberg-Marquardt iterations after the image stage (replaces the preset's; 0: none)")
@@ -167,6 +175,9 @@ def main() -> None:
     reg = derive_regions(data.v_template, data.faces, data.J_regressor)
     region = (reg.uv_valid | reg.eye_region) & ~reg.eyeballs
     eyeball_faces = np.flatnonzero(reg.eyeballs[data.faces].all(1))
+    face_faces = None
+    if args.masks == "face":  # the silhouette region: forehead to chin, no ears (the face oval's extent)
+        face_faces = np.flatnonzero((reg.silhouette & ~reg.eyeballs)[data.faces].all(1))
     cfg = FitConfig.preset(
         args.preset, shape_prior=args.shape_prior, shape_lr=args.shape_lr, refine_prior_scale=args.refine_prior_scale
     ).with_steps(args.steps_scale)
@@ -197,7 +208,7 @@ def main() -> None:
           f"({[s.steps for s in cfg.stages]} steps), fit {args.resolution}px, {args.threads} threads, "
           f"{args.size} head ({len(data.v_template)} v), face region {int(region.sum())} v, shape prior {args.shape_prior}, shape lr {args.shape_lr}, "
           f"refine prior scale {args.refine_prior_scale}, "
-          f"fit_focal {cfg.fit_focal}, pose_frame {cfg.pose_frame}, cull_back {cfg.cull_back}, dense_uv_max {cfg.dense_uv_max}, "
+          f"masks {args.masks}, fit_focal {cfg.fit_focal}, pose_frame {cfg.pose_frame}, cull_back {cfg.cull_back}, dense_uv_max {cfg.dense_uv_max}, "
           f"camera_accept_quantile {cfg.camera_accept_quantile}"
           f"{', from the truth' if args.from_truth else ''}")
     rng = np.random.default_rng(args.seed)
@@ -219,7 +230,7 @@ def main() -> None:
             start = {}
             if args.from_truth:
                 start = {"init_pose": PoseInit(h["rotation"], h["translation"], "truth", 0, 0), "init_flame": h["params"]}
-            res = fit(*inputs(maps, eyeball_faces), flame, uvt, cfg, seed=args.seed, **start)
+            res = fit(*inputs(maps, eyeball_faces, face_faces), flame, uvt, cfg, seed=args.seed, **start)
             dt = time.perf_counter() - t0
             ep, en = errors_mm(res, maps["vertices"], neutral, region)
             es, _ = errors_mm(res, maps["vertices"], neutral, region, with_scale=True)
@@ -247,7 +258,7 @@ def main() -> None:
         ref = []
         for h in heads:
             maps, neutral = truth(h)
-            ref.append(errors_mm(fit(*inputs(maps, eyeball_faces), flame, uvt, cfg, seed=args.seed),
+            ref.append(errors_mm(fit(*inputs(maps, eyeball_faces, face_faces), flame, uvt, cfg, seed=args.seed),
                                  maps["vertices"], neutral, region)[0])
         ref = np.array(ref)
         print(f"ordinary fit (PnP start): median posed {np.median(ref):.3f} mm")
@@ -259,7 +270,7 @@ def main() -> None:
                 errs, sims, focals = [], [], []
                 for h in heads:
                     maps, neutral = truth(h)
-                    res = fit(*inputs(maps, eyeball_faces), flame, uvt, c, seed=args.seed,
+                    res = fit(*inputs(maps, eyeball_faces, face_faces), flame, uvt, c, seed=args.seed,
                               init_pose=yawed(h["rotation"], h["translation"], yaw))
                     errs.append(errors_mm(res, maps["vertices"], neutral, region)[0])
                     sims.append(errors_mm(res, maps["vertices"], neutral, region, with_scale=True)[0])
@@ -279,7 +290,7 @@ def main() -> None:
             for k, h in enumerate(heads):
                 maps, neutral = truth(h)
                 noisy = corrupt(maps, np.random.default_rng(args.seed + k), blur, noise, out)
-                res = fit(*inputs(noisy, eyeball_faces), flame, uvt, cfg, seed=args.seed)
+                res = fit(*inputs(noisy, eyeball_faces, face_faces), flame, uvt, cfg, seed=args.seed)
                 a, b = errors_mm(res, maps["vertices"], neutral, region)
                 ep.append(a)
                 en.append(b)
