@@ -79,7 +79,9 @@ CAMERA_ACCEPT_QUANTILE = 0.5
 #: (-0.02 +- 0.05 mm, 11 / 20: the head's size, which the objective barely sees, decides the rigid figure);
 #: neutral mesh 0.53 vs 0.51 mm. With the root frame, fits stopped with the neck near zero and the root turned
 #: by the neck's rotation instead (one head 5 degrees off, 1.0 mm, at an objective 20 % above the minimum next
-#: to the truth); in the neck frame they end at that minimum's objective value. The fast preset (Adam only) gains
+#: to the truth); in the neck frame they end at that minimum's objective value. With the product's face-oval
+#: masks (no neck, scalp or ears in any term; bench ``--masks face``): similarity-aligned 0.32 vs 0.38 mm,
+#: -0.060 +- 0.014 mm, 16 / 20 better; rigid 0.54 vs 0.55 mm (+0.04 +- 0.03 mm, 8 / 20). The fast preset (Adam only) gains
 #: nothing measurable either way (paired, 20 heads: posed +0.05 +- 0.05 mm, similarity-aligned -0.00 +- 0.02 mm,
 #: neutral +0.07 +- 0.06 mm) and keeps the same frame as the others.
 POSE_FRAME = "neck"
