@@ -132,21 +132,19 @@ def rasterize(
     batch = pos.shape[0]
     tri = tri.long()
     n_tri = tri.shape[0]
-    rast = torch.zeros(batch, height, width, 4, dtype=pos.dtype, device=pos.device)
     if n_tri == 0:
-        return rast
+        return pos.new_zeros(batch, height, width, 4)
     pid, tid = _visible_samples(pos.detach(), tri, height, width, chunk_size, cull_back)
     if pid.numel() == 0:
-        return rast
+        return pos.new_zeros(batch, height, width, 4)
     # Recompute the winners' barycentrics (differentiably when pos requires grad) and depth.
     bary, depth = pixel_barycentrics(pos, tri, pid, tid, (height, width))
     values = torch.cat([bary, depth.detach()[:, None], (tid + 1).to(pos.dtype)[:, None]], -1)
-    flat = rast.view(batch * height * width, 4)
-    return flat.index_put((pid,), values).view(batch, height, width, 4)
+    return pos.new_zeros(batch * height * width, 4).index_put_((pid,), values).view(batch, height, width, 4)
 
 
 def pixel_barycentrics(
-    pos: torch.Tensor, tri: torch.Tensor, pid: torch.Tensor, tid: torch.Tensor, resolution: tuple[int, int]
+    pos: torch.Tensor, tri: torch.Tensor, pid: torch.Tensor, tid: torch.Tensor | None, resolution: tuple[int, int]
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Perspective-correct barycentrics ``(u, v)`` and ``z/w`` of given triangles at given pixel centres.
 
@@ -156,7 +154,9 @@ def pixel_barycentrics(
     Parameters
     ----------
     pos : (B, V, 4) clip-space positions; tri : (F, 3) long tensor
-    pid : (N,) flat pixel indices into (B, H, W); tid : (N,) triangle index per pixel
+    pid : (N,) flat pixel indices into (B, H, W)
+    tid : (N,) triangle index per pixel, or None when ``tri`` holds one triangle per pixel (F == N, row n for
+        ``pid[n]``; what a Jacobian over a fixed visibility wants: no per-triangle table, no gather)
     resolution : (H, W)
 
     Returns
@@ -164,26 +164,46 @@ def pixel_barycentrics(
     bary : (N, 2) ``(u, v)`` as in ``rast[..., :2]``; depth : (N,) ``z/w``
     """
     height, width = int(resolution[0]), int(resolution[1])
+    batch, n_vert = pos.shape[:2]
+    n_tri = tri.shape[0]
     b_idx = torch.div(pid, height * width, rounding_mode="floor")
     pix = pid - b_idx * (height * width)
     py = torch.div(pix, width, rounding_mode="floor").to(pos.dtype) + 0.5
     px = (pix % width).to(pos.dtype) + 0.5
-    # Per-vertex screen coordinates, then per component one gather of the winners' corners, corner-major so that
-    # each corner is a contiguous row (its gradient is one stack and one 1-D index_add, the fast CPU paths).
+    # Per triangle, relative to corner 2 (d = corner - corner 2, in pixels): the screen barycentrics are
+    # l0 = (d1y dx - d1x dy) / A, l1 = (d0x dy - d0y dx) / A with (dx, dy) = pixel - corner 2 and A the doubled
+    # area, and the perspective-correct ones are q_i / (q0 + q1 + q2) with q_i = l_i / w_i. Scaled by A w0 w1 w2
+    # (which cancels), each q_i is affine in (dx, dy) with division-free coefficients, so the per-pixel work is
+    # a few multiply-adds on per-triangle coefficients, and most of the graph is per triangle, not per pixel.
     x, y, z, w = (c.reshape(-1) for c in _screen(pos, height, width))
-    rows = (tri.index_select(0, tid) + (b_idx * pos.shape[1])[:, None]).T.reshape(-1)  # (3 * N,)
+    if tid is None:
+        rows = (tri.T + n_vert * b_idx).reshape(-1)  # (3*N,)
+    else:
+        rows = (tri.T[:, None, :] + n_vert * torch.arange(batch, device=pos.device)[:, None]).reshape(-1)  # (3*B*F,)
     x0, x1, x2 = x.index_select(0, rows).view(3, -1).unbind(0)
     y0, y1, y2 = y.index_select(0, rows).view(3, -1).unbind(0)
-    w0, w1, w2 = w.index_select(0, rows).view(3, -1).unbind(0)
-    area = (x1 - x0) * (y2 - y0) - (y1 - y0) * (x2 - x0)
-    area = torch.where(area.abs() > 1e-12, area, torch.full_like(area, 1e-12))
-    l0 = ((x2 - x1) * (py - y1) - (y2 - y1) * (px - x1)) / area
-    l1 = ((x0 - x2) * (py - y2) - (y0 - y2) * (px - x2)) / area
-    l2 = 1.0 - l0 - l1
-    q0, q1, q2 = l0 / w0, l1 / w1, l2 / w2
-    denom = q0 + q1 + q2
     z0, z1, z2 = z.index_select(0, rows).view(3, -1).unbind(0)
-    return torch.stack([q0 / denom, q1 / denom], -1), l0 * z0 + l1 * z1 + l2 * z2
+    w0, w1, w2 = w.index_select(0, rows).view(3, -1).unbind(0)
+    d0x, d1x, d0y, d1y = x0 - x2, x1 - x2, y0 - y2, y1 - y2
+    area = d0x * d1y - d1x * d0y
+    w12, w02, w01 = w1 * w2, w0 * w2, w0 * w1
+    area_safe = torch.where(area.abs() > 1e-12, area, torch.full_like(area, 1e-12))
+    dz0, dz1 = z0 - z2, z1 - z2
+    per_tri = (
+        x2, y2,
+        d1y * w12, -d1x * w12,  # q0 = a0 dx + b0 dy
+        -d0y * w02, d0x * w02,  # q1 = a1 dx + b1 dy
+        (d0y - d1y) * w01, (d1x - d0x) * w01, area * w01,  # q2 = a2 dx + b2 dy + c2
+        z2, (dz0 * d1y - dz1 * d0y) / area_safe, (dz1 * d0x - dz0 * d1x) / area_safe,  # z/w = z2 + az dx + bz dy
+    )
+    # One 1-D gather per coefficient (its gradient is a 1-D index_add, the fast CPU path).
+    g = per_tri if tid is None else [c.index_select(0, tid + b_idx * n_tri) for c in per_tri]
+    dx, dy = px - g[0], py - g[1]
+    q0 = torch.addcmul(g[2] * dx, g[3], dy)
+    q1 = torch.addcmul(g[4] * dx, g[5], dy)
+    denom = q0 + q1 + torch.addcmul(torch.addcmul(g[8], g[6], dx), g[7], dy)
+    depth = torch.addcmul(torch.addcmul(g[9], g[10], dx), g[11], dy)
+    return torch.stack([q0 / denom, q1 / denom], -1), depth
 
 
 def _min3(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
@@ -356,9 +376,8 @@ def interpolate(attr: torch.Tensor, rast: torch.Tensor, tri: torch.Tensor) -> to
     channels = attr.shape[-1]
     flat = rast.reshape(-1, 4)
     pid = (flat[:, 3] > 0).nonzero().squeeze(1)
-    out = torch.zeros(batch * height * width, channels, dtype=attr.dtype, device=attr.device)
     if pid.numel() == 0:
-        return out.view(batch, height, width, channels)
+        return attr.new_zeros(batch, height, width, channels)
     u, v, _, tri_id = flat.index_select(0, pid).unbind(-1)
     tid = tri_id.long() - 1
     if attr.dim() == 2 or attr.shape[0] == 1:
@@ -368,8 +387,8 @@ def interpolate(attr: torch.Tensor, rast: torch.Tensor, tri: torch.Tensor) -> to
     a0, a1, a2 = a.unbind(1)
     u = u.to(attr.dtype)[:, None]
     v = v.to(attr.dtype)[:, None]
-    vals = u * a0 + v * a1 + (1.0 - u - v) * a2
-    return out.index_put((pid,), vals).view(batch, height, width, channels)
+    vals = torch.addcmul(torch.addcmul(a2, u, a0 - a2), v, a1 - a2)  # u a0 + v a1 + (1 - u - v) a2
+    return vals.new_zeros(flat.shape[0], channels).index_put_((pid,), vals).view(batch, height, width, channels)
 
 
 def antialias(color: torch.Tensor, rast: torch.Tensor, pos: torch.Tensor, tri: torch.Tensor) -> torch.Tensor:
@@ -446,22 +465,22 @@ def _silhouette_pairs(
     """The antialiased pairs of :func:`antialias`: flat front and back pixel indices and the vertex ids of the
     front triangle's crossing edge, each (N,); None when there are none."""
     batch, height, width, _ = rast.shape
-    tid_img = rast[..., 3].long() - 1  # (B, H, W)
-    index = torch.arange(batch * height * width, device=rast.device).view(batch, height, width)
-    pairs = []
-    for sl_a, sl_b in (
-        ((slice(None), slice(None), slice(None, -1)), (slice(None), slice(None), slice(1, None))),  # horizontal
-        ((slice(None), slice(None, -1)), (slice(None), slice(1, None))),  # vertical neighbours
-    ):
-        differ = (tid_img[sl_a] != tid_img[sl_b]).reshape(-1).nonzero().squeeze(1)
-        pairs.append((index[sl_a].reshape(-1).index_select(0, differ), index[sl_b].reshape(-1).index_select(0, differ)))
-    a_idx = torch.cat([pairs[0][0], pairs[1][0]])
-    b_idx = torch.cat([pairs[0][1], pairs[1][1]])
-    flat_tid = tid_img.reshape(-1)
-    ta, tb = flat_tid.index_select(0, a_idx), flat_tid.index_select(0, b_idx)
+    ids = rast[..., 3].contiguous()  # (B, H, W) triangle id + 1 as stored (exact in float), 0 on background
+    # Flat indices of the left / upper pixel of each differing pair, from the positions k of the differences:
+    # in the (B, H, W - 1) grid of horizontal pairs, k + k // (W - 1); in the (B, H - 1, W) grid of vertical
+    # pairs, k + W * (k // ((H - 1) W)).
+    k = (ids[..., :-1] != ids[..., 1:]).view(-1).nonzero().squeeze(1)
+    left = k + torch.div(k, width - 1, rounding_mode="floor")  # (empty when W == 1)
+    k = (ids[:, :-1] != ids[:, 1:]).view(-1).nonzero().squeeze(1)
+    upper = k + width * torch.div(k, (height - 1) * width, rounding_mode="floor")
+    a_idx = torch.cat([left, upper])
+    b_idx = torch.cat([left + 1, upper + width])
+    flat_ids = ids.view(-1)
+    ta = flat_ids.index_select(0, a_idx).long() - 1
+    tb = flat_ids.index_select(0, b_idx).long() - 1
     # Shared vertex: nine comparisons of contiguous corner columns (a broadcast (N, 3, 3) test is several times
-    # slower on the CPU).
-    corner_ids = tri.T.contiguous()
+    # slower on the CPU), in 32 bits.
+    corner_ids = tri.T.to(torch.int32).contiguous()
     ia, ib = ta.clamp(min=0), tb.clamp(min=0)
     cols_a = [c.index_select(0, ia) for c in corner_ids]
     cols_b = [c.index_select(0, ib) for c in corner_ids]
