@@ -34,13 +34,12 @@ def vertex_normals(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
     faces = faces.long()
     batch, n_vert, _ = vertices.shape
     flat = vertices.reshape(-1, 3)
-    # Row indices of each corner, (3, B*F); dim-0 index_select / index_add on (B*V, 3) rows are the fast CPU paths.
-    rows = (faces.T[:, None, :] + n_vert * torch.arange(batch, device=faces.device)[:, None]).reshape(3, -1)
-    c0, c1, c2 = (flat.index_select(0, r) for r in rows)
+    # Row indices of the corners, corner-major (3*B*F,): one dim-0 index_select of (B*V, 3) rows gathers them and
+    # one index_add spreads each face normal to its three corners (the fast CPU paths, one op each way).
+    rows = (faces.T[:, None, :] + n_vert * torch.arange(batch, device=faces.device)[:, None]).reshape(-1)
+    c0, c1, c2 = flat.index_select(0, rows).view(3, -1, 3).unbind(0)
     fn = torch.linalg.cross(c1 - c0, c2 - c0, dim=-1)
-    normals = torch.zeros_like(flat)
-    for r in rows:
-        normals = normals.index_add(0, r, fn)
+    normals = torch.zeros_like(flat).index_add(0, rows, fn.repeat(3, 1))
     return torch.nn.functional.normalize(normals.view_as(vertices), dim=-1, eps=1e-12)
 
 
