@@ -144,7 +144,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--size", choices=("small", "full"), default="full")
     ap.add_argument("--yaw-errors", type=float, nargs="+", default=[-30, -15, 0, 15, 30])
-    ap.add_argument("--uv-on-only", action="store_true", help="Goal B: skip the sweep with the UV term off")
+    ap.add_argument("--uv-term", choices=("both", "on", "off"), default="both",
+                    help="Goal B: sweep with the UV correspondence term on, off, or both (default)")
     ap.add_argument("--threshold-mm", type=float, default=0.5, help="Goal A posed error counted as success in B")
     ap.add_argument("--fixed-focal", action="store_true", help="FitConfig.fit_focal = False")
     ap.add_argument("--pose-frame", choices=("root", "neck"), default=None,
@@ -264,7 +265,7 @@ def main() -> None:
         print(f"ordinary fit (PnP start): median posed {np.median(ref):.3f} mm")
         print(f"{'yaw err':>7} {'uv term':>7} {'median posed mm':>15} {'reach own %':>11} "
               f"{f'< {args.threshold_mm} mm %':>10}")
-        for uv_on in (True,) if args.uv_on_only else (True, False):
+        for uv_on in {"both": (True, False), "on": (True,), "off": (False,)}[args.uv_term]:
             c = cfg if uv_on else cfg.with_weights(uv_corr=0.0, uv_corr_l1=0.0)
             for yaw in args.yaw_errors:
                 errs, sims, focals = [], [], []
