@@ -258,40 +258,35 @@ def _visible_samples(
     # pixel centre lost or shared (watertight). Horizontal edges (a = 0) bound no row inside the bounding box.
     vid = tri.index_select(0, torch.remainder(keep, n_tri)).T  # (3, K)
     cx, cy = x - 0.5 * width, y - 0.5 * height
-    orient = area > 0
-    inf = torch.full_like(area, float("inf"))
-    per_tri = []  # per edge: -a (1 where horizontal), b, c, padding of the left bound, padding of the right bound
-    for i in range(3):
-        j, k = (i + 1) % 3, (i + 2) % 3
-        swap = vid[j] > vid[k]
-        xp, yp = torch.where(swap, cx[k], cx[j]), torch.where(swap, cy[k], cy[j])
-        dx, dy = torch.where(swap, cx[j], cx[k]) - xp, torch.where(swap, cy[j], cy[k]) - yp
-        bounds_left = (dy < 0) == (orient != swap)  # s * a > 0 with a = -dy, s = +1 for (orient xor swap)
-        flat = dy == 0
-        per_tri += [
-            torch.where(flat, torch.ones_like(dy), dy), dx, dy * xp - dx * yp,
-            torch.where(bounds_left & ~flat, torch.zeros_like(dy), -inf),
-            torch.where(~bounds_left & ~flat, torch.zeros_like(dy), inf),
-        ]
-    per_tri += [oy - 0.5 * height, x_hi.index_select(0, keep), ox]
-    table = torch.stack(per_tri, 1)  # (K, 18)
+    # The three edges at once, (3, K) each: edge i runs between corners i + 1 and i + 2.
+    swap = vid.roll(-1, 0) > vid.roll(-2, 0)
+    xj, xk = cx.roll(-1, 0), cx.roll(-2, 0)
+    yj, yk = cy.roll(-1, 0), cy.roll(-2, 0)
+    xp, yp = torch.where(swap, xk, xj), torch.where(swap, yk, yj)
+    dx, dy = torch.where(swap, xj, xk) - xp, torch.where(swap, yj, yk) - yp
+    bounds_left = (dy < 0) == ((area > 0) != swap)  # s * a > 0 with a = -dy, s = +1 for (orient xor swap)
+    flat = dy == 0
+    zero, inf = torch.zeros_like(dy), torch.full_like(dy, float("inf"))
+    # Per triangle: per edge -a (1 where horizontal), b, c, padding of the left bound, padding of the right bound
+    # minus one (each (3,)), then the row origin, the right and the left end of the widened box.
+    table = torch.cat([
+        torch.where(flat, torch.ones_like(dy), dy), dx, dy * xp - dx * yp,
+        torch.where(bounds_left & ~flat, zero, -inf), torch.where(~bounds_left & ~flat, zero, inf) - 1.0,
+        torch.stack([oy - 0.5 * height, x_hi.index_select(0, keep), ox]),
+    ])  # (18, K)
     rows_per = counts.index_select(0, keep)
     n_rows = int(rows_per.sum())
     row_tri = torch.repeat_interleave(torch.arange(keep.numel(), device=dev), rows_per, output_size=n_rows)
     row_first = torch.cumsum(rows_per, 0) - rows_per
     qy = torch.arange(n_rows, device=dev) - row_first.index_select(0, row_tri)
-    t = table.index_select(0, row_tri).T  # (18, n_rows) strided views
+    t = table.index_select(1, row_tri)  # (18, n_rows)
+    e0, e1, e2, pad_lo, pad_hi = t[:15].view(5, 3, -1).unbind(0)  # each (3, n_rows)
     ys = qy.to(pos.dtype) + 0.5 + t[15]  # image-centred row coordinate
-    lo = t[17].clone()
-    hi = t[16].clone()
-    for i in range(3):
-        e = t[5 * i : 5 * i + 5]
-        # column >= u'  <=>  column >= ceil(u'), column < u'  <=>  column <= ceil(u') - 1, u' = u + W/2 - 1/2
-        # (clamped: a nearly horizontal edge may cross at +-inf, and inf + padding must not give nan)
-        col = torch.ceil(torch.addcmul(e[2], e[1], ys) / e[0] + (0.5 * width - 0.5))
-        col = col.clamp(-_COLUMN_LIMIT, _COLUMN_LIMIT)
-        lo = torch.maximum(lo, col + e[3])
-        hi = torch.minimum(hi, col - 1.0 + e[4])
+    # column >= u'  <=>  column >= ceil(u'), column < u'  <=>  column <= ceil(u') - 1, u' = u + W/2 - 1/2
+    # (clamped: a nearly horizontal edge may cross at +-inf, and inf + padding must not give nan)
+    col = torch.ceil(torch.addcmul(e2, e1, ys) / e0 + (0.5 * width - 0.5)).clamp_(-_COLUMN_LIMIT, _COLUMN_LIMIT)
+    lo = torch.maximum(t[17], (col + pad_lo).amax(0))
+    hi = torch.minimum(t[16], (col + pad_hi).amin(0))
     span = (hi - lo + 1.0).clamp(min=0.0)
     rows = span.nonzero().squeeze(1)
     if rows.numel() == 0:
