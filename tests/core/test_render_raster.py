@@ -280,6 +280,23 @@ def test_antialias_coverage_tracks_edge_position():
         assert cov[col + 1 :].max().item() == 0.0
 
 
+def test_antialias_of_a_batch_equals_each_image_alone():
+    """Pixel pairs are found across the whole batch: the second image's pairs must land in the second image."""
+    verts, tri = _smooth_scene()
+    shade = torch.linspace(0.2, 1.0, verts.shape[0], dtype=torch.float64)[:, None]
+    shift = torch.tensor([0.07, -0.05, 0.1], dtype=verts.dtype)
+    images = [_to_clip(verts), _to_clip(verts + shift)]
+    alone = []
+    for pos in images:
+        rast = rasterize(pos, tri, (H, W))
+        alone.append(antialias(interpolate(shade, rast, tri), rast, pos, tri))
+    pos = torch.cat(images)
+    rast = rasterize(pos, tri, (H, W))
+    batched = antialias(interpolate(shade, rast, tri), rast, pos, tri)
+    assert not torch.equal(alone[1], interpolate(shade, rasterize(images[1], tri, (H, W)), tri))  # edges blended
+    torch.testing.assert_close(batched, torch.cat(alone), atol=1e-12, rtol=0)
+
+
 def test_back_face_culling():
     """A closed mesh seen from outside looks the same with culling; a clockwise triangle disappears."""
     cube = torch.tensor([[x, y, z] for x in (-0.4, 0.4) for y in (-0.4, 0.4) for z in (-0.4, 0.4)], dtype=torch.float64)
