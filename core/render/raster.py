@@ -324,11 +324,10 @@ def _visible_samples(
         v = packed.index_select(0, local_row)
         qx = torch.arange(start_count, start_count + n_cand, device=dev) - starts.index_select(0, local_row)
         depth = torch.addcmul(v[:, 1], v[:, 0], qx.to(pos.dtype) + v[:, 2] + 0.5)
-        idx = ((depth >= -1.0) & (depth <= 1.0)).nonzero().squeeze(1)
-        kr = local_row.index_select(0, idx)
-        pids.append(base_row.index_select(0, kr) + qx.index_select(0, idx))
-        depths.append(depth.index_select(0, idx))
-        tids.append(tri_row.index_select(0, kr))
+        # Samples outside [-1, 1] (or nan) get an infinite depth, which never wins below.
+        depths.append(torch.where((depth >= -1.0) & (depth <= 1.0), depth, float("inf")))
+        pids.append(base_row.index_select(0, local_row) + qx)
+        tids.append(tri_row.index_select(0, local_row))
         start_row = stop_row
         start_count = int(ends[stop_row - 1])
     pid = torch.cat(pids)
@@ -337,7 +336,7 @@ def _visible_samples(
     n_pix = batch * height * width
     zbuf = torch.full((n_pix,), float("inf"), dtype=depth.dtype, device=dev)
     zbuf.scatter_reduce_(0, pid, depth, reduce="amin")
-    front = torch.where(depth <= zbuf.index_select(0, pid), tid, torch.full_like(tid, -1))
+    front = torch.where((depth <= zbuf.index_select(0, pid)) & (depth < float("inf")), tid, torch.full_like(tid, -1))
     best = torch.full((n_pix,), -1, dtype=torch.long, device=dev)
     best.scatter_reduce_(0, pid, front, reduce="amax")
     pid = (best >= 0).nonzero().squeeze(1)
