@@ -471,7 +471,7 @@ class _Problem:
             parts.append(((xy[0] - self.target_xy) * (lin.accepted[:, None] * scale)).reshape(-1))
         if "uv_dense" in w or "normal" in w:
             clip = clip_from_camera(cam, p.focal, p.principal_point, size)
-            bary, _ = pixel_barycentrics(clip, lin.corners, lin.pid, None, (size, size))
+            bary = pixel_barycentrics(clip, lin.corners, lin.pid, None, (size, size))
             u, v = bary[:, :1], bary[:, 1:]
             if "uv_dense" in w:
                 c0, c1, c2 = self.corner_uv.view(-1, 3, 2).index_select(0, lin.tid).unbind(1)

@@ -134,19 +134,19 @@ def rasterize(
     n_tri = tri.shape[0]
     if n_tri == 0:
         return pos.new_zeros(batch, height, width, 4)
-    pid, tid = _visible_samples(pos.detach(), tri, height, width, chunk_size, cull_back)
+    pid, tid, depth = _visible_samples(pos.detach(), tri, height, width, chunk_size, cull_back)
     if pid.numel() == 0:
         return pos.new_zeros(batch, height, width, 4)
-    # Recompute the winners' barycentrics (differentiably when pos requires grad) and depth.
-    bary, depth = pixel_barycentrics(pos, tri, pid, tid, (height, width))
-    values = torch.cat([bary, depth.detach()[:, None], (tid + 1).to(pos.dtype)[:, None]], -1)
+    # Recompute the winners' barycentrics, differentiably when pos requires grad; the depth is the z-buffer's.
+    bary = pixel_barycentrics(pos, tri, pid, tid, (height, width))
+    values = torch.cat([bary, depth[:, None], (tid + 1).to(pos.dtype)[:, None]], -1)
     return pos.new_zeros(batch * height * width, 4).index_put_((pid,), values).view(batch, height, width, 4)
 
 
 def pixel_barycentrics(
     pos: torch.Tensor, tri: torch.Tensor, pid: torch.Tensor, tid: torch.Tensor | None, resolution: tuple[int, int]
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Perspective-correct barycentrics ``(u, v)`` and ``z/w`` of given triangles at given pixel centres.
+) -> torch.Tensor:
+    """Perspective-correct barycentrics ``(u, v)`` of given triangles at given pixel centres.
 
     The differentiable half of :func:`rasterize`, for a visibility that is already known (for example kept fixed
     while a Jacobian is taken): no data-dependent shapes, so it works under ``torch.func`` transforms.
@@ -161,7 +161,7 @@ def pixel_barycentrics(
 
     Returns
     -------
-    bary : (N, 2) ``(u, v)`` as in ``rast[..., :2]``; depth : (N,) ``z/w``
+    (N, 2) ``(u, v)`` as in ``rast[..., :2]``
     """
     height, width = int(resolution[0]), int(resolution[1])
     batch, n_vert = pos.shape[:2]
@@ -175,26 +175,22 @@ def pixel_barycentrics(
     # area, and the perspective-correct ones are q_i / (q0 + q1 + q2) with q_i = l_i / w_i. Scaled by A w0 w1 w2
     # (which cancels), each q_i is affine in (dx, dy) with division-free coefficients, so the per-pixel work is
     # a few multiply-adds on per-triangle coefficients, and most of the graph is per triangle, not per pixel.
-    x, y, z, w = (c.reshape(-1) for c in _screen(pos, height, width))
+    x, y, _, w = (c.reshape(-1) for c in _screen(pos, height, width))
     if tid is None:
         rows = (tri.T + n_vert * b_idx).reshape(-1)  # (3*N,)
     else:
         rows = (tri.T[:, None, :] + n_vert * torch.arange(batch, device=pos.device)[:, None]).reshape(-1)  # (3*B*F,)
     x0, x1, x2 = x.index_select(0, rows).view(3, -1).unbind(0)
     y0, y1, y2 = y.index_select(0, rows).view(3, -1).unbind(0)
-    z0, z1, z2 = z.index_select(0, rows).view(3, -1).unbind(0)
     w0, w1, w2 = w.index_select(0, rows).view(3, -1).unbind(0)
     d0x, d1x, d0y, d1y = x0 - x2, x1 - x2, y0 - y2, y1 - y2
     area = d0x * d1y - d1x * d0y
     w12, w02, w01 = w1 * w2, w0 * w2, w0 * w1
-    area_safe = torch.where(area.abs() > 1e-12, area, torch.full_like(area, 1e-12))
-    dz0, dz1 = z0 - z2, z1 - z2
     per_tri = (
         x2, y2,
         d1y * w12, -d1x * w12,  # q0 = a0 dx + b0 dy
         -d0y * w02, d0x * w02,  # q1 = a1 dx + b1 dy
         (d0y - d1y) * w01, (d1x - d0x) * w01, area * w01,  # q2 = a2 dx + b2 dy + c2
-        z2, (dz0 * d1y - dz1 * d0y) / area_safe, (dz1 * d0x - dz0 * d1x) / area_safe,  # z/w = z2 + az dx + bz dy
     )
     # One 1-D gather per coefficient (its gradient is a 1-D index_add, the fast CPU path).
     g = per_tri if tid is None else [c.index_select(0, tid + b_idx * n_tri) for c in per_tri]
@@ -202,8 +198,7 @@ def pixel_barycentrics(
     q0 = torch.addcmul(g[2] * dx, g[3], dy)
     q1 = torch.addcmul(g[4] * dx, g[5], dy)
     denom = q0 + q1 + torch.addcmul(torch.addcmul(g[8], g[6], dx), g[7], dy)
-    depth = torch.addcmul(torch.addcmul(g[9], g[10], dx), g[11], dy)
-    return torch.stack([q0 / denom, q1 / denom], -1), depth
+    return torch.stack([q0 / denom, q1 / denom], -1)
 
 
 def _min3(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
@@ -217,9 +212,9 @@ def _max3(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def _visible_samples(
     pos: torch.Tensor, tri: torch.Tensor, height: int, width: int, chunk_size: int, cull_back: bool = False
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Z-buffered (flat pixel index, triangle index) pairs of the visible triangle at each covered pixel, in pixel
-    order."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Z-buffered flat pixel index, triangle index and ``z/w`` of the visible triangle at each covered pixel, in
+    pixel order."""
     batch, n_vert = pos.shape[:2]
     n_tri = tri.shape[0]
     dev = pos.device
@@ -246,7 +241,7 @@ def _visible_samples(
     keep = counts.nonzero().squeeze(1)
     empty = torch.zeros(0, dtype=torch.long, device=dev)
     if keep.numel() == 0:
-        return empty, empty
+        return empty, empty, pos.new_zeros(0)
     x, y, z = x.index_select(1, keep), y.index_select(1, keep), z.index_select(1, keep)
     area = area.index_select(0, keep)
     ox, oy = x_lo.index_select(0, keep), y_lo.index_select(0, keep)
@@ -290,7 +285,7 @@ def _visible_samples(
     span = (hi - lo + 1.0).clamp(min=0.0)
     rows = span.nonzero().squeeze(1)
     if rows.numel() == 0:
-        return empty, empty
+        return empty, empty, pos.new_zeros(0)
     row_tri = row_tri.index_select(0, rows)
     span = span.index_select(0, rows).long()
     lo = lo.index_select(0, rows)
@@ -340,7 +335,7 @@ def _visible_samples(
     best = torch.full((n_pix,), -1, dtype=torch.long, device=dev)
     best.scatter_reduce_(0, pid, front, reduce="amax")
     pid = (best >= 0).nonzero().squeeze(1)
-    return pid, best.index_select(0, pid)
+    return pid, best.index_select(0, pid), zbuf.index_select(0, pid)
 
 
 def interpolate(attr: torch.Tensor, rast: torch.Tensor, tri: torch.Tensor) -> torch.Tensor:

@@ -216,10 +216,11 @@ def test_interpolate_gradient_wrt_attributes():
 
 @pytest.mark.filterwarnings("ignore:.*torch.jit.script.*:FutureWarning")  # raised inside torch.func (torch 2.14)
 def test_pixel_barycentrics_values_and_derivatives_in_both_modes():
-    """Barycentrics and depth of fixed (pixel, triangle) pairs on a batch of two images: equal to rasterize's in
-    both forms (a triangle index per pixel, or one triangle row per pixel), derivatives of both outputs checked by
-    finite differences in reverse and forward mode, and a vmap of forward-mode derivatives of the per-pixel form
-    (how the Levenberg-Marquardt stage takes its Jacobian) equal to one jvp per tangent."""
+    """Barycentrics of fixed (pixel, triangle) pairs on a batch of two images: equal to rasterize's in both forms (a
+    triangle index per pixel, or one triangle row per pixel), derivatives checked by finite differences in reverse
+    and forward mode, and a vmap of forward-mode derivatives of the per-pixel form (how the Levenberg-Marquardt
+    stage takes its Jacobian) equal to one jvp per tangent. Rasterize's depth is the z-buffer's: equal to ``z/w``
+    interpolated with the screen-space weights ``l_i ~ u_i w_i`` recovered from the barycentrics."""
     verts, tri = _smooth_scene()
     shift = torch.tensor([0.05, -0.03, 0.1], dtype=verts.dtype)
     pos = torch.cat([_to_clip(verts), _to_clip(verts + shift)])  # two images: pixel ids carry a batch index
@@ -227,12 +228,15 @@ def test_pixel_barycentrics_values_and_derivatives_in_both_modes():
     flat = rast.view(-1, 4)
     pid = (flat[:, 3] > 0).nonzero().squeeze(1)
     tid = flat[pid, 3].long() - 1
-    bary, depth = pixel_barycentrics(pos, tri, pid, tid, (H, W))
+    bary = pixel_barycentrics(pos, tri, pid, tid, (H, W))
     torch.testing.assert_close(bary, flat[pid, :2], atol=1e-12, rtol=0)
-    torch.testing.assert_close(depth, flat[pid, 2], atol=1e-12, rtol=0)
     per_pixel = tri.index_select(0, tid)
-    for got, want in zip(pixel_barycentrics(pos, per_pixel, pid, None, (H, W)), (bary, depth)):
-        torch.testing.assert_close(got, want, atol=1e-12, rtol=0)
+    torch.testing.assert_close(pixel_barycentrics(pos, per_pixel, pid, None, (H, W)), bary, atol=1e-12, rtol=0)
+
+    corners = pos[torch.div(pid, H * W, rounding_mode="floor")[:, None], per_pixel.long()]  # (N, 3, 4)
+    weights = torch.cat([bary, 1 - bary.sum(-1, keepdim=True)], -1) * corners[..., 3]
+    depth = (weights * corners[..., 2] / corners[..., 3]).sum(-1) / weights.sum(-1)
+    torch.testing.assert_close(flat[pid, 2], depth, atol=1e-9, rtol=0)
 
     sub = torch.arange(0, pid.numel(), 7)  # a few pixels keep gradcheck quick
     assert torch.autograd.gradcheck(
@@ -242,7 +246,7 @@ def test_pixel_barycentrics_values_and_derivatives_in_both_modes():
     tangents = torch.randn(3, *pos.shape, dtype=pos.dtype, generator=torch.Generator().manual_seed(2))
 
     def uv(p):
-        return pixel_barycentrics(p, per_pixel, pid, None, (H, W))[0]
+        return pixel_barycentrics(p, per_pixel, pid, None, (H, W))
 
     batched = torch.func.vmap(lambda t: torch.func.jvp(uv, (pos,), (t,))[1])(tangents)
     for k in range(3):
