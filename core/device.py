@@ -6,6 +6,10 @@ device and dtype from tensors it is given or from :func:`resolve_device`.
 
 from __future__ import annotations
 
+import contextlib
+import os
+from collections.abc import Iterator
+
 import torch
 
 from .errors import Pixel3DMMError
@@ -63,6 +67,38 @@ def is_out_of_memory(exc: BaseException) -> bool:
     if isinstance(exc, torch.cuda.OutOfMemoryError):
         return True
     return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+#: cuBLAS products are deterministic on one stream only with a fixed workspace layout; torch refuses (or, with
+#: warn_only, warns about) them in deterministic mode unless this variable names one.
+_CUBLAS_CONFIG = ("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+@contextlib.contextmanager
+def deterministic_kernels(device: torch.device, enabled: bool = True) -> Iterator[None]:
+    """Run the block with torch's deterministic kernels when ``device`` is CUDA; restore the caller's settings after.
+
+    On CUDA, ``index_add`` (the gradient of every gather: the rasterizer's, the vertex normals', the losses') and
+    ``scatter_add`` sum with float atomics in a varying order, so two runs differ in the last bits and a fit of
+    hundreds of steps drifts apart. The CPU kernels the core uses are deterministic already, and torch has no such
+    mode for MPS, so other devices run the block unchanged. An op without a deterministic CUDA kernel warns
+    (``warn_only``) rather than stopping the fit. The mode is process-wide while the block runs.
+    """
+    if not enabled or device.type != "cuda":
+        yield
+        return
+    mode = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    name, value = _CUBLAS_CONFIG
+    cublas = os.environ.get(name)
+    if cublas is None:
+        os.environ[name] = value
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(mode[0], warn_only=mode[1])
+        if cublas is None:
+            os.environ.pop(name, None)
 
 
 def meta_device() -> torch.device:

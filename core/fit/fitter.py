@@ -17,6 +17,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from ..device import deterministic_kernels
 from ..errors import AssetInvalidError, FitCancelled
 from ..flame.model import FlameModel, FlameParams
 from ..flame.rotation import as_rotation_matrix, matrix_to_axis_angle, matrix_to_rotation_6d, rotation_6d_to_matrix
@@ -588,6 +589,7 @@ def fit(
     seed: int = 0,
     init_pose: PoseInit | None = None,
     init_flame: FlameParams | None = None,
+    deterministic: bool = True,
 ) -> FitResult:
     """Fit FLAME and the camera to one image's predicted UV and normal maps.
 
@@ -606,6 +608,9 @@ def fit(
     on_progress : called after every step with a :class:`FitProgress`
     should_cancel : polled before every step; returning True raises :class:`~core.errors.FitCancelled`
     seed : RNG seed (PnP RANSAC); runs are deterministic for a given seed and device
+    deterministic : on CUDA, run with torch's deterministic kernels (see
+        :func:`~core.device.deterministic_kernels`); False trades run-to-run equality for speed. The CPU is
+        deterministic either way; MPS has no such mode.
     init_pose : start from this pose instead of the configured initialisation (benchmarks)
     init_flame : start the head's FLAME parameters from these (batch 1; rotations in any form FLAME takes;
         the head pose is ``init_pose``'s, so ``global_pose`` and ``translation`` must be None) instead of the mean
@@ -620,6 +625,13 @@ def fit(
         raise ValueError("Give the head's starting pose as init_pose; init_flame's global_pose and translation must be None.")
     if device is not None:
         flame = flame.to(device)
+    with deterministic_kernels(flame.v_template.device, deterministic):
+        return _fit(prediction, crop, flame, uv_template, cfg, on_progress, should_cancel, seed, init_pose, init_flame)
+
+
+def _fit(prediction, crop, flame: FlameModel, uv_template: UVTemplate, cfg: FitConfig, on_progress, should_cancel,
+         seed: int, init_pose: PoseInit | None, init_flame: FlameParams | None) -> FitResult:
+    """:func:`fit` on ``flame``'s device, its arguments checked."""
     flame = _component_major(flame)
     torch.manual_seed(seed)
     problem = _Problem(prediction, crop, flame, uv_template, cfg)

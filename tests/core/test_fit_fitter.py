@@ -125,6 +125,25 @@ def test_fit_is_deterministic(head):
     assert a.loss_history == b.loss_history
 
 
+def test_fit_under_torch_deterministic_mode_is_unchanged(head):
+    # On CUDA the fit runs in torch's deterministic mode (core.device.deterministic_kernels). Strict here: no op of
+    # the fit, the Levenberg-Marquardt stage included, lacks a deterministic CPU kernel, and the mode's NaN fill of
+    # uninitialised memory changes nothing, so no path reads memory it has not written.
+    _, uvt, flame = head
+    pred, crop, *_ = _truth(flame, uvt, seed=1)
+    cfg = _cfg(5, 10).with_refinement(2)
+    plain = fit(pred, crop, flame, uvt, cfg)
+    before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        strict = fit(pred, crop, flame, uvt, cfg)
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+    assert len(strict.loss_history["refine/total"]) == 2
+    np.testing.assert_array_equal(strict.vertices_posed, plain.vertices_posed)
+    assert strict.loss_history == plain.loss_history
+
+
 def test_fit_cancels_promptly(head):
     _, uvt, flame = head
     pred, crop, *_ = _truth(flame, uvt)
