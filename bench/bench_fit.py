@@ -6,6 +6,9 @@ numbers from one run. Process CPU time is printed next to wall time: with --thre
 an idle core even when the machine is busy.
 
     python bench/bench_fit.py [--threads 2] [--presets fast balanced best] [--no-whole] [--device cpu]
+                              [--nondeterministic]
+
+On CUDA the fit runs with torch's deterministic kernels; --nondeterministic measures what they cost.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--both-sides", action="store_true", help="FitConfig.cull_back = False (draw back faces too)")
     ap.add_argument("--resolution", type=int, default=256)
+    ap.add_argument("--nondeterministic", action="store_true", help="fit(deterministic=False): CUDA's atomic kernels")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
@@ -49,7 +53,8 @@ def main() -> None:
     rot = axis_angle_to_matrix(torch.tensor([0.1, 0.35, 0.0])).numpy()
     maps = render_maps(flame, uvt, params, rot, np.zeros(3), DEFAULT_FOCAL, [0, 0], 512)
     pred = SimpleNamespace(uv=maps["uv"], normals=maps["normals"], mask=maps["mask"])
-    print(f"# full-size head, {args.threads} threads, device {dev}, fit {args.resolution}px, cull_back {not args.both_sides}")
+    print(f"# full-size head, {args.threads} threads, device {dev}, fit {args.resolution}px, cull_back {not args.both_sides}"
+          f", deterministic {not args.nondeterministic}")
     for name in args.presets:
         cfg = FitConfig.from_dict(
             {"preset": name, "cull_back": not args.both_sides, "resolution": args.resolution}
@@ -64,14 +69,14 @@ def main() -> None:
                 stamps.append(time.perf_counter())
                 cpu.append(time.process_time())
 
-            fit(pred, None, flame, uvt, probe, on_progress=record)
+            fit(pred, None, flame, uvt, probe, on_progress=record, deterministic=not args.nondeterministic)
             ms = float(np.median(np.diff(stamps))) * 1000
             ms_cpu = float(np.median(np.diff(cpu))) * 1000
             per_step.append(f"{stage.name} {stage.steps} steps x {ms:.0f} ms wall / {ms_cpu:.0f} ms CPU")
         line = f"{name:>9}: " + ", ".join(per_step)
         if not args.no_whole:
             t0, c0 = time.perf_counter(), time.process_time()
-            fit(pred, None, flame, uvt, cfg)
+            fit(pred, None, flame, uvt, cfg, deterministic=not args.nondeterministic)
             line += f"; whole fit {time.perf_counter() - t0:.1f} s wall / {time.process_time() - c0:.1f} s CPU"
         print(line, flush=True)
 
