@@ -33,6 +33,8 @@ Gradients
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 __all__ = ["rasterize", "pixel_barycentrics", "interpolate", "antialias"]
@@ -140,7 +142,26 @@ def rasterize(
     # Recompute the winners' barycentrics, differentiably when pos requires grad; the depth is the z-buffer's.
     bary = pixel_barycentrics(pos, tri, pid, tid, (height, width))
     values = torch.cat([bary, depth[:, None], (tid + 1).to(pos.dtype)[:, None]], -1)
-    return pos.new_zeros(batch * height * width, 4).index_put_((pid,), values).view(batch, height, width, 4)
+    rast = pos.new_zeros(batch * height * width, 4).index_put_((pid,), values).view(batch, height, width, 4)
+    rast._samples = _Samples(pid, tid, bary, rast._version)
+    return rast
+
+
+class _Samples(NamedTuple):
+    """The covered pixels of a ``rast`` as :func:`rasterize` made it: flat pixel ids (sorted), triangle ids and the
+    (N, 2) barycentrics that ``rast[..., :2]`` holds, with ``rast``'s version counter then. :func:`interpolate` reads
+    them instead of the image while ``rast`` is unchanged: the same values, without the search for covered pixels
+    and without the gradient's round trip through a full-size image."""
+
+    pid: torch.Tensor
+    tid: torch.Tensor
+    bary: torch.Tensor
+    version: int
+
+
+def _recorded_samples(rast: torch.Tensor) -> _Samples | None:
+    samples = getattr(rast, "_samples", None)
+    return samples if samples is not None and samples.version == rast._version else None
 
 
 def pixel_barycentrics(
@@ -363,12 +384,18 @@ def interpolate(attr: torch.Tensor, rast: torch.Tensor, tri: torch.Tensor) -> to
         raise ValueError(f"attr has batch size {attr.shape[0]} but rast has {batch}.")
     tri = tri.long()
     channels = attr.shape[-1]
-    flat = rast.reshape(-1, 4)
-    pid = (flat[:, 3] > 0).nonzero().squeeze(1)
+    n_pix = batch * height * width
+    samples = _recorded_samples(rast)
+    if samples is not None:
+        pid, tid = samples.pid, samples.tid
+        u, v = samples.bary.unbind(-1)
+    else:
+        flat = rast.reshape(-1, 4)
+        pid = (flat[:, 3] > 0).nonzero().squeeze(1)
+        u, v, _, tri_id = flat.index_select(0, pid).unbind(-1)
+        tid = tri_id.long() - 1
     if pid.numel() == 0:
         return attr.new_zeros(batch, height, width, channels)
-    u, v, _, tri_id = flat.index_select(0, pid).unbind(-1)
-    tid = tri_id.long() - 1
     if attr.dim() == 2 or attr.shape[0] == 1:
         a = _corners((attr if attr.dim() == 2 else attr[0])[None], tri, torch.zeros_like(tid), tid)
     else:
@@ -377,7 +404,7 @@ def interpolate(attr: torch.Tensor, rast: torch.Tensor, tri: torch.Tensor) -> to
     u = u.to(attr.dtype)[:, None]
     v = v.to(attr.dtype)[:, None]
     vals = torch.addcmul(torch.addcmul(a2, u, a0 - a2), v, a1 - a2)  # u a0 + v a1 + (1 - u - v) a2
-    return vals.new_zeros(flat.shape[0], channels).index_put_((pid,), vals).view(batch, height, width, channels)
+    return vals.new_zeros(n_pix, channels).index_put_((pid,), vals).view(batch, height, width, channels)
 
 
 def antialias(color: torch.Tensor, rast: torch.Tensor, pos: torch.Tensor, tri: torch.Tensor) -> torch.Tensor:

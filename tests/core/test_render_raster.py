@@ -205,6 +205,35 @@ def test_interpolate_gradients_match_finite_differences():
     assert _fd_check(render, _to_clip(verts)) >= 4
 
 
+def test_interpolate_reads_the_samples_rasterize_recorded_while_rast_is_unchanged():
+    # interpolate takes the covered pixels and barycentrics that rasterize recorded for its rast, not the image:
+    # the same values and gradients as from a copy of the image (which carries no record), and an image changed
+    # in place is read as changed.
+    verts, tri = _random_scene(3, n_tri=10)
+    pos = torch.cat([_to_clip(verts), _to_clip(verts * torch.tensor([1.1, 0.9, 1.0], dtype=verts.dtype))])
+    pos.requires_grad_(True)
+    g = torch.Generator().manual_seed(7)
+    attr = torch.randn(2, verts.shape[0], 3, dtype=pos.dtype, generator=g, requires_grad=True)
+    weights = torch.randn(2, H, W, 3, dtype=pos.dtype, generator=g)
+
+    def value_and_grads(rast):
+        out = interpolate(attr, rast, tri)
+        return (out,) + torch.autograd.grad((out * weights).sum(), (pos, attr), retain_graph=True)
+
+    rast = rasterize(pos, tri, (H, W))
+    assert (rast[..., 3] > 0).sum() > 100
+    recorded, image = value_and_grads(rast), value_and_grads(rast.clone())
+    assert recorded[1].abs().sum() > 0
+    for a, b in zip(recorded, image):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    with torch.no_grad():
+        changed = rasterize(pos, tri, (H, W))
+        changed[..., :2] *= 0.5
+        expected = interpolate(attr, changed.clone(), tri)
+        torch.testing.assert_close(interpolate(attr, changed, tri), expected, rtol=0, atol=0)
+        assert not torch.equal(expected, recorded[0])
+
+
 def test_interpolate_gradient_wrt_attributes():
     verts, tri = _smooth_scene()
     attr = torch.randn(verts.shape[0], 2, dtype=torch.float64, requires_grad=True)
