@@ -143,7 +143,8 @@ def rasterize(
     bary = pixel_barycentrics(pos, tri, pid, tid, (height, width))
     values = torch.cat([bary, depth[:, None], (tid + 1).to(pos.dtype)[:, None]], -1)
     rast = pos.new_zeros(batch * height * width, 4).index_put_((pid,), values).view(batch, height, width, 4)
-    rast._samples = _Samples(pid, tid, bary, rast._version)
+    if not rast.is_inference():  # inference tensors keep no version counter to tell a change by
+        rast._samples = _Samples(pid, tid, bary, rast._version)
     return rast
 
 

@@ -232,6 +232,8 @@ def test_interpolate_reads_the_samples_rasterize_recorded_while_rast_is_unchange
         expected = interpolate(attr, changed.clone(), tri)
         torch.testing.assert_close(interpolate(attr, changed, tri), expected, rtol=0, atol=0)
         assert not torch.equal(expected, recorded[0])
+    with torch.inference_mode():  # no version counter there: the image is read
+        torch.testing.assert_close(interpolate(attr, rasterize(pos, tri, (H, W)), tri), recorded[0], rtol=0, atol=0)
 
 
 def test_interpolate_gradient_wrt_attributes():
