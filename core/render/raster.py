@@ -136,11 +136,12 @@ def rasterize(
     n_tri = tri.shape[0]
     if n_tri == 0:
         return pos.new_zeros(batch, height, width, 4)
-    pid, tid, depth = _visible_samples(pos.detach(), tri, height, width, chunk_size, cull_back)
+    rows = _corner_rows(tri, batch, pos.shape[1])
+    pid, tid, depth = _visible_samples(pos.detach(), tri, rows, height, width, chunk_size, cull_back)
     if pid.numel() == 0:
         return pos.new_zeros(batch, height, width, 4)
     # Recompute the winners' barycentrics, differentiably when pos requires grad; the depth is the z-buffer's.
-    bary = pixel_barycentrics(pos, tri, pid, tid, (height, width))
+    bary = _barycentrics(pos, tri, pid, tid, (height, width), rows)
     values = torch.cat([bary, depth[:, None], (tid + 1).to(pos.dtype)[:, None]], -1)
     rast = pos.new_zeros(batch * height * width, 4).index_put_((pid,), values).view(batch, height, width, 4)
     if not rast.is_inference():  # inference tensors keep no version counter to tell a change by
@@ -185,8 +186,25 @@ def pixel_barycentrics(
     -------
     (N, 2) ``(u, v)`` as in ``rast[..., :2]``
     """
+    rows = None if tid is None else _corner_rows(tri, pos.shape[0], pos.shape[1])
+    return _barycentrics(pos, tri, pid, tid, resolution, rows)
+
+
+def _corner_rows(tri: torch.Tensor, batch: int, n_vert: int) -> torch.Tensor:
+    """(3*B*F,) rows of the flat (B*V,) vertex arrays at the triangles' corners, corner-major: corner c of
+    triangle f in image b at ``c*B*F + b*F + f``."""
+    if batch == 1:
+        return tri.T.reshape(-1)
+    return (tri.T[:, None, :] + n_vert * torch.arange(batch, device=tri.device)[:, None]).reshape(-1)
+
+
+def _barycentrics(
+    pos: torch.Tensor, tri: torch.Tensor, pid: torch.Tensor, tid: torch.Tensor | None, resolution: tuple[int, int],
+    rows: torch.Tensor | None,
+) -> torch.Tensor:
+    """:func:`pixel_barycentrics` with the corner rows (:func:`_corner_rows`) given when ``tid`` is."""
     height, width = int(resolution[0]), int(resolution[1])
-    batch, n_vert = pos.shape[:2]
+    n_vert = pos.shape[1]
     n_tri = tri.shape[0]
     b_idx = torch.div(pid, height * width, rounding_mode="floor")
     pix = pid - b_idx * (height * width)
@@ -200,8 +218,6 @@ def pixel_barycentrics(
     x, y, _, w = (c.reshape(-1) for c in _screen(pos, height, width))
     if tid is None:
         rows = (tri.T + n_vert * b_idx).reshape(-1)  # (3*N,)
-    else:
-        rows = (tri.T[:, None, :] + n_vert * torch.arange(batch, device=pos.device)[:, None]).reshape(-1)  # (3*B*F,)
     x0, x1, x2 = x.index_select(0, rows).view(3, -1).unbind(0)
     y0, y1, y2 = y.index_select(0, rows).view(3, -1).unbind(0)
     w0, w1, w2 = w.index_select(0, rows).view(3, -1).unbind(0)
@@ -233,11 +249,12 @@ def _max3(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def _visible_samples(
-    pos: torch.Tensor, tri: torch.Tensor, height: int, width: int, chunk_size: int, cull_back: bool = False
+    pos: torch.Tensor, tri: torch.Tensor, rows: torch.Tensor, height: int, width: int, chunk_size: int,
+    cull_back: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Z-buffered flat pixel index, triangle index and ``z/w`` of the visible triangle at each covered pixel, in
-    pixel order."""
-    batch, n_vert = pos.shape[:2]
+    pixel order (``rows``: :func:`_corner_rows`)."""
+    batch = pos.shape[0]
     n_tri = tri.shape[0]
     dev = pos.device
     # Per corner, contiguous (3, B*F) screen coordinates (x right, y down, in pixels), z/w and w.
@@ -245,10 +262,10 @@ def _visible_samples(
     w_safe = torch.where(w.abs() > _W_EPS, w, torch.full_like(w, _W_EPS))
     vert = torch.stack([(pos[..., 0] / w_safe + 1.0) * (0.5 * width), (1.0 - pos[..., 1] / w_safe) * (0.5 * height),
                         pos[..., 2] / w_safe, w], 0).reshape(4, -1)  # (4, B*V)
-    rows = (tri.T[:, None, :] + n_vert * torch.arange(batch, device=dev)[:, None]).reshape(-1)  # (3*B*F,)
     x, y, z, w = (vert[c].index_select(0, rows).view(3, -1) for c in range(4))
-    valid = (w[0] > _W_EPS) & (w[1] > _W_EPS) & (w[2] > _W_EPS)
-    valid &= torch.isfinite(x).all(0) & torch.isfinite(y).all(0)
+    # x + y is finite exactly when both are (short of an overflow at ~1e38 pixels)
+    finite = torch.isfinite(x + y)
+    valid = (w[0] > _W_EPS) & (w[1] > _W_EPS) & (w[2] > _W_EPS) & finite[0] & finite[1] & finite[2]
     area = (x[1] - x[0]) * (y[2] - y[0]) - (y[1] - y[0]) * (x[2] - x[0])
     # Pixel rows grow downwards, so counter-clockwise triangles in NDC have a negative area here.
     valid &= (area < -1e-12) if cull_back else (area.abs() > 1e-12)
