@@ -84,6 +84,7 @@ def _fit_problem():
 @devices
 def test_fit_is_deterministic_and_warns_of_no_nondeterministic_kernel(device):
     pred, flame, uvt, cfg = _fit_problem()
+    cpu = fit(pred, None, flame, uvt, cfg, device=torch.device("cpu"), seed=3)  # (fit moves flame in place)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         a = fit(pred, None, flame, uvt, cfg, device=torch.device(device), seed=3)
@@ -93,7 +94,7 @@ def test_fit_is_deterministic_and_warns_of_no_nondeterministic_kernel(device):
     assert a.loss_history == b.loss_history
     if device == "cuda":
         assert not [str(w.message) for w in caught if "deterministic" in str(w.message)]
-    cpu = fit(pred, None, flame, uvt, cfg, seed=3)
+    assert cpu.info["device"] == "cpu"
     assert np.abs(a.vertices_posed - cpu.vertices_posed).max() < 1e-3  # float32 on two devices, same path
 
 
