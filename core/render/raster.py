@@ -26,7 +26,9 @@ Gradients
 * :func:`rasterize` is point sampled: the triangle id and coverage are piecewise constant and carry no gradient.
   When ``pos`` requires grad, ``u`` and ``v`` are recomputed differentiably for the winning triangle of each
   pixel, so ``rast[..., :2]`` carries gradients to the vertex positions; ``z/w`` and the id carry none.
-* :func:`interpolate` is differentiable with respect to ``attr`` and, through ``rast[..., :2]``, to ``pos``.
+* :func:`interpolate` is differentiable with respect to ``attr`` and, through ``rast[..., :2]``, to ``pos``. For a
+  ``rast`` fresh from :func:`rasterize` it reads the covered pixels and barycentrics that :func:`rasterize`
+  recorded on it (same values and gradients, no full-size round trip); a changed or copied image is read as is.
 * :func:`antialias` blends colours across silhouette edges by the analytic sub-pixel position of the edge, which
   gives the silhouette (visibility) gradients to ``pos`` that point sampling lacks.
 """
