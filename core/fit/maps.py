@@ -14,7 +14,7 @@ import torch
 from ..flame.model import FlameModel, FlameParams
 from ..flame.uv import UVTemplate
 from ..render.camera import clip_from_camera, world_to_camera
-from ..render.raster import antialias, interpolate, rasterize
+from ..render.raster import antialias, corner_rows, interpolate, rasterize
 
 __all__ = ["HeadMaps", "vertex_normals", "render_head", "render_depth", "render_maps", "corner_uv_tensor"]
 
@@ -36,7 +36,7 @@ def vertex_normals(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
     flat = vertices.reshape(-1, 3)
     # Row indices of the corners, corner-major (3*B*F,): one dim-0 index_select of (B*V, 3) rows gathers them and
     # one index_add spreads each face normal to its three corners (the fast CPU paths, one op each way).
-    rows = (faces.T[:, None, :] + n_vert * torch.arange(batch, device=faces.device)[:, None]).reshape(-1)
+    rows = corner_rows(faces, batch, n_vert)
     c0, c1, c2 = flat.index_select(0, rows).view(3, -1, 3).unbind(0)
     fn = torch.linalg.cross(c1 - c0, c2 - c0, dim=-1)
     normals = torch.zeros_like(flat).index_add(0, rows, fn.repeat(3, 1))

@@ -138,7 +138,7 @@ def rasterize(
     n_tri = tri.shape[0]
     if n_tri == 0:
         return pos.new_zeros(batch, height, width, 4)
-    rows = _corner_rows(tri, batch, pos.shape[1])
+    rows = corner_rows(tri, batch, pos.shape[1])
     pid, tid, depth = _visible_samples(pos.detach(), tri, rows, height, width, chunk_size, cull_back)
     if pid.numel() == 0:
         return pos.new_zeros(batch, height, width, 4)
@@ -188,13 +188,12 @@ def pixel_barycentrics(
     -------
     (N, 2) ``(u, v)`` as in ``rast[..., :2]``
     """
-    rows = None if tid is None else _corner_rows(tri, pos.shape[0], pos.shape[1])
-    return _barycentrics(pos, tri, pid, tid, resolution, rows)
+    return _barycentrics(pos, tri, pid, tid, resolution)
 
 
-def _corner_rows(tri: torch.Tensor, batch: int, n_vert: int) -> torch.Tensor:
-    """(3*B*F,) rows of the flat (B*V,) vertex arrays at the triangles' corners, corner-major: corner c of
-    triangle f in image b at ``c*B*F + b*F + f``."""
+def corner_rows(tri: torch.Tensor, batch: int, n_vert: int) -> torch.Tensor:
+    """(3*B*F,) rows of flat (B*V, ...) vertex arrays at the triangles' corners, corner-major: corner c of
+    triangle f in image b at ``c*B*F + b*F + f`` (one dim-0 gather fetches every corner of every image)."""
     if batch == 1:
         return tri.T.reshape(-1)
     return (tri.T[:, None, :] + n_vert * torch.arange(batch, device=tri.device)[:, None]).reshape(-1)
@@ -202,9 +201,9 @@ def _corner_rows(tri: torch.Tensor, batch: int, n_vert: int) -> torch.Tensor:
 
 def _barycentrics(
     pos: torch.Tensor, tri: torch.Tensor, pid: torch.Tensor, tid: torch.Tensor | None, resolution: tuple[int, int],
-    rows: torch.Tensor | None,
+    rows: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """:func:`pixel_barycentrics` with the corner rows (:func:`_corner_rows`) given when ``tid`` is."""
+    """:func:`pixel_barycentrics`, reusing the caller's :func:`corner_rows` when it has them (``tid`` given)."""
     height, width = int(resolution[0]), int(resolution[1])
     n_vert = pos.shape[1]
     n_tri = tri.shape[0]
@@ -220,6 +219,8 @@ def _barycentrics(
     x, y, _, w = (c.reshape(-1) for c in _screen(pos, height, width))
     if tid is None:
         rows = (tri.T + n_vert * b_idx).reshape(-1)  # (3*N,)
+    elif rows is None:
+        rows = corner_rows(tri, pos.shape[0], n_vert)
     x0, x1, x2 = x.index_select(0, rows).view(3, -1).unbind(0)
     y0, y1, y2 = y.index_select(0, rows).view(3, -1).unbind(0)
     w0, w1, w2 = w.index_select(0, rows).view(3, -1).unbind(0)
@@ -255,7 +256,7 @@ def _visible_samples(
     cull_back: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Z-buffered flat pixel index, triangle index and ``z/w`` of the visible triangle at each covered pixel, in
-    pixel order (``rows``: :func:`_corner_rows`)."""
+    pixel order (``rows``: :func:`corner_rows`)."""
     batch = pos.shape[0]
     n_tri = tri.shape[0]
     dev = pos.device
