@@ -10,7 +10,7 @@ Typical use::
 ``synthetic_flame("small" | "full", seed)`` returns a FLAME-format head and UV template for tests and demos.
 """
 
-from .data import FlameData
+from .data import JOINT_NAMES, N_JOINTS, FlameData
 from .io import (
     LandmarkEmbedding,
     load_eyelids,
@@ -32,6 +32,8 @@ from .uv import UVTemplate, load_uv_template, mirror_vertex_index
 
 __all__ = [
     "FlameData",
+    "JOINT_NAMES",
+    "N_JOINTS",
     "FlameModel",
     "FlameOutput",
     "FlameParams",

@@ -8,7 +8,11 @@ import numpy as np
 
 from ..errors import AssetInvalidError
 
-N_JOINTS = 5
+#: FLAME's joints in kinematic order (``kintree_table``): the root (global pose), the neck, the jaw, and the
+#: subject's left and right eye. Every per-joint array of the core uses this order.
+JOINT_NAMES = ("root", "neck", "jaw", "left_eye", "right_eye")
+ROOT, NECK, JAW, LEFT_EYE, RIGHT_EYE = range(len(JOINT_NAMES))
+N_JOINTS = len(JOINT_NAMES)
 N_POSE_FEATURES = 9 * (N_JOINTS - 1)
 
 
