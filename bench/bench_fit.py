@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.fit import FitConfig, fit, render_maps  # noqa: E402
 from core.flame import FlameModel, FlameParams, axis_angle_to_matrix, synthetic_flame  # noqa: E402
-from core.render.camera import DEFAULT_FOCAL  # noqa: E402
+from core.render.camera import Camera  # noqa: E402
 
 
 def main() -> None:
@@ -44,14 +44,14 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
     data, uvt = synthetic_flame("full", 0)
-    flame = FlameModel.from_data(data).to(dev)
+    flame = FlameModel(data).to(dev)
     g = np.random.default_rng(0)
     params = FlameParams(
         shape=torch.tensor(g.normal(size=(1, flame.n_shape)) * 0.7, dtype=torch.float32, device=dev),
         expression=torch.tensor(g.normal(size=(1, flame.n_expr)) * 0.5, dtype=torch.float32, device=dev),
     )
     rot = axis_angle_to_matrix(torch.tensor([0.1, 0.35, 0.0])).numpy()
-    maps = render_maps(flame, uvt, params, rot, np.zeros(3), DEFAULT_FOCAL, [0, 0], 512)
+    maps = render_maps(flame, uvt, params, rot, np.zeros(3), Camera.of(size=512))
     pred = SimpleNamespace(uv=maps["uv"], normals=maps["normals"], mask=maps["mask"])
     print(f"# full-size head, {args.threads} threads, device {dev}, fit {args.resolution}px, cull_back {not args.both_sides}"
           f", deterministic {not args.nondeterministic}")

@@ -55,7 +55,7 @@ def _params(model: FlameModel, batch: int) -> FlameParams:
 
 def bench_layer(repeats: int, threads: list[int]) -> None:
     data, _ = synthetic_flame("full", seed=0)
-    model = FlameModel.from_data(data)
+    model = FlameModel(data)
     print(f"torch {torch.__version__}, float32, {data.describe()}")
     print("times in ms as median/min")
     print(f"{'threads':>7} {'batch':>5} {'layer fwd':>13} {'layer f+b':>13} {'matmul fwd':>13} {'matmul f+b':>13}")

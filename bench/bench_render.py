@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from core.fit.maps import corner_uv_tensor, vertex_normals  # noqa: E402
 from core.flame import FlameModel, synthetic_flame  # noqa: E402
 from core.render import antialias, interpolate, rasterize  # noqa: E402
-from core.render.camera import DEFAULT_FOCAL, clip_from_camera, world_to_camera  # noqa: E402
+from core.render.camera import Camera, world_to_camera  # noqa: E402
 
 
 def timed(fn, iters: int) -> str:
@@ -47,27 +47,28 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
     data, uvt = synthetic_flame("full", 0)
-    flame = FlameModel.from_data(data).to(dev)
+    flame = FlameModel(data).to(dev)
     faces = flame.faces
     verts = flame.v_template[None].clone()
     corner_uv = corner_uv_tensor(uvt, verts)
     uv_tri = torch.arange(faces.shape[0] * 3, device=dev).view(-1, 3)
     s = args.size
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    camera = Camera.of(size=s, like=verts)
 
     def forward_backward(cull_back=False):
         v = verts.clone().requires_grad_(True)
-        clip = clip_from_camera(world_to_camera(v), torch.tensor([DEFAULT_FOCAL], device=dev), torch.zeros(1, 2, device=dev), s)
+        clip = camera.clip(world_to_camera(v))
         rast = rasterize(clip, faces, (s, s), cull_back=cull_back)
         uv = interpolate(corner_uv, rast, uv_tri)
         normals = interpolate(vertex_normals(v, faces), rast, faces)
-        mask = antialias((rast[..., 3:] > 0).to(v.dtype), rast, clip, faces)
+        mask = antialias(rast.coverage(v.dtype)[..., None], rast, clip, faces)
         (uv.sum() + normals.sum() + mask.sum()).backward()
         sync()
 
     def raster_only():
         with torch.no_grad():
-            clip = clip_from_camera(world_to_camera(verts), torch.tensor([DEFAULT_FOCAL], device=dev), torch.zeros(1, 2, device=dev), s)
+            clip = camera.clip(world_to_camera(verts))
             rasterize(clip, faces, (s, s))
         sync()
 

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.flame import synthetic_flame  # noqa: E402
 from core.render import interpolate, rasterize  # noqa: E402
-from core.render.camera import clip_from_camera, intrinsics_matrix, world_to_camera  # noqa: E402
+from core.render.camera import Camera, world_to_camera  # noqa: E402
 from core.texture import bake_texture, rasterize_uv  # noqa: E402
 
 
@@ -37,11 +37,11 @@ def accuracy(tpl, verts: np.ndarray, size: int) -> None:
     s, fl = 768, 4.0
     corner_pos = torch.from_numpy(verts[tpl.faces].reshape(-1, 3))[None]
     tri = torch.arange(corner_pos.shape[1]).reshape(-1, 3)
-    clip = clip_from_camera(world_to_camera(corner_pos), torch.tensor(fl, dtype=torch.float64), torch.zeros(2), s)
-    rast = rasterize(clip, tri, (s, s))
+    camera = Camera.of(fl, (0.0, 0.0), s)
+    rast = rasterize(camera.clip(world_to_camera(corner_pos)), tri, (s, s))
     uv = interpolate(torch.from_numpy(tpl.corner_uv.reshape(-1, 2)), rast, tri)[0].numpy()
-    photo = np.where(rast[0, ..., 3:].numpy() > 0, known_texture(uv), 0.05).astype(np.float32)
-    baked = bake_texture(photo, verts, tpl.faces, tpl.corner_uv, intrinsics_matrix(fl, (0.0, 0.0), s), size=size,
+    photo = np.where(rast.coverage()[0, ..., None].numpy() > 0, known_texture(uv), 0.05).astype(np.float32)
+    baked = bake_texture(photo, verts, tpl.faces, tpl.corner_uv, camera.intrinsics(), size=size,
                          mirror_index=tpl.mirror_index)
     rows, cols = np.mgrid[0:size, 0:size]
     texel_uv = np.stack([(cols + 0.5) / size, 1.0 - (rows + 0.5) / size], axis=-1)

@@ -44,7 +44,7 @@ from core.fit.config import REFERENCE_SHAPE_LR, REFINE_PRIOR_SCALE, SHAPE_LR, SH
 from core.fit.regions import derive_regions  # noqa: E402
 from core.flame import FlameModel, FlameParams, axis_angle_to_matrix, synthetic_flame  # noqa: E402
 from core.metrics import rigid_align  # noqa: E402
-from core.render.camera import DEFAULT_FOCAL, project, world_to_camera  # noqa: E402
+from core.render.camera import Camera, world_to_camera  # noqa: E402
 
 SIZE = 512
 
@@ -118,7 +118,7 @@ def errors_mm(
 def visible_vertices(maps: dict) -> np.ndarray:
     """(V,) bool: vertices in front of the rendered depth at their pixel (seen in the input image)."""
     cam = world_to_camera(torch.as_tensor(maps["vertices"], dtype=torch.float64))[None]
-    xy, depth = project(cam, torch.tensor([DEFAULT_FOCAL], dtype=torch.float64), torch.zeros(1, 2, dtype=torch.float64), SIZE)
+    xy, depth = Camera.of(size=SIZE).project(cam)
     ix = np.clip(np.floor(xy[0, :, 0].numpy()).astype(int), 0, SIZE - 1)
     iy = np.clip(np.floor(xy[0, :, 1].numpy()).astype(int), 0, SIZE - 1)
     return depth[0].numpy() < maps["depth"][iy, ix] + 0.002
@@ -172,7 +172,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     data, uvt = synthetic_flame(args.size, 0)
-    flame = FlameModel.from_data(data)
+    flame = FlameModel(data)
     reg = derive_regions(data.v_template, data.faces, data.J_regressor)
     region = (reg.uv_valid | reg.eye_region) & ~reg.eyeballs
     eyeball_faces = np.flatnonzero(reg.eyeballs[data.faces].all(1))
@@ -216,7 +216,7 @@ def main() -> None:
     heads = [make_head(rng, flame, expressive=(i % 2 == 1)) for i in range(args.heads)]
 
     def truth(h):
-        maps = render_maps(flame, uvt, h["params"], h["rotation"], h["translation"], DEFAULT_FOCAL, [0, 0], SIZE)
+        maps = render_maps(flame, uvt, h["params"], h["rotation"], h["translation"], Camera.of(size=SIZE))
         with torch.no_grad():
             neutral = flame.neutral(h["params"].shape)[0].numpy()
         return maps, neutral

@@ -21,6 +21,10 @@ class AssetInvalidError(AssetError):
     """An asset file exists but is not what it claims to be (wrong format, truncated, wrong shapes)."""
 
 
+class TopologyMismatchError(AssetInvalidError):
+    """Two assets that must share FLAME's mesh (the model and its UV template, a landmark embedding) do not."""
+
+
 class CheckpointError(AssetInvalidError):
     """A network checkpoint cannot be loaded (unsafe pickle, missing or unexpected keys, truncated file)."""
 

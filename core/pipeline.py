@@ -115,6 +115,7 @@ def reconstruct(
     """
     from .fit import FitConfig, fit
     from .flame import FlameModel, load_flame, load_uv_template
+    from .flame.uv import check_topology
     from .network import load_network, predict
     from .preprocess import Photo, crop_face, load_photo, refine_crop_masks
     from .texture import bake_from_fit
@@ -130,11 +131,7 @@ def reconstruct(
     paths = {key: assets.require(key) for key in ("flame", "uv_template", "uv_checkpoint", "normals_checkpoint")}
     flame = load_flame(paths["flame"], cache_dir=settings.cache_dir)
     uv = load_uv_template(paths["uv_template"])
-    if flame.v_template.shape[0] != uv.vertex_uv.shape[0] or not np.array_equal(flame.faces, uv.faces):
-        raise Pixel3DMMError(
-            f"The UV template {paths['uv_template'].name} does not match the FLAME model's topology "
-            f"({uv.vertex_uv.shape[0]} vs {flame.v_template.shape[0]} vertices); use FLAME's head_template.obj."
-        )
+    check_topology(uv, flame.faces, flame.n_vertices)  # before the networks run (the fitter checks it again)
     photo = source if isinstance(source, Photo) else load_photo(source)
     timings["load"] = time.perf_counter() - t0
 
@@ -157,7 +154,7 @@ def reconstruct(
 
         t = time.perf_counter()
         progress("fit", 0.0)
-        model = FlameModel.from_data(flame).to(device)
+        model = FlameModel(flame).to(device)
         result = fit(
             prediction, crop, model, uv, FitConfig.preset(settings.quality).with_steps(settings.fit_step_scale), device=device, seed=settings.seed,
             on_progress=lambda p: progress("fit", p.fraction), should_cancel=progress.cancelled,

@@ -2,7 +2,9 @@
 
 Public API: :func:`fit` (Prediction + FaceCrop -> :class:`FitResult`), :class:`FitConfig` with the presets
 ``fast`` / ``balanced`` / ``best`` (see :data:`.config.PRESETS`), :class:`FitProgress`, and :func:`render_maps`
-(UV / normal / mask images of given FLAME parameters and camera).
+(UV / normal / mask images of given FLAME parameters and camera). :mod:`.objective` states every term once (its
+samples, acceptance test, residual, robust form and normaliser); :mod:`.fitter` runs the stages with Adam or
+Levenberg-Marquardt (:mod:`.refine`) on it.
 
 Deviations from the reference tracker (``pixel3dmm.md`` section 3), each behind a named option or documented:
 
@@ -11,7 +13,8 @@ Deviations from the reference tracker (``pixel3dmm.md`` section 3), each behind 
   not have, so the camera stage uses the UV correspondences (L1) throughout.
 * Landmarks: only the iris term (MediaPipe iris centres vs FLAME vertices 4051 / 4597, real FLAME only); the
   eyelid and mouth landmark terms need FLAME's landmark embedding, which is not part of the model file.
-* Shape prior: no MICA identity, so ``reg_shape`` pulls towards zero like ``reg_shape_general``, with the weights
+* Shape prior: no MICA identity, so ``reg_shape`` pulls towards zero like ``reg_shape_general`` (one term with their
+  summed weight), with the weights
   the reference README gives for runs without MICA (``FitConfig.preset(shape_prior="no_mica")``, default; the
   ``tracking.yaml`` weights are ``shape_prior="tracking"``), and a faster shape learning rate in the image stage
   (``shape_lr``, 0.03 instead of 2e-3): measured on the ground-truth benchmark (``bench/fit_groundtruth.py``).

@@ -48,42 +48,22 @@ _REG_WEIGHTS = {
 #: Identity priors: (w_shape, w_shape_general). Both pull towards zero here, as there is no MICA identity.
 #: "tracking" is ``configs/tracking.yaml`` (whose w_shape pulls towards MICA's code); "no_mica" is what the
 #: reference README prescribes when MICA is ignored (``ignore_mica=True w_shape=0.01 w_shape_general=0.001``).
-#: Measured on the ground-truth benchmark, the tracking weights outweigh every data term at the true head
-#: (about 31 against 3 for a 0.7-sigma identity) and bias the shape towards the mean.
+#: Measurements behind this and the other defaults here: docs/PERFORMANCE.md, "Fitting defaults".
 SHAPE_PRIORS: dict[str, tuple[float, float]] = {"tracking": (0.2, 0.05), "no_mica": (0.01, 0.001)}
-#: Shape learning rate of the image stage. The reference uses 2e-3; with 800 steps Adam then cannot move a
-#: 300-dimensional identity far enough from the mean (ground-truth benchmark), so this project uses 0.03.
+#: Shape learning rate of the image stage (the reference's: 2e-3).
 REFERENCE_SHAPE_LR = 2e-3
 SHAPE_LR = 0.03
 #: The regularisers that say what a typical head looks like (identity, expression, left-right symmetry), as opposed
 #: to those that keep joints and the camera in range.
 PRIOR_TERMS = ("reg_shape", "reg_shape_general", "reg_expression", "reg_mirror")
-#: The presets' Levenberg-Marquardt stage weighs :data:`PRIOR_TERMS` by this factor times the image stage's weights.
-#: Ground-truth benchmark, balanced, 20 heads, ordinary fits at 0.1 / 0.3 / 1: posed 0.62 / 0.62 / 0.56 mm,
-#: similarity-aligned 0.30 / 0.30 / 0.34 mm, neutral mesh of neutral heads 0.92 / 0.82 / 0.51 mm. (With the
-#: synthetic head's earlier, fully asymmetric identity fields, which the symmetry prior pulled against, lower
-#: values had looked better on perfect maps, 0.69 / 0.74 / 0.79 mm posed, and were already worse on corrupted ones:
-#: blur, noise and 10 % outliers, paired over 10 heads, +0.17 +- 0.05 mm at 0.1.) So the presets keep the
-#: reference's weights.
+#: The presets' Levenberg-Marquardt stage weighs :data:`PRIOR_TERMS` by this factor times the image stage's weights
+#: (1: the reference's weights).
 REFINE_PRIOR_SCALE = 1.0
 #: The presets' ``FitConfig.dense_uv_max`` (the reference keeps every pixel: None).
 DENSE_UV_MAX = 0.1
-#: The presets' ``FitConfig.camera_accept_quantile``: Goal B (fast, 20 heads, the synthetic head's earlier fully
-#: asymmetric identity) from starts 30 degrees off, +30 / -30: 100 / 100 % of fits reach their own PnP-start error
-#: (85 / 100 % with the fixed radius); the 20 PnP-start fits were identical (their correspondences already lie within
-#: 20 px).
+#: The presets' ``FitConfig.camera_accept_quantile`` (the reference's fixed radius: None).
 CAMERA_ACCEPT_QUANTILE = 0.5
-#: The presets' ``FitConfig.pose_frame`` (the reference's is "root"). Ground-truth benchmark, balanced, 20 heads
-#: (seed 0), neck against root, paired: similarity-aligned posed error 0.27 vs 0.34 mm median, -0.072 +- 0.015 mm,
-#: 19 / 20 better; on the vertices seen in the image 0.22 vs 0.28 mm (19 / 20); rigid 0.49 vs 0.56 mm median
-#: (-0.02 +- 0.05 mm, 11 / 20: the head's size, which the objective barely sees, decides the rigid figure);
-#: neutral mesh 0.53 vs 0.51 mm. With the root frame, fits stopped with the neck near zero and the root turned
-#: by the neck's rotation instead (one head 5 degrees off, 1.0 mm, at an objective 20 % above the minimum next
-#: to the truth); in the neck frame they end at that minimum's objective value. With the product's face-oval
-#: masks (no neck, scalp or ears in any term; bench ``--masks face``): similarity-aligned 0.32 vs 0.38 mm,
-#: -0.060 +- 0.014 mm, 16 / 20 better; rigid 0.54 vs 0.55 mm (+0.04 +- 0.03 mm, 8 / 20). The fast preset (Adam only) gains
-#: nothing measurable either way (paired, 20 heads: posed +0.05 +- 0.05 mm, similarity-aligned -0.00 +- 0.02 mm,
-#: neutral +0.07 +- 0.06 mm) and keeps the same frame as the others.
+#: The presets' ``FitConfig.pose_frame`` (the reference's is "root").
 POSE_FRAME = "neck"
 
 
@@ -229,8 +209,7 @@ class FitConfig:
     cull_back : bool
         Skip back-facing triangles when rendering (default; the reference draws both sides). It differs only where
         the inside of the mesh would be visible, e.g. through the neck opening: on the ground-truth benchmark
-        (8 heads) 5 fits were identical and 3 moved by at most 0.07 mm, while the balanced fit ran 14 % faster on
-        one thread and 6 % faster on two (34.7 -> 29.7 s and 29.0 -> 27.2 s).
+        (8 heads) 5 fits were identical and 3 moved by at most 0.07 mm, while the balanced fit ran faster.
     """
 
     resolution: int = 256
@@ -345,20 +324,10 @@ class FitConfig:
         return dataclasses.replace(base, **data)
 
 
-#: preset name -> (camera Adam steps, image Adam steps, refine Levenberg-Marquardt iterations). The ground-truth
-#: figures below were measured with the synthetic head's earlier, fully asymmetric identity fields.
+#: preset name -> (camera Adam steps, image Adam steps, refine Levenberg-Marquardt iterations); the measurements
+#: behind each choice are in docs/PERFORMANCE.md, "Fitting defaults".
 PRESETS: dict[str, tuple[int, int, int]] = {
     "fast": (150, 250, 0),
-    # 250 camera steps after the PnP start: Goal A on 8 heads (seed 0) gave the same median errors as the
-    # reference's 500 (posed 1.371 vs 1.372 mm, neutral 1.431 vs 1.438 mm) with less focal/depth drift.
-    # 500 image steps instead of the reference's 800: with the faster shape rate, Goal A over 20 heads (seed 0,
-    # paired) gave posed +0.015 +- 0.032 mm, neutral +0.009 +- 0.032 mm and similarity-aligned -0.004 +- 0.023 mm
-    # against 800 steps, i.e. equal within noise. Then Levenberg-Marquardt in place of 250 of those Adam steps:
-    # Goal A over the same 20 heads, paired against 250 + 500 Adam steps: 4 iterations posed -0.19 +- 0.03 mm
-    # (19/20 better), 6 iterations a further -0.05 +- 0.02 mm (16/20).
     "balanced": (250, 250, 6),
-    # 500 camera steps let the focal and depth drift further (4 heads, depth errors up to 56 mm), so best spends its
-    # time on the image: Goal A, first 10 of the 20 heads, paired against balanced: posed -0.03 +- 0.03 mm,
-    # similarity-aligned -0.03 +- 0.01 mm (8/10 better).
     "best": (250, 500, 10),
 }

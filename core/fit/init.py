@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import torch
 
-from ..render.camera import intrinsics_matrix, opencv_pose_to_world
+from ..render.camera import Camera, opencv_pose_to_world
 from .losses import match_uv
 
 __all__ = ["PoseInit", "initial_pose", "frontal_pose"]
@@ -54,8 +54,7 @@ def initial_pose(
     vertex_uv: torch.Tensor,
     pred_uv: torch.Tensor,
     uv_mask: torch.Tensor,
-    focal: float,
-    principal_point: np.ndarray,
+    camera: Camera,
     delta_uv: float,
     reprojection_px: float,
     seed: int,
@@ -67,7 +66,7 @@ def initial_pose(
     vertices : (N, 3) canonical positions of the UV-valid vertices (neutral head)
     vertex_uv : (N, 2) their UVs (network convention)
     pred_uv : (S, S, 2) predicted UV map; uv_mask : (S, S) bool
-    focal, principal_point : reference intrinsics (fl, pp) at size S
+    camera : the reference intrinsics at the map's size S
     delta_uv : squared UV distance threshold for a pair
     reprojection_px : RANSAC inlier threshold in pixels at S
     seed : OpenCV RNG seed (RANSAC sampling), for deterministic runs
@@ -85,7 +84,7 @@ def initial_pose(
         return frontal_pose(pairs)
     obj = vertices.detach().cpu().double().numpy()[ok]
     img = xy.detach().cpu().double().numpy()[ok]
-    k = intrinsics_matrix(focal, principal_point, size)
+    k = camera.intrinsics(size)
     cv2.setRNGSeed(int(seed))
     try:
         success, rvec, tvec, inliers = cv2.solvePnPRansac(

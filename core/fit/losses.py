@@ -1,23 +1,11 @@
-"""Loss terms of the fit: pure functions of tensors, each returning a scalar before weighting.
-
-Reductions follow the reference's "mask, then mean" pattern: masked-out pixels or vertices count as zeros in
-the mean over the whole image or vertex set (so terms with few valid samples weigh less).
-"""
+"""Pure tensor helpers of the fitting terms (:mod:`.objective` states the terms themselves): nearest-UV matching,
+nearest-pixel sampling, mirror offsets and the eye mask's Gaussian blur."""
 
 from __future__ import annotations
 
 import torch
 
-__all__ = [
-    "match_uv",
-    "uv_correspondence",
-    "dense_uv",
-    "normal_loss",
-    "silhouette_loss",
-    "mirror_offsets",
-    "gaussian_blur",
-    "sample_nearest",
-]
+__all__ = ["match_uv", "sample_nearest", "mirror_offsets", "gaussian_blur"]
 
 _MATCH_CHUNK = 256
 
@@ -63,91 +51,6 @@ def sample_nearest(image: torch.Tensor, xy: torch.Tensor, fill: float) -> torch.
     inside = (ix >= 0) & (ix < w) & (iy >= 0) & (iy < h)
     vals = image[iy.clamp(0, h - 1), ix.clamp(0, w - 1)]
     return torch.where(inside, vals, torch.full_like(vals, fill))
-
-
-def uv_correspondence(
-    xy: torch.Tensor,
-    depth: torch.Tensor,
-    target_xy: torch.Tensor,
-    matched: torch.Tensor,
-    depth_map: torch.Tensor,
-    size: int,
-    max_px: float,
-    visibility_eps: float,
-    squared: bool,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """UV -> 2D vertex correspondence loss with the reference's acceptance tests.
-
-    Parameters
-    ----------
-    xy : (N, 2) projected vertices in pixels at S; depth : (N,) their camera distances
-    target_xy : (N, 2) matched pixel centres; matched : (N,) bool, UV distance test passed
-    depth_map : (S, S) rendered camera distance (+inf on background), no gradient needed
-    size : S (pixel offsets are normalised by it)
-    max_px : largest L1 pixel distance accepted (re-checked every call)
-    visibility_eps : a vertex is visible when ``depth < rendered depth + eps``
-    squared : True for the mean of squared offsets (reference ``uv_l2``), False for the L1 form
-
-    Returns
-    -------
-    loss : scalar tensor
-    accepted : (N,) bool
-    """
-    delta = (xy - target_xy) / size
-    with torch.no_grad():
-        near = (xy - target_xy).abs().sum(-1) < max_px
-        visible = depth < sample_nearest(depth_map, xy, float("inf")) + visibility_eps
-        accepted = matched & near & visible
-    per = delta.square() if squared else delta.abs()
-    loss = (per.mean(-1) * accepted.to(per.dtype)).mean()
-    return loss, accepted
-
-
-def dense_uv(
-    pred_uv: torch.Tensor,
-    uv_mask: torch.Tensor,
-    rendered_uv: torch.Tensor,
-    coverage: torch.Tensor,
-    max_dist: float | None = None,
-) -> torch.Tensor:
-    """Mean over pixels and channels of ``(pred - rendered)^2`` on predicted-and-rendered pixels.
-
-    ``max_dist``: pixels whose UV distance reaches it are ignored (None keeps every pixel, as the reference).
-    Such pixels show a different part of the UV layout than predicted (an eyeball seen through the lid, the far
-    side of a UV seam); their squared error dwarfs the rest and their gradient only slides that part's texture.
-    """
-    sq = (pred_uv - rendered_uv).square()
-    m = uv_mask.to(rendered_uv.dtype) * coverage
-    if max_dist is not None:
-        m = m * (sq.detach().sum(-1) < max_dist * max_dist).to(m.dtype)
-    return (sq * m[..., None]).mean()
-
-
-def normal_loss(
-    pred_n: torch.Tensor,
-    normal_mask: torch.Tensor,
-    rendered_n: torch.Tensor,
-    coverage: torch.Tensor,
-    eye_damping: torch.Tensor,
-    delta_n: float,
-) -> torch.Tensor:
-    """L1 normal loss; pixels whose mean absolute error reaches ``delta_n`` are ignored.
-
-    Parameters
-    ----------
-    pred_n, rendered_n : (S, S, 3) unit normals in the FLAME canonical frame
-    normal_mask, coverage : (S, S) float
-    eye_damping : (S, S) weights in [0, 1] (1 - blurred eye mask)
-    """
-    err = (pred_n - rendered_n).abs()
-    with torch.no_grad():
-        keep = (err.mean(-1) < delta_n).to(err.dtype) * normal_mask * coverage * eye_damping
-    return (err * keep[..., None]).mean()
-
-
-def silhouette_loss(fg_mask: torch.Tensor, rendered_fg: torch.Tensor, valid_bg: torch.Tensor) -> torch.Tensor:
-    """Mean of ``|fg_mask - rendered|`` over the image, counted on background/neck pixels only."""
-    return ((fg_mask - rendered_fg).abs() * valid_bg).mean()
 
 
 def mirror_offsets(vertices: torch.Tensor, mirror_index: torch.Tensor) -> torch.Tensor:

@@ -3,7 +3,7 @@
 Typical use::
 
     data = load_flame(path)                       # FlameData (numpy), cached as .npz after the first load
-    model = FlameModel.from_data(data, n_shape=300, n_expr=100)
+    model = FlameModel(data, n_shape=300, n_expr=100)
     out = model(FlameParams(shape=..., expression=..., jaw_pose=...))
     uv_template = load_uv_template(obj_path)      # UVTemplate
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -15,6 +14,8 @@ from .rotation import as_rotation_matrix
 
 _ROTATION_FIELDS = ("global_pose", "neck_pose", "jaw_pose", "eye_pose_left", "eye_pose_right")
 _IDENTITY_6D = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+#: The model's buffers, in registration order.
+_BUFFERS = ("v_template", "dirs", "posedirs", "J_regressor", "lbs_weights", "eyelids", "faces", "parents")
 
 
 #: FlameParams fields that may have batch 1 next to a batch of poses.
@@ -147,33 +148,43 @@ class FlameModel(nn.Module):
                 f"ask for at most that many (got {self.n_shape} and {self.n_expr})."
             )
         self.release = data.release
+        self._parents = tuple(int(p) for p in data.parents)
+        #: Indices of this model's vertices in the full model (None: this is the full model; see :meth:`restricted`).
+        self.vertex_ids: torch.Tensor | None = None
         dtype = dtype or torch.get_default_dtype()
         dirs = np.concatenate((data.shapedirs[..., : self.n_shape], data.exprdirs[..., : self.n_expr]), axis=2)
-
-        def buf(name: str, array: np.ndarray | None, as_dtype: torch.dtype = dtype) -> None:
+        arrays = {
+            "v_template": data.v_template, "dirs": dirs, "posedirs": data.posedirs, "J_regressor": data.J_regressor,
+            "lbs_weights": data.weights, "eyelids": data.eyelids, "faces": data.faces, "parents": data.parents,
+        }
+        for name in _BUFFERS:
+            array = arrays[name]
+            as_dtype = torch.int64 if name in ("faces", "parents") else dtype
             tensor = None if array is None else torch.as_tensor(np.ascontiguousarray(array)).to(as_dtype)
             self.register_buffer(name, tensor, persistent=False)
 
-        buf("v_template", data.v_template)
-        buf("dirs", dirs)
-        buf("posedirs", data.posedirs)
-        buf("J_regressor", data.J_regressor)
-        buf("lbs_weights", data.weights)
-        buf("eyelids", data.eyelids)
-        buf("faces", data.faces, torch.int64)
-        buf("parents", data.parents, torch.int64)
-        self._parents = tuple(int(p) for p in data.parents)
+    def _with_buffers(self, vertex_ids: torch.Tensor | None, **replaced: torch.Tensor) -> FlameModel:
+        """A new model whose buffers are this one's, except the ones given (registered on it explicitly)."""
+        new = FlameModel.__new__(FlameModel)
+        nn.Module.__init__(new)
+        new.n_shape, new.n_expr, new.release, new._parents = self.n_shape, self.n_expr, self.release, self._parents
+        new.vertex_ids = vertex_ids
+        for name in _BUFFERS:
+            new.register_buffer(name, replaced.get(name, getattr(self, name)), persistent=False)
+        return new
 
-    @classmethod
-    def from_data(
-        cls,
-        data: FlameData,
-        n_shape: int | None = None,
-        n_expr: int | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> FlameModel:
-        """Build the layer from :class:`FlameData`, keeping the first ``n_shape``/``n_expr`` components."""
-        return cls(data, n_shape=n_shape, n_expr=n_expr, dtype=dtype)
+    def component_major(self) -> FlameModel:
+        """The same model (sharing every other buffer) with the blendshape bases stored component-major.
+
+        ``blend_shapes`` multiplies by ``dirs.reshape(V * 3, K).T``; with the bases laid out as contiguous (K, V * 3)
+        rows that transpose is contiguous and the CPU GEMM of every forward and backward pass runs about 3x faster
+        (what the fitter runs). The values (and the (V, 3, K) shapes) are unchanged.
+        """
+        def relaid(dirs: torch.Tensor) -> torch.Tensor:
+            v, c, k = dirs.shape
+            return dirs.reshape(v * c, k).T.contiguous().T.view(v, c, k)
+
+        return self._with_buffers(self.vertex_ids, dirs=relaid(self.dirs), posedirs=relaid(self.posedirs))
 
     @property
     def shapedirs(self) -> torch.Tensor:
@@ -307,14 +318,9 @@ class FlameModel(nn.Module):
         local = torch.full((n_vert,), -1, dtype=torch.long, device=ids.device)
         local[ids] = torch.arange(ids.numel(), device=ids.device)
         kept = (local[self.faces] >= 0).all(1)
-        sub = copy.copy(self)
-        buffers = dict(self._buffers)
-        for name in ("v_template", "dirs", "posedirs", "lbs_weights"):
-            buffers[name] = self._buffers[name].index_select(0, ids)
-        buffers["J_regressor"] = self.J_regressor.index_select(1, ids)
+        replaced = {name: getattr(self, name).index_select(0, ids) for name in ("v_template", "dirs", "posedirs", "lbs_weights")}
+        replaced["J_regressor"] = self.J_regressor.index_select(1, ids)
         if self.eyelids is not None:
-            buffers["eyelids"] = self.eyelids.index_select(1, ids)
-        buffers["faces"] = local[self.faces[kept]]
-        sub.__dict__["_buffers"] = buffers
-        sub.vertex_ids = ids
-        return sub
+            replaced["eyelids"] = self.eyelids.index_select(1, ids)
+        replaced["faces"] = local[self.faces[kept]]
+        return self._with_buffers(ids, **replaced)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import AssetInvalidError, AssetMissingError
+from ..errors import AssetInvalidError, AssetMissingError, TopologyMismatchError
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +87,24 @@ class UVTemplate:
         mirror_index, residual = mirror_vertex_index(vertices)
         axis = float(np.mean(0.5 * (vertex_uv[:, 0] + vertex_uv[mirror_index, 0])))
         return cls(vertices, faces, uv, uv_faces, vertex_uv, mirror_index, residual, axis, source)
+
+
+def check_topology(uv_template: UVTemplate, faces, n_vertices: int) -> None:
+    """Raise :class:`TopologyMismatchError` unless ``uv_template`` has the FLAME model's triangles and vertex count.
+
+    Parameters
+    ----------
+    uv_template : the UV template
+    faces : (F, 3) integer triangles of the FLAME model (numpy array or tensor)
+    n_vertices : V of the FLAME model
+    """
+    faces = np.asarray(faces.cpu() if hasattr(faces, "cpu") else faces)
+    if uv_template.vertex_uv.shape[0] != n_vertices or not np.array_equal(uv_template.faces, faces):
+        raise TopologyMismatchError(
+            f"The UV template {Path(uv_template.source).name} does not match the FLAME model's mesh "
+            f"({uv_template.vertex_uv.shape[0]} vertices and {len(uv_template.faces)} triangles against {n_vertices} "
+            f"and {len(faces)}); choose the head_template.obj that belongs to this FLAME release."
+        )
 
 
 def mirror_vertex_index(vertices: np.ndarray) -> tuple[np.ndarray, float]:

@@ -6,7 +6,6 @@ Typical use::
     crop = crop_face(photo)                      # detect + crop + 478 landmarks + masks
     ...                                          # networks run on crop.image
     crop = refine_crop_masks(crop, prediction.mask)   # only changes crops without landmarks
-    masks = fitting_masks(crop.masks)            # uv_mask, normal_mask, fg_mask, valid_bg
 """
 
 from .crop import (
@@ -22,11 +21,11 @@ from .crop import (
 )
 from .detect import DetectorUnavailableError, FaceDetection, FaceDetector, detect_faces
 from .intake import Photo, linear_to_srgb, load_photo, photo_from_pixels
-from .masks import MASK_KEYS, fitting_masks, masks_from_prediction_mask
+from .masks import MASK_KEYS, masks_from_prediction_mask
 
 __all__ = [
     "CROP_SCALE", "MASK_KEYS", "MIN_FACE_PX", "OUT_SIZE", "CropTransform", "DetectorUnavailableError",
     "FaceCrop", "FaceDetection", "FaceDetector", "Photo", "crop_face", "crop_transform_for_box", "detect_faces",
-    "fitting_masks", "linear_to_srgb", "load_photo", "masks_from_prediction_mask", "photo_from_pixels",
+    "linear_to_srgb", "load_photo", "masks_from_prediction_mask", "photo_from_pixels",
     "refine_crop_masks", "render_crop",
 ]

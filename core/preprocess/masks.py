@@ -2,8 +2,8 @@
 
 The reference parses faces with a CelebAMask-style network; here the regions are polygons of mediapipe's own
 face-mesh index sets (``FACEMESH_FACE_OVAL``, ``_LIPS``, ``_LEFT_EYE``, ``_LEFT_EYEBROW``, ``_NOSE``, ...),
-rasterised with sub-pixel precision. Masks are (S, S) bool with keys :data:`MASK_KEYS`; see
-:func:`fitting_masks` for the combinations the fitter uses.
+rasterised with sub-pixel precision. Masks are (S, S) bool with keys :data:`MASK_KEYS`; the fitter combines them
+as the reference does (``core.fit.targets``).
 """
 
 from __future__ import annotations
@@ -212,25 +212,3 @@ def masks_from_prediction_mask(mask: np.ndarray,
         logger.warning("the network's mask is empty; every region mask is empty")
     masks = _rough(face.astype(bool), valid, 0.05 * size)
     return masks, frozenset(MASK_KEYS) - {"valid"}
-
-
-def fitting_masks(masks: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The reference tracker's masks (pixel3dmm.md §2.3) formed from region masks.
-
-    Neck and ears are not available from the face mesh, so they are missing from ``uv_mask`` and
-    ``normal_mask``, and ``valid_bg`` is background only.
-
-    Parameters
-    ----------
-    masks : dict[str, np.ndarray]
-        (S, S) bool region masks (:data:`MASK_KEYS`).
-
-    Returns
-    -------
-    dict[str, np.ndarray]
-        (S, S) bool: ``uv_mask`` = skin | brows | nose | lips; ``normal_mask`` = uv_mask | mouth;
-        ``fg_mask`` = skin | brows | eyes | nose | lips; ``valid_bg`` = background.
-    """
-    uv = masks["skin"] | masks["brows"] | masks["nose"] | masks["lips"]
-    return {"uv_mask": uv, "normal_mask": uv | masks["mouth"], "fg_mask": uv | masks["eyes"],
-            "valid_bg": masks["background"].copy()}

@@ -1,31 +1,30 @@
 """Pure-torch differentiable rendering: nvdiffrast-style primitives and the Pixel3DMM pinhole camera.
 
-``raster`` holds :func:`rasterize`, :func:`interpolate` and :func:`antialias` (no camera inside), and
-:func:`pixel_barycentrics` for a visibility already found; ``camera`` holds
-the reference camera (normalised focal, principal point, OpenGL camera at (0, 0, 1)) and its conversions.
+``raster`` holds :func:`rasterize` (returning a :class:`Rasterization`), :func:`interpolate`,
+:func:`interpolate_covered` and :func:`antialias` (no camera inside), and :func:`pixel_barycentrics` for a
+visibility already found; ``camera`` holds the reference :class:`Camera` (normalised focal, principal point,
+image size; OpenGL camera at (0, 0, 1)) and its conversions.
 """
 
 from .camera import (
     DEFAULT_FOCAL,
-    clip_from_camera,
+    Camera,
     crop_to_photo_intrinsics,
-    intrinsics_matrix,
     opencv_pose_to_world,
-    project,
     world_to_camera,
 )
-from .raster import antialias, interpolate, pixel_barycentrics, rasterize
+from .raster import Rasterization, antialias, interpolate, interpolate_covered, pixel_barycentrics, rasterize
 
 __all__ = [
-    "rasterize",
-    "pixel_barycentrics",
-    "interpolate",
-    "antialias",
+    "Camera",
     "DEFAULT_FOCAL",
-    "world_to_camera",
-    "project",
-    "clip_from_camera",
-    "intrinsics_matrix",
+    "Rasterization",
+    "antialias",
     "crop_to_photo_intrinsics",
+    "interpolate",
+    "interpolate_covered",
     "opencv_pose_to_world",
+    "pixel_barycentrics",
+    "rasterize",
+    "world_to_camera",
 ]

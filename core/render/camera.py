@@ -13,11 +13,14 @@ Conventions
 * Deviation from the reference (which puts the centre at ``S/2 - 0.5`` for the loss projection and at
   ``S/2 + 0.5`` in its rasterizer, with ``pp`` scaled by ``S/2 + 0.5``): one pinhole is used for both the losses
   and the rasterizer, with ``pp = 0`` at the exact image centre.
-* :func:`clip_from_camera` turns the same pinhole into clip space for :mod:`.raster` (NDC ``y = +1`` is the top
-  row), with OpenGL depth between ``near`` and ``far``.
+* :class:`Camera` holds the intrinsics (focal, principal point, image size); :meth:`Camera.clip` turns the same
+  pinhole into clip space for :mod:`.raster` (NDC ``y = +1`` is the top row), with OpenGL depth between ``near``
+  and ``far``.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -27,10 +30,8 @@ __all__ = [
     "CAMERA_POSITION",
     "NEAR",
     "FAR",
+    "Camera",
     "world_to_camera",
-    "project",
-    "clip_from_camera",
-    "intrinsics_matrix",
     "crop_to_photo_intrinsics",
     "opencv_pose_to_world",
 ]
@@ -47,76 +48,85 @@ def world_to_camera(points: torch.Tensor) -> torch.Tensor:
     return points - offset
 
 
-def _pixel_params(focal: torch.Tensor, principal_point: torch.Tensor, size: int) -> tuple[torch.Tensor, ...]:
-    f = torch.as_tensor(focal).reshape(-1, 1) * size
-    pp = torch.as_tensor(principal_point).reshape(-1, 2)
-    cx = size / 2.0 + pp[:, 0:1] * (size / 2.0)
-    cy = size / 2.0 + pp[:, 1:2] * (size / 2.0)
-    return f, cx, cy
+@dataclass(frozen=True)
+class Camera:
+    """The reference pinhole camera at a square image size (see the module docstring).
 
-
-def project(
-    points_cam: torch.Tensor, focal: torch.Tensor, principal_point: torch.Tensor, size: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Project OpenGL camera-space points to pixels.
-
-    Parameters
+    Attributes
     ----------
-    points_cam : (B, N, 3) tensor
-        Points in OpenGL camera coordinates (see :func:`world_to_camera`).
-    focal : (B,) or scalar tensor
-        Normalised focal ``fl``.
-    principal_point : (B, 2) or (2,) tensor
-        Reference-convention principal point ``pp``.
+    focal : (B,) tensor
+        Normalised focal ``fl`` (``fx = fy = fl * size``).
+    principal_point : (B, 2) tensor
+        Reference-convention principal point ``pp`` (``c = size / 2 + pp * size / 2``).
     size : int
         Square image size ``S`` in pixels.
 
-    Returns
-    -------
-    xy : (B, N, 2) tensor
-        Pixel coordinates (x right, y down, pixel centres at integer + 0.5).
-    depth : (B, N) tensor
-        Distance along the viewing direction, ``-Z`` (positive in front of the camera).
+    The tensors may require grad (the fitter optimises them); every method is differentiable in them.
     """
-    f, cx, cy = _pixel_params(focal, principal_point, size)
-    depth = -points_cam[..., 2]
-    safe = depth.clamp(min=1e-6)
-    x = cx + f * points_cam[..., 0] / safe
-    y = cy - f * points_cam[..., 1] / safe
-    return torch.stack([x, y], -1), depth
 
+    focal: torch.Tensor
+    principal_point: torch.Tensor
+    size: int
 
-def clip_from_camera(
-    points_cam: torch.Tensor,
-    focal: torch.Tensor,
-    principal_point: torch.Tensor,
-    size: int,
-    near: float = NEAR,
-    far: float = FAR,
-) -> torch.Tensor:
-    """OpenGL camera-space points (B, N, 3) -> clip-space positions (B, N, 4) for :func:`.raster.rasterize`.
+    @classmethod
+    def of(cls, focal: float = DEFAULT_FOCAL, principal_point=(0.0, 0.0), size: int = 512,
+           like: torch.Tensor | None = None) -> Camera:
+        """A camera of batch 1 from plain numbers, on ``like``'s device and dtype (float64 on the CPU by default)."""
+        kw = {"dtype": torch.float64} if like is None else {"dtype": like.dtype, "device": like.device}
+        pp = torch.as_tensor(np.asarray(principal_point, dtype=np.float64).reshape(1, 2), **kw)
+        return cls(torch.tensor([float(focal)], **kw), pp, int(size))
 
-    The pixel position of ``clip[..., :2] / clip[..., 3]`` equals :func:`project`'s exactly, and
-    ``z / w`` maps depths ``near .. far`` to -1 .. 1.
-    """
-    f, cx, cy = _pixel_params(focal, principal_point, size)
-    x, y, z = points_cam.unbind(-1)
-    w = -z
-    cx_ndc = 2.0 * cx / size - 1.0
-    cy_ndc = 1.0 - 2.0 * cy / size
-    xc = (2.0 * f / size) * x + cx_ndc * w
-    yc = (2.0 * f / size) * y + cy_ndc * w
-    zc = -(far + near) / (far - near) * z - 2.0 * far * near / (far - near)
-    return torch.stack([xc, yc, zc, w], -1)
+    def _pixel_params(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        f = torch.as_tensor(self.focal).reshape(-1, 1) * self.size
+        pp = torch.as_tensor(self.principal_point).reshape(-1, 2)
+        half = self.size / 2.0
+        return f, half + pp[:, 0:1] * half, half + pp[:, 1:2] * half
 
+    def project(self, points_cam: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Project OpenGL camera-space points (B, N, 3) (see :func:`world_to_camera`) to pixels.
 
-def intrinsics_matrix(focal: float, principal_point, size: float) -> np.ndarray:
-    """(3, 3) pinhole matrix ``K`` (OpenCV camera coordinates, y down) at a square image of ``size`` pixels."""
-    pp = np.asarray(principal_point, dtype=np.float64).reshape(2)
-    f = float(focal) * size
-    return np.array(
-        [[f, 0.0, size / 2.0 + pp[0] * size / 2.0], [0.0, f, size / 2.0 + pp[1] * size / 2.0], [0.0, 0.0, 1.0]]
-    )
+        Returns
+        -------
+        xy : (B, N, 2) pixel coordinates (x right, y down, pixel centres at integer + 0.5)
+        depth : (B, N) distance along the viewing direction, ``-Z`` (positive in front of the camera)
+        """
+        f, cx, cy = self._pixel_params()
+        depth = -points_cam[..., 2]
+        safe = depth.clamp(min=1e-6)
+        x = cx + f * points_cam[..., 0] / safe
+        y = cy - f * points_cam[..., 1] / safe
+        return torch.stack([x, y], -1), depth
+
+    def clip(self, points_cam: torch.Tensor, near: float = NEAR, far: float = FAR) -> torch.Tensor:
+        """OpenGL camera-space points (B, N, 3) -> clip-space positions (B, N, 4) for :func:`.raster.rasterize`.
+
+        The pixel position of ``clip[..., :2] / clip[..., 3]`` equals :meth:`project`'s exactly, and ``z / w``
+        maps depths ``near .. far`` to -1 .. 1.
+        """
+        f, cx, cy = self._pixel_params()
+        size = self.size
+        x, y, z = points_cam.unbind(-1)
+        w = -z
+        cx_ndc = 2.0 * cx / size - 1.0
+        cy_ndc = 1.0 - 2.0 * cy / size
+        xc = (2.0 * f / size) * x + cx_ndc * w
+        yc = (2.0 * f / size) * y + cy_ndc * w
+        zc = -(far + near) / (far - near) * z - 2.0 * far * near / (far - near)
+        return torch.stack([xc, yc, zc, w], -1)
+
+    def intrinsics(self, size: float | None = None) -> np.ndarray:
+        """(3, 3) float64 pinhole matrix ``K`` (OpenCV camera coordinates, y down) of the first camera in the
+        batch, at its own size or at another square image ``size`` (the normalised focal and principal point
+        scale with the image: the crop's intrinsics at 512 from a fit at 256)."""
+        size = float(self.size if size is None else size)
+        f = float(torch.as_tensor(self.focal).reshape(-1)[0]) * size
+        pp = torch.as_tensor(self.principal_point).reshape(-1, 2)[0].detach().cpu().double().numpy()
+        half = size / 2.0
+        return np.array([[f, 0.0, half + pp[0] * half], [0.0, f, half + pp[1] * half], [0.0, 0.0, 1.0]])
+
+    def detach(self) -> Camera:
+        """The same camera without gradients."""
+        return Camera(self.focal.detach(), self.principal_point.detach(), self.size)
 
 
 def crop_to_photo_intrinsics(k_crop: np.ndarray, transform) -> np.ndarray:

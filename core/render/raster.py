@@ -17,29 +17,30 @@ Conventions (the one place they are stated for the renderer)
   order, and a centre exactly on a shared edge goes to exactly one of them (the one to its right; on a horizontal
   edge to both, the z-buffer then choosing), so a closed surface has no cracks. The z-buffer keeps the smallest
   ``z/w`` (ties go to the larger triangle id).
-* ``rast`` (B, H, W, 4) holds ``(u, v, z/w, triangle_id + 1)``; ``triangle_id + 1 == 0`` marks background.
-  ``u`` and ``v`` are perspective-correct barycentrics: an attribute is ``u * a0 + v * a1 + (1 - u - v) * a2``
-  for the triangle's vertices ``(i0, i1, i2) = tri[triangle_id]``.
+* :func:`rasterize` returns a :class:`Rasterization`: the covered pixels (flat indices into (B, H, W)), the visible
+  triangle, the perspective-correct barycentrics ``(u, v)`` (an attribute is ``u * a0 + v * a1 + (1 - u - v) * a2``
+  for the triangle's vertices ``(i0, i1, i2) = tri[triangle_id]``) and the z-buffer's ``z/w`` of each. Its
+  ``image()`` is nvdiffrast's ``rast`` layout, (B, H, W, 4) ``(u, v, z/w, triangle_id + 1)`` with
+  ``triangle_id + 1 == 0`` on background.
 
 Gradients
 ---------
 * :func:`rasterize` is point sampled: the triangle id and coverage are piecewise constant and carry no gradient.
   When ``pos`` requires grad, ``u`` and ``v`` are recomputed differentiably for the winning triangle of each
-  pixel, so ``rast[..., :2]`` carries gradients to the vertex positions; ``z/w`` and the id carry none.
-* :func:`interpolate` is differentiable with respect to ``attr`` and, through ``rast[..., :2]``, to ``pos``. For a
-  ``rast`` fresh from :func:`rasterize` it reads the covered pixels and barycentrics that :func:`rasterize`
-  recorded on it (same values and gradients, no full-size round trip); a changed or copied image is read as is.
+  pixel, so the barycentrics carry gradients to the vertex positions; ``z/w`` and the id carry none.
+* :func:`interpolate_covered` (per covered pixel) and :func:`interpolate` (as an image) are differentiable with
+  respect to ``attr`` and, through the barycentrics, to ``pos``.
 * :func:`antialias` blends colours across silhouette edges by the analytic sub-pixel position of the edge, which
   gives the silhouette (visibility) gradients to ``pos`` that point sampling lacks.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from dataclasses import dataclass
 
 import torch
 
-__all__ = ["rasterize", "pixel_barycentrics", "interpolate", "antialias"]
+__all__ = ["Rasterization", "rasterize", "pixel_barycentrics", "interpolate", "interpolate_covered", "antialias"]
 
 _W_EPS = 1e-8
 _DEFAULT_CHUNK = 1 << 22
@@ -62,9 +63,9 @@ def _check_pos_tri(pos: torch.Tensor, tri: torch.Tensor) -> None:
         raise ValueError("tri indexes vertices outside pos.")
 
 
-def _check_rast(rast: torch.Tensor) -> None:
-    if not isinstance(rast, torch.Tensor) or rast.dim() != 4 or rast.shape[-1] != 4:
-        raise ValueError("rast must be a (B, H, W, 4) tensor returned by rasterize.")
+def _check_rast(rast: Rasterization) -> None:
+    if not isinstance(rast, Rasterization):
+        raise ValueError(f"rast must be the Rasterization that rasterize returned, got {type(rast).__name__}.")
 
 
 def _screen(pos: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -99,6 +100,59 @@ def _edge_bary(x: torch.Tensor, y: torch.Tensor, px: torch.Tensor, py: torch.Ten
     return l0, l1, 1.0 - l0 - l1, area
 
 
+@dataclass(frozen=True)
+class Rasterization:
+    """What :func:`rasterize` found: the covered pixel centres, each with its visible triangle.
+
+    Attributes
+    ----------
+    shape : (B, H, W)
+    pid : (N,) long
+        Flat index of each covered pixel into (B, H, W), increasing.
+    tid : (N,) long
+        Index of the visible triangle at each covered pixel.
+    bary : (N, 2)
+        Perspective-correct barycentrics ``(u, v)`` of the pixel centre in that triangle (an attribute is
+        ``u * a0 + v * a1 + (1 - u - v) * a2``); differentiable with respect to the clip-space positions when they
+        require grad.
+    depth : (N,)
+        The z-buffer's ``z/w`` (no gradient).
+
+    :meth:`image` gives nvdiffrast's ``rast`` layout; :func:`interpolate` and :func:`antialias` read the samples
+    directly.
+    """
+
+    shape: tuple[int, int, int]
+    pid: torch.Tensor
+    tid: torch.Tensor
+    bary: torch.Tensor
+    depth: torch.Tensor
+
+    def _scatter(self, values: torch.Tensor) -> torch.Tensor:
+        """(N, C) per-pixel values -> (B, H, W, C) image, zero on background."""
+        batch, height, width = self.shape
+        out = values.new_zeros(batch * height * width, values.shape[-1])
+        return out.index_put_((self.pid,), values).view(batch, height, width, values.shape[-1])
+
+    def image(self) -> torch.Tensor:
+        """(B, H, W, 4) ``(u, v, z/w, triangle_id + 1)`` as nvdiffrast's ``rast``: zero on background, ``u, v``
+        carrying the barycentrics' gradients."""
+        extra = torch.stack([self.depth.to(self.bary.dtype), (self.tid + 1).to(self.bary.dtype)], -1)
+        return self._scatter(torch.cat([self.bary, extra], -1))
+
+    def triangle_ids(self) -> torch.Tensor:
+        """(B, H, W) long index of the visible triangle, -1 on background."""
+        batch, height, width = self.shape
+        ids = torch.full((batch * height * width,), -1, dtype=torch.long, device=self.pid.device)
+        return ids.index_put_((self.pid,), self.tid).view(batch, height, width)
+
+    def coverage(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """(B, H, W) 1 where a triangle covers the pixel centre, 0 elsewhere (``dtype``: the barycentrics')."""
+        batch, height, width = self.shape
+        cov = torch.zeros(batch * height * width, dtype=dtype or self.bary.dtype, device=self.pid.device)
+        return cov.index_fill_(0, self.pid, 1.0).view(batch, height, width)
+
+
 def rasterize(
     pos: torch.Tensor,
     tri: torch.Tensor,
@@ -125,9 +179,9 @@ def rasterize(
 
     Returns
     -------
-    rast : (B, H, W, 4) tensor, dtype and device of ``pos``
-        ``(u, v, z/w, triangle_id + 1)``, zero where no triangle covers the pixel centre. ``u, v`` carry
-        gradients to ``pos`` when ``pos`` requires grad.
+    Rasterization
+        The covered pixels with their triangles, barycentrics (carrying gradients to ``pos`` when it requires
+        grad) and depths; ``.image()`` is nvdiffrast's ``(B, H, W, 4)`` layout.
     """
     _check_pos_tri(pos, tri)
     if len(resolution) != 2 or int(resolution[0]) <= 0 or int(resolution[1]) <= 0:
@@ -135,37 +189,15 @@ def rasterize(
     height, width = int(resolution[0]), int(resolution[1])
     batch = pos.shape[0]
     tri = tri.long()
-    n_tri = tri.shape[0]
-    if n_tri == 0:
-        return pos.new_zeros(batch, height, width, 4)
+    shape = (batch, height, width)
+    empty = torch.zeros(0, dtype=torch.long, device=pos.device)
+    if tri.shape[0] == 0:
+        return Rasterization(shape, empty, empty, pos.new_zeros(0, 2), pos.new_zeros(0))
     rows = corner_rows(tri, batch, pos.shape[1])
     pid, tid, depth = _visible_samples(pos.detach(), tri, rows, height, width, chunk_size, cull_back)
-    if pid.numel() == 0:
-        return pos.new_zeros(batch, height, width, 4)
     # Recompute the winners' barycentrics, differentiably when pos requires grad; the depth is the z-buffer's.
     bary = _barycentrics(pos, tri, pid, tid, (height, width), rows)
-    values = torch.cat([bary, depth[:, None], (tid + 1).to(pos.dtype)[:, None]], -1)
-    rast = pos.new_zeros(batch * height * width, 4).index_put_((pid,), values).view(batch, height, width, 4)
-    if not rast.is_inference():  # inference tensors keep no version counter to tell a change by
-        rast._samples = _Samples(pid, tid, bary, rast._version)
-    return rast
-
-
-class _Samples(NamedTuple):
-    """The covered pixels of a ``rast`` as :func:`rasterize` made it: flat pixel ids (sorted), triangle ids and the
-    (N, 2) barycentrics that ``rast[..., :2]`` holds, with ``rast``'s version counter then. :func:`interpolate` reads
-    them instead of the image while ``rast`` is unchanged: the same values, without the search for covered pixels
-    and without the gradient's round trip through a full-size image."""
-
-    pid: torch.Tensor
-    tid: torch.Tensor
-    bary: torch.Tensor
-    version: int
-
-
-def _recorded_samples(rast: torch.Tensor) -> _Samples | None:
-    samples = getattr(rast, "_samples", None)
-    return samples if samples is not None and samples.version == rast._version else None
+    return Rasterization(shape, pid, tid, bary, depth)
 
 
 def pixel_barycentrics(
@@ -186,7 +218,7 @@ def pixel_barycentrics(
 
     Returns
     -------
-    (N, 2) ``(u, v)`` as in ``rast[..., :2]``
+    (N, 2) ``(u, v)`` as in :attr:`Rasterization.bary`
     """
     return _barycentrics(pos, tri, pid, tid, resolution)
 
@@ -380,52 +412,43 @@ def _visible_samples(
     return pid, best.index_select(0, pid), zbuf.index_select(0, pid)
 
 
-def interpolate(attr: torch.Tensor, rast: torch.Tensor, tri: torch.Tensor) -> torch.Tensor:
-    """Interpolate per-vertex attributes with the barycentrics in ``rast``.
+def interpolate_covered(attr: torch.Tensor, rast: Rasterization, tri: torch.Tensor) -> torch.Tensor:
+    """Interpolate per-vertex attributes at the covered pixels of ``rast``.
 
     Parameters
     ----------
     attr : (B, V, C) or (V, C) float tensor
-        Vertex attributes; a (V, C) tensor is shared by every image in the batch.
-    rast : (B, H, W, 4) tensor
+        Vertex attributes; a (V, C) tensor (or batch 1) is shared by every image in the batch.
+    rast : Rasterization
         Output of :func:`rasterize` for the same ``tri``.
     tri : (F, 3) integer tensor
 
     Returns
     -------
-    (B, H, W, C) tensor
-        Interpolated attributes, zero on background pixels. Differentiable with respect to ``attr`` and, through
-        ``rast[..., :2]``, to the vertex positions given to :func:`rasterize`.
+    (N, C) tensor
+        The attribute at each covered pixel ``rast.pid[n]``. Differentiable with respect to ``attr`` and, through
+        ``rast.bary``, to the vertex positions given to :func:`rasterize`.
     """
     _check_rast(rast)
     if not isinstance(attr, torch.Tensor) or attr.dim() not in (2, 3):
         raise ValueError("attr must be a (B, V, C) or (V, C) tensor.")
-    batch, height, width, _ = rast.shape
+    batch, height, width = rast.shape
     if attr.dim() == 3 and attr.shape[0] not in (1, batch):
         raise ValueError(f"attr has batch size {attr.shape[0]} but rast has {batch}.")
     tri = tri.long()
-    channels = attr.shape[-1]
-    n_pix = batch * height * width
-    samples = _recorded_samples(rast)
-    if samples is not None:
-        pid, tid = samples.pid, samples.tid
-        u, v = samples.bary.unbind(-1)
-    else:
-        flat = rast.reshape(-1, 4)
-        pid = (flat[:, 3] > 0).nonzero().squeeze(1)
-        u, v, _, tri_id = flat.index_select(0, pid).unbind(-1)
-        tid = tri_id.long() - 1
-    if pid.numel() == 0:
-        return attr.new_zeros(batch, height, width, channels)
+    pid, tid = rast.pid, rast.tid
     if attr.dim() == 2 or attr.shape[0] == 1:
         a = _corners((attr if attr.dim() == 2 else attr[0])[None], tri, torch.zeros_like(tid), tid)
     else:
         a = _corners(attr, tri, torch.div(pid, height * width, rounding_mode="floor"), tid)
     a0, a1, a2 = a.unbind(1)
-    u = u.to(attr.dtype)[:, None]
-    v = v.to(attr.dtype)[:, None]
-    vals = torch.addcmul(torch.addcmul(a2, u, a0 - a2), v, a1 - a2)  # u a0 + v a1 + (1 - u - v) a2
-    return vals.new_zeros(n_pix, channels).index_put_((pid,), vals).view(batch, height, width, channels)
+    u, v = rast.bary.to(attr.dtype).unbind(-1)
+    return torch.addcmul(torch.addcmul(a2, u[:, None], a0 - a2), v[:, None], a1 - a2)  # u a0 + v a1 + (1-u-v) a2
+
+
+def interpolate(attr: torch.Tensor, rast: Rasterization, tri: torch.Tensor) -> torch.Tensor:
+    """:func:`interpolate_covered` as an image: (B, H, W, C), zero on background pixels."""
+    return rast._scatter(interpolate_covered(attr, rast, tri))
 
 
 def antialias(color: torch.Tensor, rast: torch.Tensor, pos: torch.Tensor, tri: torch.Tensor) -> torch.Tensor:
@@ -444,7 +467,7 @@ def antialias(color: torch.Tensor, rast: torch.Tensor, pos: torch.Tensor, tri: t
     ----------
     color : (B, H, W, C) float tensor
         Image to antialias (for example the output of :func:`interpolate`).
-    rast : (B, H, W, 4) tensor
+    rast : Rasterization
         Output of :func:`rasterize` for ``pos`` and ``tri``.
     pos : (B, V, 4) float tensor
         Clip-space positions used for ``rast``.
@@ -457,14 +480,14 @@ def antialias(color: torch.Tensor, rast: torch.Tensor, pos: torch.Tensor, tri: t
     """
     _check_rast(rast)
     _check_pos_tri(pos, tri)
-    if color.dim() != 4 or color.shape[:3] != rast.shape[:3]:
+    if color.dim() != 4 or tuple(color.shape[:3]) != tuple(rast.shape):
         raise ValueError("color must be a (B, H, W, C) tensor with the size of rast.")
     if pos.shape[0] != rast.shape[0]:
         raise ValueError("pos and rast must have the same batch size.")
     batch, height, width, channels = color.shape
     n_pix = height * width
     tri = tri.long()
-    sel = _silhouette_pairs(rast.detach(), pos.detach(), tri)
+    sel = _silhouette_pairs(rast, pos.detach(), tri)
     if sel is None:
         return color
     front, back, v0, v1 = sel
@@ -497,12 +520,12 @@ def _pixel_centres(idx: torch.Tensor, height: int, width: int, dtype: torch.dtyp
 
 @torch.no_grad()
 def _silhouette_pairs(
-    rast: torch.Tensor, pos: torch.Tensor, tri: torch.Tensor
+    rast: Rasterization, pos: torch.Tensor, tri: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None:
     """The antialiased pairs of :func:`antialias`: flat front and back pixel indices and the vertex ids of the
     front triangle's crossing edge, each (N,); None when there are none."""
-    batch, height, width, _ = rast.shape
-    ids = rast[..., 3].contiguous()  # (B, H, W) triangle id + 1 as stored (exact in float), 0 on background
+    batch, height, width = rast.shape
+    ids = rast.triangle_ids() + 1  # (B, H, W) triangle id + 1, 0 on background
     # Flat indices of the left / upper pixel of each differing pair, from the positions k of the differences:
     # in the (B, H, W - 1) grid of horizontal pairs, k + k // (W - 1); in the (B, H - 1, W) grid of vertical
     # pairs, k + W * (k // ((H - 1) W)).
@@ -546,7 +569,8 @@ def _silhouette_pairs(
     # must be background or behind the front triangle's plane.
     tri_b = tri.index_select(0, tbk.clamp(min=0))
     shared = (tri_b == v0[:, None]).any(-1) & (tri_b == v1[:, None]).any(-1) & (tbk >= 0)
-    behind = (tbk < 0) | ((lb * sz).sum(-1) < rast[..., 2].reshape(-1).index_select(0, back))
+    zbuf = pos.new_zeros(batch * height * width).index_put_((rast.pid,), rast.depth.to(pos.dtype))
+    behind = (tbk < 0) | ((lb * sz).sum(-1) < zbuf.index_select(0, back))
     crosses = (lb.gather(1, k).squeeze(1) < 0) & (lf.gather(1, k).squeeze(1) >= 0)
     sel = (crosses & behind & ~shared).nonzero().squeeze(1)
     if sel.numel() == 0:

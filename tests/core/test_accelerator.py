@@ -17,7 +17,7 @@ from core.fit.maps import corner_uv_tensor, vertex_normals
 from core.flame import FlameModel, FlameParams, axis_angle_to_matrix, synthetic_flame
 from core.network import PixelNetwork, get_config
 from core.render import antialias, interpolate, rasterize
-from core.render.camera import DEFAULT_FOCAL, clip_from_camera, world_to_camera
+from core.render.camera import Camera, world_to_camera
 
 
 def _accelerators() -> list[str]:
@@ -39,20 +39,20 @@ def _render_with_gradient(flame, uvt, device):
     v = (flame.v_template[None] @ axis_angle_to_matrix(torch.tensor([0.1, 0.4, 0.0], device=device)).T).clone()
     v.requires_grad_(True)
     faces = flame.faces
-    clip = clip_from_camera(world_to_camera(v), torch.tensor([DEFAULT_FOCAL], device=device), torch.zeros(1, 2, device=device), 256)
+    clip = Camera.of(size=256, like=v).clip(world_to_camera(v))
     rast = rasterize(clip, faces, (256, 256), cull_back=True)
     uv_tri = torch.arange(faces.shape[0] * 3, device=device).view(-1, 3)
     uv = interpolate(corner_uv_tensor(uvt, v), rast, uv_tri)
     normals = interpolate(vertex_normals(v, faces), rast, faces)
-    mask = antialias((rast[..., 3:] > 0).to(v.dtype), rast, clip, faces)
+    mask = antialias(rast.coverage(v.dtype)[..., None], rast, clip, faces)
     (uv.sum() + normals.sum() + mask.sum()).backward()
-    return rast.detach().cpu(), uv.detach().cpu(), v.grad.cpu()
+    return rast.image().detach().cpu(), uv.detach().cpu(), v.grad.cpu()
 
 
 @devices
 def test_rasterizer_matches_the_cpu(device):
     data, uvt = synthetic_flame("full", 0)
-    flame = FlameModel.from_data(data)
+    flame = FlameModel(data)
     rast_c, uv_c, grad_c = _render_with_gradient(flame, uvt, "cpu")
     rast_d, uv_d, grad_d = _render_with_gradient(flame, uvt, device)
     ids_c, ids_d = rast_c[..., 3], rast_d[..., 3]
@@ -68,14 +68,14 @@ def test_rasterizer_matches_the_cpu(device):
 
 def _fit_problem():
     data, uvt = synthetic_flame("small", 0)
-    flame = FlameModel.from_data(data)  # float32: MPS has no float64
+    flame = FlameModel(data)  # float32: MPS has no float64
     g = np.random.default_rng(1)
     params = FlameParams(
         shape=torch.tensor(g.normal(size=(1, flame.n_shape)) * 0.5, dtype=torch.float32),
         expression=torch.tensor(g.normal(size=(1, flame.n_expr)) * 0.3, dtype=torch.float32),
     )
     rot = axis_angle_to_matrix(torch.tensor([0.05, 0.3, 0.0])).numpy()
-    maps = render_maps(flame, uvt, params, rot, np.array([0.005, -0.01, 0.03]), DEFAULT_FOCAL, [0.0, 0.0], 128)
+    maps = render_maps(flame, uvt, params, rot, np.array([0.005, -0.01, 0.03]), Camera.of(size=128))
     pred = SimpleNamespace(uv=maps["uv"], normals=maps["normals"], mask=maps["mask"])
     cfg = FitConfig(resolution=64, stages=(_camera_stage(20), _image_stage(40))).with_refinement(2)
     return pred, flame, uvt, cfg

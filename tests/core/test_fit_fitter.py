@@ -14,7 +14,7 @@ from core.fit.init import PoseInit, initial_pose
 from core.fit.regions import derive_regions
 from core.fit.targets import build_targets
 from core.flame import FlameModel, FlameParams, axis_angle_to_matrix, synthetic_flame
-from core.render.camera import DEFAULT_FOCAL
+from core.render.camera import DEFAULT_FOCAL, Camera
 
 PRED = 128
 
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def head():
     data, uvt = synthetic_flame("small", 0)
-    flame = FlameModel.from_data(data, dtype=torch.float64)
+    flame = FlameModel(data, dtype=torch.float64)
     return data, uvt, flame
 
 
@@ -38,7 +38,7 @@ def _truth(flame, uvt, yaw=0.25, seed=0):
     )
     rot = axis_angle_to_matrix(torch.tensor([0.05, yaw, 0.0], dtype=torch.float64)).numpy()
     t = np.array([0.005, -0.01, 0.03])
-    maps = render_maps(flame, uvt, params, rot, t, DEFAULT_FOCAL, [0.0, 0.0], PRED)
+    maps = render_maps(flame, uvt, params, rot, t, Camera.of(size=PRED))
     pred = SimpleNamespace(uv=maps["uv"], normals=maps["normals"], mask=maps["mask"])
     crop = SimpleNamespace(
         masks={"skin": maps["mask"], "background": ~maps["mask"]}, landmarks=None,
@@ -64,7 +64,7 @@ def test_render_maps_are_consistent(head):
 
 def test_render_maps_triangle_ids_match_uv(head):
     _, uvt, flame = head
-    maps = render_maps(flame, uvt, FlameParams(), np.eye(3), np.zeros(3), DEFAULT_FOCAL, [0.0, 0.0], PRED)
+    maps = render_maps(flame, uvt, FlameParams(), np.eye(3), np.zeros(3), Camera.of(size=PRED))
     tri = maps["triangle"]
     np.testing.assert_array_equal(tri >= 0, maps["mask"])
     assert tri.min() == -1 and tri.max() < len(flame.faces)
@@ -82,8 +82,8 @@ def test_pnp_recovers_pose(head):
     reg = derive_regions(data.v_template, data.faces, data.J_regressor)
     valid = np.flatnonzero(reg.uv_valid)
     pose = initial_pose(
-        flame.v_template[valid], torch.tensor(uvt.vertex_uv[valid]), tg.uv, tg.uv_mask, DEFAULT_FOCAL,
-        np.zeros(2), 2e-3, 2.0, seed=0,
+        flame.v_template[valid], torch.tensor(uvt.vertex_uv[valid]), tg.uv, tg.uv_mask, Camera.of(size=PRED),
+        2e-3, 2.0, seed=0,
     )
     assert pose.method == "pnp"
     angle = np.degrees(np.arccos(np.clip((np.trace(pose.rotation.T @ rot) - 1) / 2, -1, 1)))
@@ -91,7 +91,7 @@ def test_pnp_recovers_pose(head):
     assert np.abs(pose.translation - t).max() < 0.03
     garbage = torch.rand(PRED, PRED, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     bad = initial_pose(flame.v_template[valid], torch.tensor(uvt.vertex_uv[valid]), garbage * 0 + 0.01,
-                       torch.ones(PRED, PRED, dtype=torch.bool), DEFAULT_FOCAL, np.zeros(2), 5e-5, 2.0, seed=0)
+                       torch.ones(PRED, PRED, dtype=torch.bool), Camera.of(size=PRED), 5e-5, 2.0, seed=0)
     assert bad.method == "frontal"
 
 
@@ -218,7 +218,7 @@ def test_warm_start_from_given_flame_parameters(head):
     assert not short.shape[3:].any()  # missing trailing components start at zero
     with pytest.raises(ValueError, match="init_pose"):
         fit(pred, crop, flame, uvt, _cfg(0, 0), init_flame=FlameParams(global_pose=torch.zeros(1, 3)))
-    no_lids = FlameModel.from_data(dataclasses.replace(data, eyelids=None), dtype=torch.float64)  # as FLAME 2020
+    no_lids = FlameModel(dataclasses.replace(data, eyelids=None), dtype=torch.float64)  # as FLAME 2020
     with pytest.raises(ValueError, match="eyelid"):
         fit(pred, crop, no_lids, uvt, _cfg(0, 0), init_flame=FlameParams(eyelids=torch.zeros(1, 2)))
     with pytest.raises(ValueError, match="one head"):
@@ -227,7 +227,8 @@ def test_warm_start_from_given_flame_parameters(head):
 
 def test_neck_frame_pose_round_trips_and_keeps_the_face_in_place(head):
     """pose_frame "neck": the free pose is the neck joint frame's; the result still reports the root's (R, t)."""
-    from core.fit.fitter import _NECK_JOINT, _Params, _Problem
+    from core.fit.objective import FitData, Params
+    from core.flame.data import NECK
 
     data, uvt, flame = head
     pred, crop, rot, t, _ = _truth(flame, uvt)
@@ -244,22 +245,21 @@ def test_neck_frame_pose_round_trips_and_keeps_the_face_in_place(head):
     # With the free pose held, turning the neck moves what the root carries and leaves what the neck carries
     # (a head whose skull follows the neck joint alone, without FLAME's pose correctives, which reshape the neck as
     # it turns).
-    on_neck = data.weights[:, _NECK_JOINT] > 0.9
+    on_neck = data.weights[:, NECK] > 0.9
     on_root = data.weights[:, 0] > 0.5
     rigid = dataclasses.replace(data, posedirs=np.zeros_like(data.posedirs),
-                                weights=np.where(on_neck[:, None], np.eye(len(data.parents))[_NECK_JOINT], data.weights))
-    flame = FlameModel.from_data(rigid, dtype=torch.float64)
-    problem = _Problem(pred, crop, flame, uvt, cfg)
-    p = _Params(flame, PoseInit(rot, t, "test", 0, 0), flame.v_template, flame.has_eyelids)
+                                weights=np.where(on_neck[:, None], np.eye(len(data.parents))[NECK], data.weights))
+    flame = FlameModel(rigid, dtype=torch.float64)
+    problem = FitData(pred, crop, flame, uvt, cfg)
+    p = Params(flame, PoseInit(rot, t, "test", 0, 0), flame.v_template, flame.has_eyelids)
     assert on_neck.sum() > 10 and on_root.sum() > 10
     worlds = []
     for aa in ([0.0, 0.0, 0.0], [0.1, -0.25, 0.15]):
-        turned = _Params(flame, PoseInit(rot, t, "test", 0, 0), flame.v_template, flame.has_eyelids,
+        turned = Params(flame, PoseInit(rot, t, "test", 0, 0), flame.v_template, flame.has_eyelids,
                          FlameParams(neck_pose=torch.tensor([aa], dtype=torch.float64)))
         turned.groups["rotation"], turned.groups["translation"] = p.groups["rotation"], p.groups["translation"]
         with torch.no_grad():
-            verts, _, _, neck_tf = problem.geometry(turned, False)
-            worlds.append(problem.world(turned, verts, neck_tf)[0].numpy())
+            worlds.append(problem.world(turned, problem.geometry(turned, False))[0].numpy())
     np.testing.assert_allclose(worlds[1][on_neck], worlds[0][on_neck], atol=1e-9)
     assert np.linalg.norm(worlds[1][on_root] - worlds[0][on_root], axis=1).min() > 1e-3
     with pytest.raises(ValueError, match="pose_frame"):

@@ -152,34 +152,113 @@ def test_match_uv_matches_brute_force():
     assert torch.isinf(sq0).all()
 
 
-def test_dense_uv_ignores_pixels_beyond_max_dist():
-    pred = torch.zeros(4, 4, 2, dtype=torch.float64)
-    rend = torch.full((4, 4, 2), 0.01, dtype=torch.float64)
-    rend[0, 0] = torch.tensor([0.6, 0.3])  # another part of the UV layout (an eyeball behind the lid)
-    ones = torch.ones(4, 4, dtype=torch.float64)
-    full = L.dense_uv(pred, ones.bool(), rend, ones)
-    robust = L.dense_uv(pred, ones.bool(), rend, ones, max_dist=0.1)
-    assert full.item() == pytest.approx((15 * 2 * 1e-4 + 0.36 + 0.09) / 32)
-    assert robust.item() == pytest.approx(15 * 2 * 1e-4 / 32)
+@pytest.fixture(scope="module")
+def scene(small):
+    """A rendered head as the prediction, and parameters away from it (pose, identity, expression, jaw, eyes)."""
+    from core.fit import render_maps
+    from core.fit.config import _image_stage
+    from core.fit.init import PoseInit
+    from core.fit.objective import FitData, Params
+    from core.flame import FlameModel, FlameParams, axis_angle_to_matrix
+    from core.render.camera import Camera
+
+    data, uvt = small
+    flame = FlameModel(data, dtype=torch.float64)
+    g = np.random.default_rng(0)
+    truth = FlameParams(shape=torch.tensor(g.normal(size=(1, flame.n_shape)) * 0.5),
+                        expression=torch.tensor(g.normal(size=(1, flame.n_expr)) * 0.3))
+    rot = axis_angle_to_matrix(torch.tensor([0.05, 0.3, 0.0], dtype=torch.float64)).numpy()
+    t = np.array([0.005, -0.01, 0.03])
+    maps = render_maps(flame, uvt, truth, rot, t, Camera.of(size=64))
+    normals = maps["normals"].copy()
+    normals[28:34, 26:34] *= -1.0  # outliers for the normal term's rejection
+    pred = SimpleNamespace(uv=maps["uv"], normals=normals, mask=maps["mask"])
+    bg = ~maps["mask"]
+    bg[:, :8] = True  # background beside the head, where the moved head's silhouette spills
+    crop = SimpleNamespace(masks={"skin": maps["mask"], "eyes": np.zeros_like(bg), "background": bg}, landmarks=None)
+    cfg = FitConfig(resolution=64, stages=(_image_stage(1),), dense_uv_max=0.1, cull_back=False)
+    fd = FitData(pred, crop, flame, uvt, cfg)
+    fd.match()
+    start = PoseInit(rot @ axis_angle_to_matrix(torch.tensor([0.0, 0.06, 0.02], dtype=torch.float64)).numpy(),
+                     t + np.array([-0.01, 0.003, 0.0]), "test", 0, 0)
+    p = Params(flame, start, flame.v_template, flame.has_eyelids)
+    with torch.no_grad():
+        p.shape.add_(torch.tensor(g.normal(size=tuple(p.shape.shape)) * 0.3))
+        p.jaw.add_(torch.tensor([[0.0, 0.0, 0.0, 0.0, -0.05, 0.05]], dtype=torch.float64))
+    return SimpleNamespace(data=fd, p=p, stage=cfg.stages[0], maps=maps, rot=rot, t=t, flame=flame, uvt=uvt)
+
+
+def test_terms_equal_the_reference_image_formulas(scene):
+    """Each data term of the objective (summed over its samples) against the reference's image form: masks over
+    the whole rendered image, then the mean, written independently here with full images."""
+    from core.fit.objective import Objective
+    from core.render import antialias, interpolate
+
+    data, p, stage = scene.data, scene.p, scene.stage
+    objective = Objective(data, stage)
+    got = objective.losses(p)
+    view = objective.view(p)  # the same camera and rasterization; everything below is image arithmetic
+    t, cfg, size = data.targets, data.cfg, data.size
+    rast, faces = view.rast, data.faces
+    cov = rast.coverage()[0]
+    uv = interpolate(data.corner_uv, rast, data.uv_tri)[0]
+    sq = (t.uv - uv).square()
+    m = t.uv_mask.to(sq.dtype) * cov * (sq.sum(-1) < cfg.dense_uv_max ** 2).to(sq.dtype)
+    dense = (sq * m[..., None]).mean() * stage.weights["uv_dense"]
+    normals = torch.nn.functional.normalize(interpolate(view.geometry.normals, rast, faces)[0], dim=-1, eps=1e-12)
+    err = (t.normals - normals).abs()
+    regions = interpolate(data.region_attr, rast, faces)
+    eye = L.gaussian_blur(regions[0, ..., 1], cfg.eye_blur_size, cfg.eye_blur_sigma)
+    keep = (err.mean(-1) < cfg.delta_n).to(err.dtype) * t.normal_mask * cov * (1 - eye).clamp(0, 1)
+    normal = (err * keep[..., None]).mean() * stage.weights["normal"]
+    sil = antialias(regions[..., 0:1].contiguous(), rast, view.camera.clip(view.cam), faces)[0, ..., 0]
+    silhouette = ((t.fg_mask - sil).abs() * t.valid_bg).mean() * stage.weights["sil"]
+    xy, depth = view.camera.project(view.cam[:, data.valid])
+    depth_img = torch.where(cov > 0, interpolate(-view.cam[..., 2:3], rast, faces)[0, ..., 0], torch.tensor(float("inf")))
+    ix, iy = xy[0, :, 0].floor().long(), xy[0, :, 1].floor().long()
+    inside = (ix >= 0) & (ix < size) & (iy >= 0) & (iy < size)
+    behind = torch.where(inside, depth_img[iy.clamp(0, size - 1), ix.clamp(0, size - 1)], torch.tensor(float("inf")))
+    accepted = data.matched & ((xy[0] - data.target_xy).abs().sum(-1) < data.max_px) & (depth[0] < behind + cfg.visibility_eps)
+    corr = ((((xy[0] - data.target_xy) / size).square().mean(-1)) * accepted).mean() * stage.weights["uv_corr"]
+    for name, expected in (("uv_dense", dense), ("normal", normal), ("sil", silhouette), ("uv_corr", corr)):
+        assert expected.item() > 0, name
+        assert got[name].item() == pytest.approx(expected.item(), rel=1e-9), name
+    # Samples were rejected by every acceptance test (not a trivially full mask).
+    assert 0 < accepted.sum() < data.matched.sum() and 0 < m.sum() < (t.uv_mask.to(sq.dtype) * cov).sum()
+    assert 0 < keep.gt(0).sum() < (t.normal_mask * cov).sum()
+    # The shape prior is one term: the reference's two weights (towards MICA, zero here, and towards zero) summed.
+    prior = p.shape.square().sum() * (stage.weights["reg_shape"] + stage.weights["reg_shape_general"])
+    assert got["reg_shape"].item() == pytest.approx(prior.item(), rel=1e-12) and "reg_shape_general" not in got
 
 
 def test_uv_correspondence_acceptance():
-    xy = torch.tensor([[10.0, 10.0], [20.0, 20.0], [30.0, 30.0], [5.0, 5.0]], requires_grad=True)
-    target = torch.tensor([[11.0, 10.0], [20.0, 45.0], [31.0, 31.0], [5.0, 6.0]])
-    depth = torch.tensor([1.0, 1.0, 1.0, 1.2])
+    """Accepted: UV-matched, within dist_uv pixels (L1) of the target, and not behind the rendered surface; the camera
+    stage widens the radius to a quantile of the current distances."""
+    from core.fit.objective import UVCorrespondence, VertexCandidates
+
+    xy = torch.tensor([[10.0, 10.0], [20.0, 20.0], [30.0, 30.0], [5.0, 5.0], [40.0, 40.0]])
+    target = torch.tensor([[11.0, 10.0], [20.0, 45.0], [31.0, 31.0], [5.0, 6.0], [40.0, 52.0]])
+    depth = torch.tensor([1.0, 1.0, 1.0, 1.2, 1.0])
     depth_map = torch.full((64, 64), float("inf"))
     depth_map[5, 5] = 1.0  # vertex 3 lies behind the rendered surface
-    matched = torch.tensor([True, True, False, True])
-    loss, acc = L.uv_correspondence(xy, depth, target, matched, depth_map, 64, 20.0, 0.01, squared=True)
-    assert acc.tolist() == [True, False, False, False]
-    assert loss.item() == pytest.approx(((1 / 64) ** 2 / 2) / 4)
-    loss.backward()
-    assert xy.grad[1:].abs().sum() == 0 and xy.grad[0, 0] < 0
-    l1, _ = L.uv_correspondence(xy, depth, target, matched, depth_map, 64, 20.0, 0.01, squared=False)
-    assert l1.item() == pytest.approx((1 / 64 / 2) / 4)
+    matched = torch.tensor([True, True, False, True, True])
+    data = SimpleNamespace(matched=matched, max_px=20.0, cfg=SimpleNamespace(visibility_eps=0.01), size=64)
+    view = SimpleNamespace(project=lambda ids: (xy[ids], depth[ids]), depth_image=lambda: depth_map)
+    cand = VertexCandidates(torch.arange(5), target)
+    r = (xy - target) / 64
+    fixed = UVCorrespondence(data, "uv_corr", None).accept(view, cand, r)
+    assert fixed.accepted.tolist() == [True, False, False, False, True]
+    assert fixed.weight.tolist() == [1.0, 0.0, 0.0, 0.0, 1.0]
+    widened = UVCorrespondence(data, "uv_corr", 0.9).accept(view, cand, r)  # 90 % of (1, 25, 1, 12): 21.1 px
+    assert widened.accepted.tolist() == [True, False, False, False, True]
+    widest = UVCorrespondence(data, "uv_corr", 1.0).accept(view, cand, r)
+    assert widest.accepted.tolist() == [True, False, False, False, True]
+    data.max_px = 2.0
+    assert UVCorrespondence(data, "uv_corr", None).accept(view, cand, r).accepted.tolist() == [True, False, False, False, False]
+    assert UVCorrespondence(data, "uv_corr", 0.75).accept(view, cand, r).accepted.tolist() == [True, False, False, False, True]
 
 
-def test_mirror_and_image_losses(small):
+def test_mirror_offsets_and_blur(small):
     data, uvt = small
     v = torch.tensor(data.v_template)
     mi = torch.tensor(uvt.mirror_index)
@@ -197,18 +276,6 @@ def test_mirror_and_image_losses(small):
     x = torch.arange(13, dtype=torch.float64) - 6
     k = torch.exp(-0.5 * (x / 13) ** 2)
     assert blurred[15, 9].item() == pytest.approx((k[0] * k[6] / k.sum() ** 2).item())
-    pred_n = torch.nn.functional.normalize(torch.randn(8, 8, 3, dtype=torch.float64), dim=-1)
-    rend = pred_n.clone()
-    rend[0, 0] = -rend[0, 0]  # a gross outlier is ignored
-    rend[1, 1] = torch.nn.functional.normalize(rend[1, 1] + 0.1, dim=0)
-    ones = torch.ones(8, 8, dtype=torch.float64)
-    got = L.normal_loss(pred_n, ones, rend, ones, ones, 0.33)
-    assert got.item() == pytest.approx((pred_n[1, 1] - rend[1, 1]).abs().sum().item() / (64 * 3))
-    fg = torch.zeros(8, 8, dtype=torch.float64)
-    sil = torch.full((8, 8), 0.25, dtype=torch.float64)
-    bg = torch.zeros(8, 8, dtype=torch.float64)
-    bg[:2] = 1.0
-    assert L.silhouette_loss(fg, sil, bg).item() == pytest.approx(0.25 * 16 / 64)
 
 
 def test_targets_masks_and_resize():
@@ -236,14 +303,30 @@ def test_targets_masks_and_resize():
     np.testing.assert_array_equal(bare.uv_mask.numpy(), mask[::2, ::2])
 
 
+def test_target_masks_follow_the_reference_label_sets():
+    """uv_mask = skin | brows | nose | lips; normal_mask adds the inner mouth; fg_mask adds the eyes instead;
+    valid_bg is the background (reference section 2.3, without neck and ears, which FaceCrop has no masks for)."""
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 7, (32, 32))  # 0 background, then one label per region
+    names = ["background", "skin", "brows", "nose", "lips", "eyes", "mouth"]
+    crop = SimpleNamespace(masks={name: labels == i for i, name in enumerate(names)}, landmarks=None)
+    ones = np.ones((32, 32), bool)
+    pred = SimpleNamespace(uv=np.full((32, 32, 2), 0.5, np.float32), normals=np.tile(np.float32([0, 0, 1]), (32, 32, 1)),
+                           mask=ones)
+    t = build_targets(pred, crop, 32, torch.zeros((), dtype=torch.float64))
+    np.testing.assert_array_equal(t.uv_mask.numpy(), np.isin(labels, [1, 2, 3, 4]))
+    np.testing.assert_array_equal(t.normal_mask.numpy() > 0, np.isin(labels, [1, 2, 3, 4, 6]))
+    np.testing.assert_array_equal(t.fg_mask.numpy() > 0, np.isin(labels, [1, 2, 3, 4, 5]))
+    np.testing.assert_array_equal(t.valid_bg.numpy() > 0, labels == 0)
+
+
 def test_component_major_flame_copy_is_equivalent():
-    from core.fit.fitter import _component_major
     from core.flame import FlameModel, FlameParams
 
     data, _ = synthetic_flame("small", 0)
-    flame = FlameModel.from_data(data, dtype=torch.float64)
+    flame = FlameModel(data, dtype=torch.float64)
     before = flame.dirs.clone()
-    fast = _component_major(flame)
+    fast = flame.component_major()
     assert fast.dirs.reshape(-1, fast.dirs.shape[2]).T.is_contiguous()
     assert flame.dirs.is_contiguous() and torch.equal(flame.dirs, before)  # the caller's model is untouched
     g = torch.Generator().manual_seed(0)
@@ -277,22 +360,24 @@ def test_gaussian_blur_matches_full_image_convolution():
     assert torch.equal(L.gaussian_blur(torch.zeros(8, 8), 5, 1.0), torch.zeros(8, 8))
 
 
-def test_render_depth_equals_render_head_depth():
-    from core.fit.maps import corner_uv_tensor, render_depth, render_head
-    from core.flame import FlameModel, FlameParams
+def test_view_depth_image_equals_render_maps_depth(scene):
+    """The depth image behind the correspondences' visibility test, against render_maps' at the same pose."""
+    from core.fit import render_maps
+    from core.fit.init import PoseInit
+    from core.fit.objective import Objective, Params
+    from core.flame import FlameParams
+    from core.render.camera import Camera
 
-    data, uvt = synthetic_flame("small", 0)
-    flame = FlameModel.from_data(data, dtype=torch.float64)
-    world = flame(FlameParams()).vertices + torch.tensor([0.0, 0.0, 0.05], dtype=torch.float64)
-    focal = torch.tensor([2.0], dtype=torch.float64)
-    pp = torch.tensor([[0.02, -0.01]], dtype=torch.float64)
-    ref = flame.v_template
-    for cull in (False, True):
-        full = render_head(world, torch.zeros_like(world), flame.faces, corner_uv_tensor(uvt, ref), focal, pp, 48,
-                           ref.new_zeros(ref.shape[0], 0), cull_back=cull).depth
-        depth = render_depth(world, flame.faces, focal, pp, 48, cull)
-        assert torch.isfinite(depth).any() and torch.isinf(depth).any()
-        assert torch.equal(depth, full)
+    data = scene.data  # its config draws both sides, as render_maps does
+    p = Params(scene.flame, PoseInit(scene.rot, scene.t, "test", 0, 0), scene.flame.v_template, False)
+    view = Objective(data, scene.stage).view(p)
+
+    ref = render_maps(scene.flame, scene.uvt, FlameParams(), scene.rot, scene.t, Camera.of(size=data.size))["depth"]
+    got = view.depth_image().numpy()
+    np.testing.assert_array_equal(np.isinf(got), np.isinf(ref))
+    finite = np.isfinite(ref)
+    assert finite.sum() > 100
+    np.testing.assert_allclose(got[finite], ref[finite], atol=1e-6)
 
 
 def test_vertex_normals_match_a_per_vertex_sum_and_finite_differences():

@@ -12,10 +12,11 @@ from core.fit import FitConfig, fit, render_maps
 from core.fit import fitter as F
 from core.fit.config import _camera_stage, _image_stage
 from core.fit.init import PoseInit
+from core.fit.objective import FitData, Objective, Params
 from core.fit.refine import gauss_newton_curvature, lm_step
 from core.metrics import rigid_align
 from core.flame import FlameModel, FlameParams, axis_angle_to_matrix, synthetic_flame
-from core.render.camera import DEFAULT_FOCAL
+from core.render.camera import DEFAULT_FOCAL, Camera
 
 PRED = 128
 
@@ -60,7 +61,7 @@ def test_lm_step_solves_linear_least_squares_and_rejects_uphill_steps():
 @pytest.fixture(scope="module")
 def problem():
     data, uvt = synthetic_flame("small", 0)
-    flame = F._component_major(FlameModel.from_data(data, dtype=torch.float64))
+    flame = FlameModel(data, dtype=torch.float64).component_major()
     g = np.random.default_rng(0)
     params = FlameParams(
         shape=torch.tensor(g.normal(size=(1, flame.n_shape)) * 0.5),
@@ -69,16 +70,16 @@ def problem():
     )
     rot = axis_angle_to_matrix(torch.tensor([0.05, 0.25, 0.0], dtype=torch.float64)).numpy()
     t = np.array([0.005, -0.01, 0.03])
-    maps = render_maps(flame, uvt, params, rot, t, DEFAULT_FOCAL, [0.0, 0.0], PRED)
+    maps = render_maps(flame, uvt, params, rot, t, Camera.of(size=PRED))
     pred = SimpleNamespace(uv=maps["uv"], normals=maps["normals"], mask=maps["mask"])
     crop = SimpleNamespace(masks={"skin": maps["mask"], "background": ~maps["mask"]}, landmarks=None)
     cfg = FitConfig(resolution=64, stages=(_camera_stage(30), _image_stage(60)))
-    prob = F._Problem(pred, crop, flame, uvt, cfg)
+    prob = FitData(pred, crop, flame, uvt, cfg)
     prob.match()
     # A start away from the truth: the pose a little off, other identity, expression, jaw and eyes.
     start = PoseInit(rot @ axis_angle_to_matrix(torch.tensor([0.0, 0.08, 0.0], dtype=torch.float64)).numpy(),
                      t + 0.004, "test", 0, 0)
-    p = F._Params(flame, start, flame.v_template, flame.has_eyelids)
+    p = Params(flame, start, flame.v_template, flame.has_eyelids)
     with torch.no_grad():
         for name in ("shape", "expression", "jaw", "eyes"):
             for leaf in p.groups[name]:
@@ -99,15 +100,14 @@ def test_params_flat_round_trip(problem):
 
 @pytest.mark.parametrize("term", ["uv_corr", "uv_dense", "reg_shape", "reg_expression", "reg_jaw", "reg_mirror", "reg_eyes"])
 def test_residuals_reproduce_quadratic_terms_and_their_gradient(problem, term):
-    prob, p = problem.prob, problem.p
-    w = {term: problem.stage.weights[term]}
-    stage = dataclasses.replace(problem.stage, weights=w)
+    p = problem.p
+    objective = Objective(problem.prob, dataclasses.replace(problem.stage, weights={term: problem.stage.weights[term]}))
     groups = list(problem.stage.lr)
     x = p.flat(groups).requires_grad_(True)
     view = p.with_flat(groups, x)
-    lin = prob.linearise(p, w, stride=1)
-    value = prob.losses(view, stage, None)[term]
-    sq = prob.residuals(view, lin, w).square().sum()
+    lin = objective.linearise(p, stride=1)
+    value = objective.losses(view)[term]
+    sq = objective.residuals(view, lin).square().sum()
     assert value.item() > 0
     assert sq.item() == pytest.approx(value.item(), rel=1e-9)
     g_loss, = torch.autograd.grad(value, x)
@@ -116,14 +116,13 @@ def test_residuals_reproduce_quadratic_terms_and_their_gradient(problem, term):
 
 
 def test_normal_residuals_are_the_reweighted_l1_term(problem):
-    prob, p = problem.prob, problem.p
-    w = {"normal": problem.stage.weights["normal"]}
-    stage = dataclasses.replace(problem.stage, weights=w)
+    p = problem.p
+    objective = Objective(problem.prob, dataclasses.replace(problem.stage, weights={"normal": problem.stage.weights["normal"]}))
     groups = list(problem.stage.lr)
     x = p.flat(groups).requires_grad_(True)
     view = p.with_flat(groups, x)
-    l1 = prob.losses(view, stage, None)["normal"]
-    sq = prob.residuals(view, prob.linearise(p, w, stride=1), w).square().sum()
+    l1 = objective.losses(view)["normal"]
+    sq = objective.residuals(view, objective.linearise(p, stride=1)).square().sum()
     # |e| = e^2 / (2 |e|) + |e| / 2: the residuals carry half of the L1 term and its whole gradient
     # (up to pixels below the reweighting floor).
     assert sq.item() == pytest.approx(0.5 * l1.item(), rel=0.02)
@@ -134,14 +133,15 @@ def test_normal_residuals_are_the_reweighted_l1_term(problem):
 
 
 def test_subsampled_curvature_is_close_to_the_full_one(problem):
-    prob, p = problem.prob, problem.p
+    p = problem.p
     w = {k: v for k, v in problem.stage.weights.items() if k in ("uv_dense", "normal")}
+    objective = Objective(problem.prob, dataclasses.replace(problem.stage, weights=w))
     groups = ["shape", "expression"]
     x = p.flat(groups)
 
     def curvature(stride):
-        lin = prob.linearise(p, w, stride=stride)
-        return gauss_newton_curvature(lambda y: prob.residuals(p.with_flat(groups, y), lin, w), x)
+        lin = objective.linearise(p, stride=stride)
+        return gauss_newton_curvature(lambda y: objective.residuals(p.with_flat(groups, y), lin), x)
 
     full, sub = curvature(1), curvature(4)
     # About 250 of 1000 covered pixels at 64 px: 12 % apart (an unweighted subsample would be 75 % off).
@@ -174,7 +174,7 @@ def test_lm_stage_on_the_accelerator_matches_the_cpu(problem):
     pred, crop, flame, uvt, verts = problem.data
     cfg = FitConfig(resolution=64, stages=(_camera_stage(20), _image_stage(20)))
     cfg = dataclasses.replace(cfg, stages=cfg.stages + (dataclasses.replace(cfg.stages[1], name="refine", steps=2, method="lm"),))
-    small = FlameModel.from_data(synthetic_flame("small", 0)[0])  # float32: MPS has no float64
+    small = FlameModel(synthetic_flame("small", 0)[0])  # float32: MPS has no float64
     cpu = fit(pred, crop, small, uvt, cfg)
     dev = fit(pred, crop, small, uvt, cfg, device=resolve_device("gpu"))
     assert dev.info["device"] != "cpu" and len(dev.loss_history["refine/total"]) == 2
@@ -184,7 +184,8 @@ def test_lm_stage_on_the_accelerator_matches_the_cpu(problem):
 def test_lm_rejects_steps_that_turn_the_data_into_outliers(problem):
     # Every data term drops outliers and pixels off the head, so moving the head out of the picture (or up to the
     # camera, where every pixel is an outlier) lowers the loss; a Levenberg-Marquardt step must not do that.
-    prob, p, stage = problem.prob, problem.p, problem.stage
+    p, stage = problem.p, problem.stage
+    prob = Objective(problem.prob, stage)
     groups = list(stage.lr)
     lm = F._LevenbergMarquardt(prob, p, stage, groups)
     start = prob.support(p)
@@ -196,6 +197,6 @@ def test_lm_rejects_steps_that_turn_the_data_into_outliers(problem):
         away[t0 : t0 + 3] += torch.tensor(offset, dtype=x.dtype)
         moved = p.with_flat(groups, away)
         assert prob.support(moved) < 0.5 * start
-        assert sum(prob.losses(moved, stage, None).values()).item() < sum(prob.losses(p, stage, None).values()).item()
+        assert sum(prob.losses(moved).values()).item() < sum(prob.losses(p).values()).item()
         assert lm._loss(away) == float("inf")
-    assert lm._loss(x) == pytest.approx(sum(v.item() for v in prob.losses(p, stage, None).values()))
+    assert lm._loss(x) == pytest.approx(sum(v.item() for v in prob.losses(p).values()))

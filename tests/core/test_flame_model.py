@@ -79,7 +79,7 @@ def _params(case, rep):
 def test_forward_matches_numpy_reference(data, rep):
     rng = np.random.default_rng(7)
     case = _random_case(rng, data, batch=4)
-    model = FlameModel.from_data(data, dtype=torch.float64)
+    model = FlameModel(data, dtype=torch.float64)
     out = model(_params(case, rep))
     for b in range(4):
         verts, joints, world, shaped = _reference(
@@ -95,7 +95,7 @@ def test_forward_matches_numpy_reference(data, rep):
 
 
 def test_eye_rotation_turns_the_eyeball_about_its_centre(data):
-    model = FlameModel.from_data(data, dtype=torch.float64)
+    model = FlameModel(data, dtype=torch.float64)
     eye = data.weights[:, 3] == 1.0
     centre = data.J_regressor[3] @ data.v_template
     out = model(FlameParams(eye_pose_left=torch.tensor([[0.0, 0.4, 0.0]], dtype=torch.float64)))
@@ -107,7 +107,7 @@ def test_eye_rotation_turns_the_eyeball_about_its_centre(data):
 
 
 def test_none_fields_mean_zero_and_identity(data):
-    model = FlameModel.from_data(data, dtype=torch.float64)
+    model = FlameModel(data, dtype=torch.float64)
     out = model(FlameParams())
     np.testing.assert_allclose(out.vertices[0].numpy(), data.v_template, atol=1e-12)
     np.testing.assert_allclose(out.joints[0].numpy(), data.J_regressor @ data.v_template, atol=1e-12)
@@ -117,7 +117,7 @@ def test_none_fields_mean_zero_and_identity(data):
 
 
 def test_fewer_components_and_neutral(data):
-    model = FlameModel.from_data(data, n_shape=5, n_expr=3, dtype=torch.float64)
+    model = FlameModel(data, n_shape=5, n_expr=3, dtype=torch.float64)
     assert model.shapedirs.shape[-1] == 5 and model.exprdirs.shape[-1] == 3
     shape = torch.tensor(np.random.default_rng(0).normal(size=(2, 4)))
     want = data.v_template + np.einsum("vck,bk->bvc", data.shapedirs[:, :, :4], shape.numpy())
@@ -126,12 +126,12 @@ def test_fewer_components_and_neutral(data):
     with pytest.raises(ValueError, match="components"):
         model(FlameParams(shape=torch.zeros(1, 6, dtype=torch.float64)))
     with pytest.raises(ValueError, match="at most"):
-        FlameModel.from_data(data, n_shape=data.n_shape + 1)
+        FlameModel(data, n_shape=data.n_shape + 1)
 
 
 def test_gradients_reach_every_parameter(data):
     rng = np.random.default_rng(11)
-    model = FlameModel.from_data(data)  # float32, the fitter's dtype
+    model = FlameModel(data)  # float32, the fitter's dtype
     case = _random_case(rng, data, batch=2)
     params = _params(case, "6d")
     for name in vars(params):
@@ -146,10 +146,10 @@ def test_gradients_reach_every_parameter(data):
 
 
 def test_buffers_follow_dtype_and_eyelids_require_blendshapes(data):
-    model = FlameModel.from_data(data).to(torch.float64)
+    model = FlameModel(data).to(torch.float64)
     assert model.dirs.dtype == torch.float64 and model.faces.dtype == torch.int64
     assert model.faces.shape == (data.faces.shape[0], 3)
-    no_lids = FlameModel.from_data(
+    no_lids = FlameModel(
         type(data)(**{**vars(data), "eyelids": None}), dtype=torch.float64
     )
     assert not no_lids.has_eyelids
@@ -191,7 +191,7 @@ def test_restricted_model_evaluates_a_vertex_subset_exactly(data):
     ones the joint regressor reads, added on its own), and ``shaped`` equals the unposed mesh of ``forward``."""
     rng = np.random.default_rng(11)
     params = _params(_random_case(rng, data, batch=2), "6d")
-    model = FlameModel.from_data(data, dtype=torch.float64)
+    model = FlameModel(data, dtype=torch.float64)
     full = model(params)
     wanted = torch.tensor(rng.choice(data.v_template.shape[0], 40, replace=False))
     sub = model.restricted(torch.cat([wanted, wanted[:5]]))
@@ -214,7 +214,7 @@ def test_coefficients_of_batch_one_serve_every_pose(data):
     mismatches are refused with one sentence."""
     rng = np.random.default_rng(5)
     params = _params(_random_case(rng, data, batch=3), "6d")
-    model = FlameModel.from_data(data, dtype=torch.float64)
+    model = FlameModel(data, dtype=torch.float64)
     single = FlameParams(**{**params.__dict__, "shape": params.shape[:1], "expression": params.expression[:1]})
     repeated = FlameParams(
         **{**single.__dict__, "shape": single.shape.expand(3, -1), "expression": single.expression.expand(3, -1)}

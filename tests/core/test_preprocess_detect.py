@@ -18,7 +18,6 @@ from core.preprocess import (
     crop_face,
     crop_transform_for_box,
     detect_faces,
-    fitting_masks,
     load_photo,
     refine_crop_masks,
 )
@@ -121,10 +120,6 @@ def test_masks_are_non_empty_and_nested(photo_and_crop):
     for key in ("face", "skin", "brows", "nose", "lips", "eyes", "mouth"):
         np.testing.assert_array_equal(without_segmentation[key], m[key])
     assert not (m["face"] & ~without_segmentation["foreground"]).any()
-    f = fitting_masks(m)
-    np.testing.assert_array_equal(f["uv_mask"], m["face"] & ~m["eyes"] & ~m["mouth"])
-    np.testing.assert_array_equal(f["normal_mask"], m["face"] & ~m["eyes"])
-    np.testing.assert_array_equal(f["fg_mask"], m["face"] & ~m["mouth"])
 
 
 def test_crop_image_is_the_photo_resampled(photo_and_crop):

@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 from scipy.ndimage import distance_transform_edt
 
-from core.preprocess import MASK_KEYS, fitting_masks, masks_from_prediction_mask
+from core.preprocess import MASK_KEYS, masks_from_prediction_mask
 from core.preprocess.masks import _paths
 
 
@@ -47,15 +47,3 @@ def test_empty_prediction_mask_gives_empty_regions(caplog):
         masks, _ = masks_from_prediction_mask(np.zeros((64, 64), bool))
     assert not masks["face"].any() and masks["background"].all()
     assert "empty" in caplog.text
-
-
-def test_fitting_masks_follow_the_reference_label_sets():
-    rng = np.random.default_rng(0)
-    labels = rng.integers(0, 7, (32, 32))   # 0 background, then one label per region
-    names = ["background", "skin", "brows", "nose", "lips", "eyes", "mouth"]
-    masks = {name: labels == i for i, name in enumerate(names)}
-    f = fitting_masks(masks)
-    np.testing.assert_array_equal(f["uv_mask"], np.isin(labels, [1, 2, 3, 4]))
-    np.testing.assert_array_equal(f["normal_mask"], np.isin(labels, [1, 2, 3, 4, 6]))
-    np.testing.assert_array_equal(f["fg_mask"], np.isin(labels, [1, 2, 3, 4, 5]))
-    np.testing.assert_array_equal(f["valid_bg"], labels == 0)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from core.render import antialias, interpolate, pixel_barycentrics, rasterize
+from core.render import antialias, interpolate, interpolate_covered, pixel_barycentrics, rasterize
 
 H, W = 24, 20
 NEAR, FAR = 0.1, 10.0
@@ -69,7 +69,7 @@ def _brute_force(verts, tri):
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_rasterize_matches_ray_casting(seed):
     verts, tri = _random_scene(seed)
-    rast = rasterize(_to_clip(verts), tri, (H, W))
+    rast = rasterize(_to_clip(verts), tri, (H, W)).image()
     tid_ref, bary_ref = _brute_force(verts, tri)
     tid = rast[0, ..., 3].long().numpy() - 1
     assert (tid >= 0).sum() > 20
@@ -84,8 +84,8 @@ def test_rasterize_layout_and_uv_space():
     tri = torch.tensor([[0, 1, 2], [0, 2, 3]])
     pos = torch.cat([uv * 2 - 1, torch.zeros(4, 1), torch.ones(4, 1)], -1)[None]
     rast = rasterize(pos, tri, (8, 16))
-    assert rast.shape == (1, 8, 16, 4)
-    assert (rast[..., 3] > 0).all()
+    assert rast.image().shape == (1, 8, 16, 4)
+    assert (rast.image()[..., 3] > 0).all() and (rast.triangle_ids() >= 0).all()
     img = interpolate(uv, rast, tri)[0]
     xs = (torch.arange(16) + 0.5) / 16
     ys = 1 - (torch.arange(8) + 0.5) / 8
@@ -98,10 +98,10 @@ def test_rasterize_batch_and_chunking_agree():
     pos = _to_clip(verts)
     pos2 = torch.cat([pos, pos.flip(1)], 0)  # second image has the triangles' vertices permuted
     tri2 = tri
-    full = rasterize(pos2, tri2, (H, W))
-    small = rasterize(pos2, tri2, (H, W), chunk_size=7)
+    full = rasterize(pos2, tri2, (H, W)).image()
+    small = rasterize(pos2, tri2, (H, W), chunk_size=7).image()
     torch.testing.assert_close(full, small)
-    torch.testing.assert_close(full[0], rasterize(pos, tri, (H, W))[0])
+    torch.testing.assert_close(full[0], rasterize(pos, tri, (H, W)).image()[0])
 
 
 def test_rasterize_rejects_bad_input():
@@ -154,7 +154,7 @@ def test_rasterize_is_watertight_on_edges_through_pixel_centres(dtype):
             on_rim = (_edge(rim_a[None, None], rim_b[None, None], centres[:, :, None]) == 0).any(-1)
             must = contains.any(-1) & ~on_rim
             for t in (tri, tri[:, ::-1].copy()):
-                tid = rasterize(pos[None], torch.tensor(t), (size, size))[0, ..., 3].long().numpy() - 1
+                tid = rasterize(pos[None], torch.tensor(t), (size, size)).triangle_ids()[0].numpy()
                 assert (tid[must] >= 0).all(), f"crack at seed {seed}, size {size}"
                 hit = tid >= 0
                 assert contains[hit, tid[hit]].all()
@@ -205,35 +205,37 @@ def test_interpolate_gradients_match_finite_differences():
     assert _fd_check(render, _to_clip(verts)) >= 4
 
 
-def test_interpolate_reads_the_samples_rasterize_recorded_while_rast_is_unchanged():
-    # interpolate takes the covered pixels and barycentrics that rasterize recorded for its rast, not the image:
-    # the same values and gradients as from a copy of the image (which carries no record), and an image changed
-    # in place is read as changed.
+def test_interpolate_matches_the_rast_image_pixel_by_pixel():
+    """interpolate (and interpolate_covered) against an independent reading of nvdiffrast's rast image: per covered
+    pixel, the corners' attributes blended with the image's (u, v); values and gradients to the positions and the
+    attributes, on a batch of two images with per-image attributes."""
     verts, tri = _random_scene(3, n_tri=10)
     pos = torch.cat([_to_clip(verts), _to_clip(verts * torch.tensor([1.1, 0.9, 1.0], dtype=verts.dtype))])
     pos.requires_grad_(True)
     g = torch.Generator().manual_seed(7)
     attr = torch.randn(2, verts.shape[0], 3, dtype=pos.dtype, generator=g, requires_grad=True)
     weights = torch.randn(2, H, W, 3, dtype=pos.dtype, generator=g)
-
-    def value_and_grads(rast):
-        out = interpolate(attr, rast, tri)
-        return (out,) + torch.autograd.grad((out * weights).sum(), (pos, attr), retain_graph=True)
-
     rast = rasterize(pos, tri, (H, W))
-    assert (rast[..., 3] > 0).sum() > 100
-    recorded, image = value_and_grads(rast), value_and_grads(rast.clone())
-    assert recorded[1].abs().sum() > 0
-    for a, b in zip(recorded, image):
-        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
-    with torch.no_grad():
-        changed = rasterize(pos, tri, (H, W))
-        changed[..., :2] *= 0.5
-        expected = interpolate(attr, changed.clone(), tri)
-        torch.testing.assert_close(interpolate(attr, changed, tri), expected, rtol=0, atol=0)
-        assert not torch.equal(expected, recorded[0])
-    with torch.inference_mode():  # no version counter there: the image is read
-        torch.testing.assert_close(interpolate(attr, rasterize(pos, tri, (H, W)), tri), recorded[0], rtol=0, atol=0)
+    image = rast.image()
+    assert (image[..., 3] > 0).sum() > 100
+    got = interpolate(attr, rast, tri)
+    expected = torch.zeros_like(got)
+    for b in range(2):
+        for i in range(H):
+            for j in range(W):
+                t = int(image[b, i, j, 3]) - 1
+                if t >= 0:
+                    u, v = image[b, i, j, 0], image[b, i, j, 1]
+                    a0, a1, a2 = (attr[b, int(k)] for k in tri[t])
+                    expected[b, i, j] = u * a0 + v * a1 + (1 - u - v) * a2
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    covered = interpolate_covered(attr, rast, tri)
+    torch.testing.assert_close(covered, got.reshape(-1, 3)[rast.pid], rtol=0, atol=0)
+    g_got = torch.autograd.grad((got * weights).sum(), (pos, attr), retain_graph=True)
+    g_exp = torch.autograd.grad((expected * weights).sum(), (pos, attr))
+    assert g_got[0].abs().sum() > 0
+    for a, b in zip(g_got, g_exp):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
 def test_interpolate_gradient_wrt_attributes():
@@ -256,7 +258,7 @@ def test_pixel_barycentrics_values_and_derivatives_in_both_modes():
     shift = torch.tensor([0.05, -0.03, 0.1], dtype=verts.dtype)
     pos = torch.cat([_to_clip(verts), _to_clip(verts + shift)])  # two images: pixel ids carry a batch index
     rast = rasterize(pos, tri, (H, W))
-    flat = rast.view(-1, 4)
+    flat = rast.image().view(-1, 4)
     pid = (flat[:, 3] > 0).nonzero().squeeze(1)
     tid = flat[pid, 3].long() - 1
     bary = pixel_barycentrics(pos, tri, pid, tid, (H, W))
@@ -307,7 +309,7 @@ def test_antialias_coverage_tracks_edge_position():
         )
         tri = torch.tensor([[0, 1, 2], [0, 2, 3]])
         rast = rasterize(pos, tri, (4, 10))
-        mask = (rast[..., 3:] > 0).to(torch.float64)
+        mask = rast.coverage(torch.float64)[..., None]
         cov = antialias(mask, rast, pos, tri)[0, 2, :, 0]
         col = int(np.floor(x_edge))
         assert cov[col].item() == pytest.approx(x_edge - col, abs=1e-9)
@@ -345,11 +347,11 @@ def test_back_face_culling():
     normal = torch.linalg.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0], dim=-1)
     outward = (normal * (corners.mean(1) - verts.mean(0))).sum(-1) > 0
     tri = torch.where(outward[:, None], tri, tri.flip(1))
-    full = rasterize(pos, tri, (H, W))
-    culled = rasterize(pos, tri, (H, W), cull_back=True)
+    full = rasterize(pos, tri, (H, W)).image()
+    culled = rasterize(pos, tri, (H, W), cull_back=True).image()
     assert (full[..., 3] > 0).sum() > 50
     torch.testing.assert_close(full, culled)
     single = _to_clip(torch.tensor([[-0.5, -0.5, -2.0], [0.5, -0.5, -2.0], [0.0, 0.5, -2.0]], dtype=torch.float64))
     tri1 = torch.tensor([[0, 1, 2]])
-    assert (rasterize(single, tri1, (H, W), cull_back=True)[..., 3] > 0).any()
-    assert not (rasterize(single, tri1.flip(1), (H, W), cull_back=True)[..., 3] > 0).any()
+    assert rasterize(single, tri1, (H, W), cull_back=True).pid.numel() > 0
+    assert rasterize(single, tri1.flip(1), (H, W), cull_back=True).pid.numel() == 0

@@ -11,7 +11,7 @@ from scipy.spatial import cKDTree
 from core.errors import ImageError, Pixel3DMMError
 from core.flame import synthetic_flame
 from core.render import interpolate, rasterize
-from core.render.camera import intrinsics_matrix, project, world_to_camera
+from core.render.camera import Camera, world_to_camera
 from core.texture import (
     _depth_map,
     bake_from_fit,
@@ -107,13 +107,12 @@ def reference_uv_raster(corner_uv, size):
     zeros = torch.zeros(len(flat), 1, dtype=flat.dtype)
     pos = torch.cat([flat * 2 - 1, zeros, zeros + 1], 1)
     tri = torch.arange(len(flat)).reshape(-1, 3)
-    rast = rasterize(pos[None], tri, (size, size))[0].numpy()
-    return rast
+    return rasterize(pos[None], tri, (size, size))
 
 
 def test_uv_raster_agrees_with_core_rasterizer(scene):
     corner_uv = scene.tpl.corner_uv
-    rast = reference_uv_raster(corner_uv, SIZE)
+    rast = reference_uv_raster(corner_uv, SIZE).image()[0].numpy()
     mine = rasterize_uv(corner_uv, SIZE)
     face = np.full(SIZE * SIZE, -1)
     face[mine.texel] = mine.face
@@ -139,9 +138,9 @@ def test_projection_agrees_with_render_camera():
     rng = np.random.default_rng(0)
     pts = rng.normal(scale=0.1, size=(50, 3))
     fl, pp, s = 3.7, np.array([0.05, -0.03]), 512
-    xy, depth = project_to_photo(pts, intrinsics_matrix(fl, pp, s))
-    ref_xy, ref_depth = project(world_to_camera(torch.from_numpy(pts)[None]), torch.tensor(fl, dtype=torch.float64),
-                                torch.from_numpy(pp), s)
+    camera = Camera.of(fl, pp, s)
+    xy, depth = project_to_photo(pts, camera.intrinsics())
+    ref_xy, ref_depth = camera.project(world_to_camera(torch.from_numpy(pts)[None]))
     np.testing.assert_allclose(xy, ref_xy[0].numpy(), atol=1e-9)
     np.testing.assert_allclose(depth, ref_depth[0].numpy(), atol=1e-12)
     np.testing.assert_allclose(depth, 1.0 - pts[:, 2])
@@ -183,10 +182,11 @@ def test_visible_texels_reproduce_the_known_texture(scene):
 def test_visibility_matches_ray_casting(scene):
     """Texels clearly occluded in the photo are never visible; clearly visible, camera-facing ones are."""
     tpl, verts, b = scene.tpl, scene.verts, scene.baked
-    rast = reference_uv_raster(tpl.corner_uv, SIZE)
+    raster = reference_uv_raster(tpl.corner_uv, SIZE)
+    rast = raster.image()[0].numpy()
     corner_pos = torch.from_numpy(verts[tpl.faces].reshape(-1, 3))
     tri = torch.arange(corner_pos.shape[0]).reshape(-1, 3)
-    pts = interpolate(corner_pos, torch.from_numpy(rast)[None], tri)[0].numpy().reshape(-1, 3)
+    pts = interpolate(corner_pos, raster, tri)[0].numpy().reshape(-1, 3)
     covered = rast[..., 3].reshape(-1) > 0
     idx = np.flatnonzero(covered)
     p = pts[idx]
@@ -201,7 +201,7 @@ def test_visibility_matches_ray_casting(scene):
     for c in range(3):
         np.add.at(vn, tpl.faces[:, c], fn)
     corner_n = torch.from_numpy(vn[tpl.faces].reshape(-1, 3))
-    n = interpolate(corner_n, torch.from_numpy(rast)[None], tri)[0].numpy().reshape(-1, 3)[idx]
+    n = interpolate(corner_n, raster, tri)[0].numpy().reshape(-1, 3)[idx]
     n /= np.linalg.norm(n, axis=1, keepdims=True)
     cos = np.einsum("nc,nc->n", n, -to_p / dist[:, None])
     x = K[0, 0] * to_p[:, 0] / -to_p[:, 2] + K[0, 2]
