@@ -1,36 +1,71 @@
 """The add-on's only door into ``core`` (imported lazily, on first use, never at registration).
 
 In the built extension ``core`` is vendored as the subpackage ``pixel3dmm_blender.core``; in the development
-checkout it is the top-level package ``core``. Nothing here touches bpy, so the worker thread may call
+checkout it is the top-level package ``core``. Each of the three functions below imports one group of core
+modules from whichever is present, once: the panel and preferences need only the light group (no torch, no
+OpenCV), a photo from an image datablock the intake, and only the worker thread (or a headless run) the
+reconstruction group, which loads torch. Nothing here touches bpy, so the worker thread may call
 :func:`run_reconstruction`.
 """
 
 from __future__ import annotations
 
-import importlib
+import functools
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Callable
 
 import numpy as np
 
-def _core_module(name: str):
+_VENDORED_CORE = f"{__package__}.core"
+
+
+@functools.cache
+def _core_basics() -> SimpleNamespace:
+    """core's assets and errors modules."""
     try:
-        from . import core
-    except ImportError:
-        import core
-    return importlib.import_module(f"{core.__name__}.{name}")
+        from .core import assets, errors
+    except ModuleNotFoundError as exc:
+        if exc.name != _VENDORED_CORE:
+            raise
+        from core import assets, errors
+    return SimpleNamespace(assets=assets, errors=errors)
+
+
+@functools.cache
+def _core_intake() -> SimpleNamespace:
+    """core's preprocess package (photo intake; imports OpenCV)."""
+    try:
+        from .core import preprocess
+    except ModuleNotFoundError as exc:
+        if exc.name != _VENDORED_CORE:
+            raise
+        from core import preprocess
+    return SimpleNamespace(preprocess=preprocess)
+
+
+@functools.cache
+def _core_reconstruction() -> SimpleNamespace:
+    """core's pipeline, rig and texture modules (import torch: seconds)."""
+    try:
+        from .core import pipeline, rig, texture
+    except ModuleNotFoundError as exc:
+        if exc.name != _VENDORED_CORE:
+            raise
+        from core import pipeline, rig, texture
+    return SimpleNamespace(pipeline=pipeline, rig=rig, texture=texture)
 
 
 @dataclass(frozen=True)
 class ReconstructionRequest:
     """Everything the worker needs, gathered on the main thread (no bpy objects inside).
 
-    ``source`` is a photo path or an (H, W, 3) float32 sRGB array in [0, 1], row 0 at the top. ``assets`` maps
-    the keys of ``core.assets`` (flame, uv_template, uv_checkpoint, normals_checkpoint) to paths, empty when
-    unset. ``cache_dir`` is where the core may keep converted assets (None: the core's default).
+    ``source`` is a photo path (str) or a core ``Photo`` (see :func:`photo_from_pixels`). ``assets`` maps the
+    keys of ``core.assets`` (flame, uv_template, uv_checkpoint, normals_checkpoint) to paths, empty when unset.
+    ``cache_dir`` is where the core may keep converted assets (None: the core's default).
     """
 
-    source: str | np.ndarray
+    source: object
     assets: dict[str, str]
     quality: str
     device: str
@@ -38,57 +73,91 @@ class ReconstructionRequest:
     cache_dir: str | None
 
 
+@dataclass(frozen=True)
+class ReconstructionResult:
+    """A finished reconstruction made ready for the scene builder (on the worker thread).
+
+    ``reconstruction`` is the core's ``Reconstruction`` (fields ``fit``, ``flame``, ``uv``, ``texture``,
+    ``used_synthetic``, ``messages``, ...), ``rig`` its ``core.rig.Rig`` and ``texture`` the baked texture as
+    (T, T, 4) float32 RGBA in Blender's pixel order (row 0 at the bottom).
+    """
+
+    reconstruction: object
+    rig: object
+    texture: np.ndarray
+
+
 def asset_report(paths: dict[str, str]):
     """The core's ``AssetReport`` for the preference paths only (no environment or config file)."""
-    assets = _core_module("assets")
-    return assets.AssetRegistry(paths, use_environment=False).report()
+    return _core_basics().assets.AssetRegistry(paths, use_environment=False).report()
 
 
 def configured_assets() -> dict[str, str] | None:
     """Asset paths from the core's environment variables / config file when all four are usable, else None
     (the CLI's configuration, for headless runs)."""
-    report = _core_module("assets").AssetRegistry(use_environment=True).report()
+    report = _core_basics().assets.AssetRegistry(use_environment=True).report()
     return {state.spec.key: str(state.path) for state in report.states} if report.complete else None
 
 
 def standin_assets(folder, network_size: str = "published") -> dict[str, str]:
     """Write (or reuse) the project-made stand-in assets in ``folder``; their paths by asset key."""
-    paths = _core_module("pipeline").write_standin_assets(folder, network_size=network_size)
+    paths = _core_reconstruction().pipeline.write_standin_assets(folder, network_size=network_size)
     return {key: str(path) for key, path in paths.items()}
 
 
 def default_cache_dir() -> str:
     """The core's per-user cache folder (``PIXEL3DMM_CACHE_DIR`` or the platform's cache folder)."""
-    return str(_core_module("assets").cache_dir())
+    return str(_core_basics().assets.cache_dir())
+
+
+def photo_from_pixels(pixels: np.ndarray, width: int, height: int, *, linear: bool, name: str):
+    """The core's ``Photo`` of a Blender image's pixel buffer.
+
+    ``pixels`` is ``Image.pixels`` as a flat float32 array (``width * height`` pixels of 1, 3 or 4 channels,
+    bottom row first); ``linear`` says the values are scene-linear (float buffers). The photo holds sRGB with
+    NaN as 0 and alpha composited over white; ``name`` (the datablock's) appears in the core's messages.
+    """
+    return _core_intake().preprocess.photo_from_pixels(pixels, width, height, bottom_up=True, linear=linear, name=name)
+
+
+def prepare_result(reconstruction) -> ReconstructionResult:
+    """The rig and the texture's Blender pixels of a core ``Reconstruction`` (fields ``fit``, ``flame``, ``uv``
+    and ``texture`` (T, T, 3) float32 in [0, 1], row 0 at the top)."""
+    core = _core_reconstruction()
+    rig = core.rig.build_rig(reconstruction.flame, reconstruction.uv, reconstruction.fit)
+    height, width = reconstruction.texture.shape[:2]
+    texture = core.texture.blender_pixels(reconstruction.texture).reshape(height, width, 4)
+    return ReconstructionResult(reconstruction, rig, texture)
 
 
 def run_reconstruction(
     request: ReconstructionRequest,
     on_progress: Callable[[str, float], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
-):
-    """Run the whole core pipeline; returns its ``Reconstruction`` (fields ``fit``, ``flame``, ``uv``,
-    ``texture``, ``used_synthetic``, ``messages``). Raises the core's errors unchanged."""
-    pipeline = _core_module("pipeline")
-    registry = _core_module("assets").AssetRegistry(request.assets, use_environment=False)
+) -> ReconstructionResult:
+    """Run the whole core pipeline and prepare its result for the scene (:func:`prepare_result`). Raises the
+    core's errors unchanged."""
+    pipeline = _core_reconstruction().pipeline
+    registry = _core_basics().assets.AssetRegistry(request.assets, use_environment=False)
     settings = pipeline.PipelineSettings(
         quality=request.quality,
         device=request.device,
         texture_size=request.texture_size,
         cache_dir=request.cache_dir,
     )
-    return pipeline.reconstruct(
+    reconstruction = pipeline.reconstruct(
         request.source, registry, settings, on_progress=on_progress, should_cancel=should_cancel
     )
+    return prepare_result(reconstruction)
 
 
 def is_cancellation(exc: BaseException) -> bool:
     """True when ``exc`` is the core's "the user cancelled" error."""
-    return isinstance(exc, _core_module("errors").FitCancelled)
+    return isinstance(exc, _core_basics().errors.FitCancelled)
 
 
 def error_message(exc: BaseException) -> str:
     """One sentence for the user: the core's own message, or a generic one naming an unexpected error."""
-    if isinstance(exc, _core_module("errors").Pixel3DMMError):
+    if isinstance(exc, _core_basics().errors.Pixel3DMMError):
         return str(exc)
     return f"Reconstruction failed with an unexpected {type(exc).__name__} ({exc}); please report this as a bug."

@@ -29,10 +29,10 @@ class InputError(Exception):
 
 @dataclass
 class PhotoSource:
-    """The photo, resolved on the main thread: ``data`` for the core, an image datablock or a file for the
-    camera background, and the name for the new collection."""
+    """The photo, resolved on the main thread: ``data`` for the core (a path, or the core's ``Photo`` of an image
+    datablock), an image datablock or a file for the camera background, and the name for the new collection."""
 
-    data: str | np.ndarray
+    data: object
     image: bpy.types.Image | None
     path: str | None
     name: str
@@ -49,26 +49,22 @@ def editor_image(context: bpy.types.Context) -> bpy.types.Image | None:
     return None
 
 
-def image_pixels(image: bpy.types.Image) -> np.ndarray:
-    """An image datablock's pixels as (H, W, 3) float32 sRGB in [0, 1], row 0 at the top."""
+def image_photo(image: bpy.types.Image):
+    """An image datablock's pixels as the core's ``Photo`` (sRGB, row 0 at the top; see
+    :func:`bridge.photo_from_pixels`), or :class:`InputError` for an image without pixels."""
     width, height = image.size
     if width == 0 or height == 0:
         raise InputError(f"The image '{image.name}' has no pixels; reload it or pick another image.")
-    channels = image.channels
-    buffer = np.empty(width * height * channels, dtype=np.float32)
+    buffer = np.empty(width * height * image.channels, dtype=np.float32)
     image.pixels.foreach_get(buffer)
-    pixels = buffer.reshape(height, width, channels)[::-1]
-    rgb = pixels[:, :, :3] if channels >= 3 else np.repeat(pixels[:, :, :1], 3, axis=2)
-    if image.is_float:  # float buffers hold linear values; the core expects sRGB
-        rgb = np.clip(rgb, 0.0, 1.0)
-        rgb = np.where(rgb <= 0.0031308, 12.92 * rgb, 1.055 * np.power(rgb, 1.0 / 2.4) - 0.055)
-    return np.ascontiguousarray(rgb, dtype=np.float32)
+    # float buffers hold scene-linear values; byte buffers hold the image's sRGB values
+    return bridge.photo_from_pixels(buffer, width, height, linear=image.is_float, name=image.name)
 
 
 def _from_image(image: bpy.types.Image) -> PhotoSource:
     path = bpy.path.abspath(image.filepath, library=image.library) if image.filepath else ""
     on_disk = image.source == "FILE" and image.packed_file is None and not image.is_dirty and os.path.isfile(path)
-    data = path if on_disk else image_pixels(image)
+    data = path if on_disk else image_photo(image)
     return PhotoSource(data, image, None, scene.photo_name(image.name))
 
 
@@ -126,10 +122,10 @@ class Outcome:
 CANCELLED_MESSAGE = "Reconstruction cancelled; the scene was not changed."
 
 
-def build_result(context, source: PhotoSource, result) -> Outcome:
+def build_result(context, source: PhotoSource, result: bridge.ReconstructionResult) -> Outcome:
     """Build the reconstructed head into the scene (main thread) and say what was done."""
-    level = "WARNING" if result.used_synthetic else "INFO"
-    reports = [(level, message) for message in result.messages]
+    level = "WARNING" if result.reconstruction.used_synthetic else "INFO"
+    reports = [(level, message) for message in result.reconstruction.messages]
     photo = source.image
     images_before = set(bpy.data.images)
     if photo is None:
@@ -140,9 +136,7 @@ def build_result(context, source: PhotoSource, result) -> Outcome:
             reports.append(("WARNING", "Blender cannot read this photo format, so the camera has no background "
                                        "image; convert the photo to PNG or JPEG to see the overlay."))
     try:
-        head = scene.build_head(
-            context, result.flame, result.uv, result.fit, name=source.name, texture=result.texture, photo=photo
-        )
+        head = scene.build_head(context, result.rig, name=source.name, texture=result.texture, photo=photo)
     except Exception as exc:
         if photo is not None and photo not in images_before:
             bpy.data.images.remove(photo)

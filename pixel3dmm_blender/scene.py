@@ -1,42 +1,35 @@
-"""Turn a fitted FLAME head (plain numpy data) into Blender scene data. Main thread only.
+"""Copy a core ``Rig`` (plain numpy data, see ``core/rig.py``) into Blender scene data. Main thread only.
+
+Every number comes from the rig; this module only chooses Blender names and display settings and writes the
+arrays into datablocks.
 
 Frames and units
 ----------------
-FLAME works in metres with +y up and the face towards +z; the head pose is applied outside FLAME
-(``world = R @ v + t``) and the camera sits at (0, 0, 1) looking down -z (OpenGL). Blender is Z-up, so every
-object built here hangs under one conversion ``C`` = +90 degrees about X (FLAME +y becomes Blender +Z, the face
-looks towards Blender -Y, i.e. into the front view):
+The rig is in FLAME's canonical frame (metres, +y up, face towards +z) with the head pose ``[R | t]`` applied
+outside it, and its camera sits at (0, 0, 1) looking down -z (OpenGL). Blender is Z-up, so every object built
+here hangs under one conversion ``C`` = +90 degrees about X (FLAME +y becomes Blender +Z, the face looks
+towards Blender -Y, i.e. into the front view):
 
-* the armature object's world matrix is ``C @ [R | t]``; the head mesh is its child with an identity parent
-  inverse, so mesh coordinates *are* FLAME coordinates and armature space *is* FLAME's canonical frame;
-* the camera object's world matrix is ``C @ translation(0, 0, 1)``.
+* the armature object's world matrix is ``C @ rig.head_pose``; the head mesh is its child with an identity
+  parent inverse, so mesh coordinates *are* FLAME coordinates and armature space *is* FLAME's canonical frame;
+* the camera object's world matrix is ``C @ rig.camera.pose``.
 
 The glTF exporter maps Blender Z-up back to +Y up with the inverse of ``C``, so an exported head's world
 positions are ``R @ v + t`` in FLAME's own frame again.
 
-Rig
----
-Every bone rests with the identity orientation in armature space (tail = head + (0, length, 0), roll 0), so a
-bone's local pose rotation *is* FLAME's joint rotation and the deformation is exactly FLAME's linear blend
-skinning. The pose-corrective keys take the entries of ``R_j - I`` (FLAME's pose feature); each is a quadratic
-form in the bone's quaternion, written as a simple driver expression (no Python auto-run needed). The
-expressions divide by the quaternion's squared norm, so they stay right for unnormalised quaternions, and are
-even in the quaternion, so the sign ambiguity of a matrix-to-quaternion conversion does not matter.
+Armature and keys
+-----------------
+Every bone rests with the identity orientation in armature space (tail = head + (0, length, 0), roll 0), as
+the rig's joints do, so a bone's local pose rotation *is* the rig's joint rotation and Blender's deformation is
+the rig's linear blend skinning. Shape keys are applied before the Armature modifier, as the rig's keys are
+meant to be (see ``core/rig.py`` for how that relates to FLAME's forward pass). Each pose-corrective key takes
+entry (row, col) of ``R - I`` of its joint, as the rig states; that entry is a quadratic form in the bone's
+quaternion, written as a simple driver expression (no Python auto-run needed). The expressions divide by the
+quaternion's squared norm, so they stay right for unnormalised quaternions, and are even in the quaternion, so
+the sign ambiguity of a matrix-to-quaternion conversion does not matter.
 
-Bone heads sit at FLAME's joints regressed from the fitted identity *with the fitted expression*, which is what
-FLAME does; the evaluated mesh therefore equals FLAME's forward pass for the fitted parameters. When the user
-moves expression sliders afterwards the joints do not follow (FLAME would move them by the regressor applied to
-the expression offset, typically well under a millimetre).
-
-Shape keys are applied before the Armature modifier, as in glTF and FBX. FLAME's expression and corrective
-offsets are also added before skinning, so they match exactly; Pixel3DMM's two eyelid blendshapes, however,
-are added *after* skinning in core. Here they are ordinary (skinned) keys, so with non-zero eyelid values and a
-rotated neck the eyelid region differs from core's forward pass by (blended skinning rotation - I) applied to
-the eyelid offset, about the offset times the rotation angle (a few tenths of a millimetre for a 10 degree neck
-pose); everything else matches to float precision.
-
-Shape keys are named ``expression_000`` ... (slider = FLAME coefficient, signed range), ``eyelid.L/R`` and
-``pose_<bone>_<row><col>`` (driven; value = entry of ``R_bone - I``).
+Names: bones follow :data:`BONE_NAMES`; shape keys keep the rig's names (``expression_000`` ..., ``eyelid.L/R``,
+``pose_<joint>_<row><col>``) after the ``Basis`` key.
 """
 
 from __future__ import annotations
@@ -49,13 +42,12 @@ import bpy
 import numpy as np
 from mathutils import Matrix
 
-BONE_NAMES = ("root", "neck", "jaw", "eye.L", "eye.R")
-"""Bone per FLAME joint, in FLAME's joint order (joint 3 is the subject's left eye, Blender's +X side)."""
+BONE_NAMES = {"root": "root", "neck": "neck", "jaw": "jaw", "left_eye": "eye.L", "right_eye": "eye.R"}
+"""Blender bone of each rig joint name (the subject's left eye is on Blender's +X side, hence ``.L``)."""
 
-BONE_LENGTHS = (0.06, 0.08, 0.04, 0.02, 0.02)
-EXPRESSION_KEY = "expression_{:03d}"
-EYELID_KEYS = ("eyelid.L", "eyelid.R")
-CORRECTIVE_KEY = "pose_{}_{}{}"  # bone name, matrix row, matrix column
+BONE_LENGTHS = {"root": 0.06, "neck": 0.08, "jaw": 0.04, "left_eye": 0.02, "right_eye": 0.02}
+"""Display length of each joint's bone in metres."""
+
 MESH_UV_NAME = "UVMap"
 HEAD_TAG = "pixel3dmm_head"
 """Custom property (True) on every head mesh built here; the export operators look for it."""
@@ -89,74 +81,9 @@ def corrective_expression(row: int, col: int) -> str:
     return f"({_R_MINUS_I[row][col]})/(w*w+x*x+y*y+z*z)"
 
 
-def axis_angle_to_matrix(axis_angle: np.ndarray) -> np.ndarray:
-    """(3,) axis-angle in radians -> (3,3) rotation matrix (Rodrigues), float64."""
-    vec = np.asarray(axis_angle, dtype=np.float64).reshape(3)
-    angle = float(np.linalg.norm(vec))
-    if angle < 1e-12:
-        return np.eye(3)
-    k = vec / angle
-    kx = np.array([[0.0, -k[2], k[1]], [k[2], 0.0, -k[0]], [-k[1], k[0], 0.0]])
-    return np.eye(3) + math.sin(angle) * kx + (1.0 - math.cos(angle)) * (kx @ kx)
-
-
-def joint_rotations(fit) -> list[np.ndarray]:
-    """The fitted local rotations of FLAME joints 1..4 (neck, jaw, left eye, right eye) as (3,3) matrices."""
-    return [
-        axis_angle_to_matrix(fit.neck_pose),
-        axis_angle_to_matrix(fit.jaw_pose),
-        axis_angle_to_matrix(fit.eye_pose_left),
-        axis_angle_to_matrix(fit.eye_pose_right),
-    ]
-
-
-def shaped_vertices(flame, shape: np.ndarray, expression: np.ndarray | None = None) -> np.ndarray:
-    """FLAME's template plus identity (and optionally expression) offsets: (V,3) float64."""
-    verts = flame.v_template.astype(np.float64) + _blend(flame.shapedirs, shape)
-    if expression is not None:
-        verts = verts + _blend(flame.exprdirs, expression)
-    return verts
-
-
-def _blend(dirs: np.ndarray, coeffs: np.ndarray) -> np.ndarray:
-    coeffs = np.asarray(coeffs, dtype=np.float64).reshape(-1)
-    n = min(dirs.shape[2], coeffs.shape[0])
-    return np.tensordot(dirs[:, :, :n].astype(np.float64), coeffs[:n], axes=([2], [0]))
-
-
-def camera_settings(fit) -> dict:
-    """Blender camera values reproducing the fit's pinhole ``K_photo`` on a (W, H) = photo size render.
-
-    The sensor fit is horizontal, so focal length and both shifts are in units of the image width
-    (Blender's convention). Shifting the frame right moves the optical axis left in the image, and Blender's
-    shift_y points up while pixel y points down: hence the signs. Pixels are square: the fit
-    uses one focal length, ``K_photo[0, 0]``.
-    """
-    height, width = (int(s) for s in fit.photo_size)
-    k = np.asarray(fit.K_photo, dtype=np.float64)
-    sensor = 36.0
-    return {
-        "resolution": (width, height),
-        "sensor_width": sensor,
-        "lens": float(k[0, 0]) * sensor / width,
-        "shift_x": (width / 2.0 - float(k[0, 2])) / width,
-        "shift_y": (float(k[1, 2]) - height / 2.0) / width,
-    }
-
-
-def head_pose_matrix(fit) -> Matrix:
-    """The 4x4 FLAME-world matrix [R | t] of the fitted head pose."""
-    pose = np.eye(4)
-    pose[:3, :3] = np.asarray(fit.head_rotation, dtype=np.float64)
-    pose[:3, 3] = np.asarray(fit.head_translation, dtype=np.float64).reshape(3)
-    return Matrix(pose.tolist())
-
-
 def build_head(
     context: bpy.types.Context,
-    flame,
-    uv_template,
-    fit,
+    rig,
     *,
     name: str,
     texture: np.ndarray | None = None,
@@ -164,16 +91,15 @@ def build_head(
 ) -> HeadObjects:
     """Build the rigged head, its material and the matching camera in a new collection ``name``.
 
-    ``flame`` has the FlameData fields (v_template, faces, shapedirs, exprdirs, posedirs (V,3,36),
-    J_regressor, weights, parents, eyelids (2,V,3) or None), ``uv_template`` per-corner ``corner_uv`` (F,3,2) in
-    Blender's (u, v) convention, ``fit`` the FitResult fields. ``texture`` is a (T,T,3) float image in [0, 1],
-    row 0 at the top, sRGB, laid out in FLAME UV space; ``photo`` becomes the camera's background image.
-    The new mesh ends up selected and active. If anything fails, every datablock made so far is removed again
-    before the error propagates.
+    ``rig`` is a ``core.rig.Rig`` (joint_names, parents, joints, rotations, head_pose, rest_vertices, faces,
+    corner_uv, skin_weights, shape_keys with the correctives' joint/row/col, camera). ``texture`` is the baked
+    texture as (T, T, 4) float32 RGBA in Blender's pixel order (row 0 at the bottom; ``bridge.prepare_result``
+    makes it); ``photo`` becomes the camera's background image. The new mesh ends up selected and active. If
+    anything fails, every datablock made so far is removed again before the error propagates.
     """
     before = {kind: set(getattr(bpy.data, kind)) for kind in _BUILT_DATA}
     try:
-        return _build_head(context, flame, uv_template, fit, name, texture, photo)
+        return _build_head(context, rig, name, texture, photo)
     except BaseException:
         made = [block for kind in _BUILT_DATA for block in getattr(bpy.data, kind) if block not in before[kind]]
         bpy.data.batch_remove(made)
@@ -183,27 +109,26 @@ def build_head(
 _BUILT_DATA = ("collections", "objects", "meshes", "armatures", "cameras", "materials", "images")
 
 
-def _build_head(context, flame, uv_template, fit, name, texture, photo) -> HeadObjects:
+def _build_head(context, rig, name, texture, photo) -> HeadObjects:
     collection = bpy.data.collections.new(name)
     context.scene.collection.children.link(collection)
 
-    neutral = shaped_vertices(flame, fit.shape)
-    joints = np.asarray(flame.J_regressor, dtype=np.float64) @ shaped_vertices(flame, fit.shape, fit.expression)
-
-    armature = _build_armature(context, collection, f"{name} rig", joints, flame.parents)
-    armature.matrix_world = FLAME_TO_BLENDER @ head_pose_matrix(fit)
-    mesh = _build_mesh(collection, f"{name} head", neutral, flame.faces, uv_template.corner_uv)
+    bones = [BONE_NAMES[joint] for joint in rig.joint_names]
+    armature = _build_armature(context, collection, f"{name} rig", rig)
+    armature.matrix_world = FLAME_TO_BLENDER @ Matrix(rig.head_pose.tolist())
+    mesh = _build_mesh(collection, f"{name} head", rig.rest_vertices, rig.faces, rig.corner_uv)
     mesh[HEAD_TAG] = True
     mesh.parent = armature
     mesh.matrix_parent_inverse = Matrix.Identity(4)
-    _add_skin(mesh, armature, flame.weights)
-    _add_shape_keys(mesh, armature, flame, neutral, fit)
-    _pose_bones(armature, fit)
+    _add_skin(mesh, armature, bones, rig.skin_weights)
+    _add_shape_keys(mesh, armature, bones, rig)
+    for bone, rotation in zip(bones, rig.rotations):
+        armature.pose.bones[bone].rotation_quaternion = Matrix(rotation.tolist()).to_quaternion()
 
     image = _texture_image(f"{name} texture", texture) if texture is not None else None
     material = _build_material(f"{name} skin", image)
     mesh.data.materials.append(material)
-    camera = _build_camera(context, collection, f"{name} camera", fit, photo)
+    camera = _build_camera(context, collection, f"{name} camera", rig.camera, photo)
 
     for obj in context.view_layer.objects:
         obj.select_set(False)
@@ -232,7 +157,7 @@ def _build_mesh(collection, name: str, verts: np.ndarray, faces: np.ndarray, fac
     return obj
 
 
-def _build_armature(context, collection, name: str, joints: np.ndarray, parents) -> bpy.types.Object:
+def _build_armature(context, collection, name: str, rig) -> bpy.types.Object:
     data = bpy.data.armatures.new(name)
     data.display_type = "STICK"
     obj = bpy.data.objects.new(name, data)
@@ -244,13 +169,11 @@ def _build_armature(context, collection, name: str, joints: np.ndarray, parents)
     bpy.ops.object.mode_set(mode="EDIT")
     try:
         bones = []
-        for index, (bone_name, length) in enumerate(zip(BONE_NAMES, BONE_LENGTHS)):
-            bone = data.edit_bones.new(bone_name)
-            head = joints[index]
+        for joint, head, parent in zip(rig.joint_names, rig.joints, rig.parents.tolist()):
+            bone = data.edit_bones.new(BONE_NAMES[joint])
             bone.head = head.tolist()
-            bone.tail = (head + np.array([0.0, length, 0.0])).tolist()
+            bone.tail = (head + np.array([0.0, BONE_LENGTHS[joint], 0.0])).tolist()
             bone.roll = 0.0
-            parent = int(parents[index])
             if parent >= 0:
                 bone.parent = bones[parent]
                 bone.use_connect = False
@@ -263,9 +186,8 @@ def _build_armature(context, collection, name: str, joints: np.ndarray, parents)
     return obj
 
 
-def _add_skin(mesh_obj, armature_obj, weights: np.ndarray) -> None:
-    weights = np.asarray(weights, dtype=np.float64)
-    for joint, bone_name in enumerate(BONE_NAMES):
+def _add_skin(mesh_obj, armature_obj, bones: list[str], weights: np.ndarray) -> None:
+    for joint, bone_name in enumerate(bones):
         group = mesh_obj.vertex_groups.new(name=bone_name)
         column = weights[:, joint]
         for vertex in np.flatnonzero(column > 0.0).tolist():
@@ -276,45 +198,17 @@ def _add_skin(mesh_obj, armature_obj, weights: np.ndarray) -> None:
     modifier.use_deform_preserve_volume = False
 
 
-def _add_key(mesh_obj, name: str, coords: np.ndarray, value: float, limit: float):
-    key = mesh_obj.shape_key_add(name=name, from_mix=False)
-    key.data.foreach_set("co", coords.astype(np.float32).ravel())
-    key.slider_min = -limit
-    key.slider_max = limit
-    key.value = value
-    return key
-
-
-def _slider_limit(value: float) -> float:
-    return float(min(10.0, max(3.0, math.ceil(abs(value)))))
-
-
-def _add_shape_keys(mesh_obj, armature_obj, flame, neutral: np.ndarray, fit) -> None:
+def _add_shape_keys(mesh_obj, armature_obj, bones: list[str], rig) -> None:
     mesh_obj.shape_key_add(name="Basis", from_mix=False)
-    expression = np.asarray(fit.expression, dtype=np.float64).reshape(-1)
-    exprdirs = np.asarray(flame.exprdirs, dtype=np.float64)
-    for k in range(min(exprdirs.shape[2], expression.shape[0])):
-        value = float(expression[k])
-        _add_key(mesh_obj, EXPRESSION_KEY.format(k), neutral + exprdirs[:, :, k], value, _slider_limit(value))
-    if flame.eyelids is not None:
-        eyelid_values = np.asarray(fit.eyelids, dtype=np.float64).reshape(-1)
-        for side, key_name in enumerate(EYELID_KEYS):
-            value = float(eyelid_values[side])
-            offsets = np.asarray(flame.eyelids[side], dtype=np.float64)
-            _add_key(mesh_obj, key_name, neutral + offsets, value, _slider_limit(value))
-    posedirs = np.asarray(flame.posedirs, dtype=np.float64)
-    rotations = joint_rotations(fit)
-    for joint in range(1, len(BONE_NAMES)):
-        bone_name = BONE_NAMES[joint]
-        offset = rotations[joint - 1] - np.eye(3)
-        for row in range(3):
-            for col in range(3):
-                index = 9 * (joint - 1) + 3 * row + col
-                key = _add_key(
-                    mesh_obj, CORRECTIVE_KEY.format(bone_name, row, col), neutral + posedirs[:, :, index],
-                    float(offset[row, col]), 2.0,
-                )
-                _add_corrective_driver(key, armature_obj, bone_name, row, col)
+    for rig_key in rig.shape_keys:
+        key = mesh_obj.shape_key_add(name=rig_key.name, from_mix=False)
+        key.data.foreach_set("co", (rig.rest_vertices + rig_key.offsets).astype(np.float32).ravel())
+        key.slider_min = rig_key.slider_min
+        key.slider_max = rig_key.slider_max
+        key.value = rig_key.value
+    for rig_key in rig.corrective_keys:
+        key = mesh_obj.data.shape_keys.key_blocks[rig_key.name]
+        _add_corrective_driver(key, armature_obj, bones[rig_key.joint], rig_key.row, rig_key.col)
 
 
 def _add_corrective_driver(key, armature_obj, bone_name: str, row: int, col: int) -> None:
@@ -333,19 +227,10 @@ def _add_corrective_driver(key, armature_obj, bone_name: str, row: int, col: int
     driver.expression = corrective_expression(row, col)
 
 
-def _pose_bones(armature_obj, fit) -> None:
-    for joint, rotation in enumerate(joint_rotations(fit), start=1):
-        pose_bone = armature_obj.pose.bones[BONE_NAMES[joint]]
-        pose_bone.rotation_quaternion = Matrix(rotation.tolist()).to_quaternion()
-
-
-def _texture_image(name: str, texture: np.ndarray) -> bpy.types.Image:
-    texture = np.asarray(texture, dtype=np.float32)
-    height, width = texture.shape[:2]
+def _texture_image(name: str, pixels: np.ndarray) -> bpy.types.Image:
+    height, width = pixels.shape[:2]
     image = bpy.data.images.new(name, width, height, alpha=False)
-    rgba = np.ones((height, width, 4), dtype=np.float32)
-    rgba[:, :, :3] = np.clip(texture[::-1, :, :3], 0.0, 1.0)  # Blender stores rows bottom-up
-    image.pixels.foreach_set(rgba.ravel())
+    image.pixels.foreach_set(np.ascontiguousarray(pixels, dtype=np.float32).ravel())
     image.pack()
     return image
 
@@ -365,14 +250,13 @@ def _build_material(name: str, image: bpy.types.Image | None) -> bpy.types.Mater
     return material
 
 
-def _build_camera(context, collection, name: str, fit, photo: bpy.types.Image | None) -> bpy.types.Object:
-    settings = camera_settings(fit)
+def _build_camera(context, collection, name: str, film, photo: bpy.types.Image | None) -> bpy.types.Object:
     data = bpy.data.cameras.new(name)
     data.sensor_fit = "HORIZONTAL"
-    data.sensor_width = settings["sensor_width"]
-    data.lens = settings["lens"]
-    data.shift_x = settings["shift_x"]
-    data.shift_y = settings["shift_y"]
+    data.sensor_width = film.sensor_width
+    data.lens = film.lens
+    data.shift_x = film.shift_x
+    data.shift_y = film.shift_y
     data.clip_start = 0.01
     data.clip_end = 100.0
     if photo is not None:
@@ -381,10 +265,10 @@ def _build_camera(context, collection, name: str, fit, photo: bpy.types.Image | 
         background.alpha = 0.6
         data.show_background_images = True
     obj = bpy.data.objects.new(name, data)
-    obj.matrix_world = FLAME_TO_BLENDER @ Matrix.Translation((0.0, 0.0, 1.0))
+    obj.matrix_world = FLAME_TO_BLENDER @ Matrix(film.pose.tolist())
     collection.objects.link(obj)
     render = context.scene.render
-    render.resolution_x, render.resolution_y = settings["resolution"]
+    render.resolution_x, render.resolution_y = film.resolution
     render.resolution_percentage = 100
     render.pixel_aspect_x = 1.0
     render.pixel_aspect_y = 1.0

@@ -2,15 +2,21 @@
 
 import ast
 import re
+import subprocess
+import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import addon_utils
 import bpy
+import numpy as np
 import pytest
 
 import core.assets
 import core.pipeline
 from core.errors import AssetInvalidError, FitCancelled
+from core.rig import build_rig
+from heads import random_fit, synthetic_head
 from pixel3dmm_blender import bridge, jobs, panels, preferences
 
 PACKAGE = Path(preferences.__file__).resolve().parent
@@ -143,16 +149,25 @@ def test_panel_while_running_shows_progress_and_cancel(prefs, tmp_path):
 
 def test_bridge_passes_settings_and_preference_paths(monkeypatch, tmp_path):
     seen = {}
+    flame, uv = synthetic_head(seed=1)
+    fit = random_fit(flame, seed=2)
+    texture = np.random.default_rng(0).random((8, 8, 3)).astype(np.float32)
+    reconstruction = SimpleNamespace(flame=flame, uv=uv, fit=fit, texture=texture)
 
     def reconstruct(source, assets, settings, on_progress=None, should_cancel=None):
         seen.update(source=source, assets=assets, settings=settings, cancel=should_cancel)
-        return "result"
+        return reconstruction
 
     monkeypatch.setattr(core.pipeline, "reconstruct", reconstruct)
     monkeypatch.setenv("PIXEL3DMM_FLAME", str(tmp_path / "from_env.pkl"))
     request = bridge.ReconstructionRequest("photo.jpg", {"flame": ""}, "best", "cpu", 2048, str(tmp_path))
     stop = lambda: False  # noqa: E731
-    assert bridge.run_reconstruction(request, should_cancel=stop) == "result"
+    result = bridge.run_reconstruction(request, should_cancel=stop)
+    assert result.reconstruction is reconstruction
+    np.testing.assert_array_equal(result.rig.rest_vertices, build_rig(flame, uv, fit).rest_vertices)
+    # the texture in Blender's pixel order: RGBA, row 0 at the bottom
+    assert result.texture.shape == (8, 8, 4) and np.all(result.texture[:, :, 3] == 1.0)
+    np.testing.assert_array_equal(result.texture[::-1, :, :3], texture)
     settings = seen["settings"]
     assert (settings.quality, settings.device, settings.texture_size, settings.cache_dir) == (
         "best", "cpu", 2048, str(tmp_path))
@@ -190,14 +205,36 @@ def _imports(tree):
 
 
 def test_only_the_bridge_imports_core_and_only_lazily():
+    """Explicit import statements a reader (and an import-graph tool) can follow, inside functions only, and no
+    importlib: the vendored ``.core`` first, the checkout's ``core`` as the fallback, the same modules in both."""
     for path in PACKAGE.glob("*.py"):
         tree = ast.parse(path.read_text())
-        core_imports = [(name, node) for name, node in _imports(tree) if re.match(r"^(\.?core)(\.|$)|^\.\.core", name)]
+        imports = list(_imports(tree))
+        assert not any(name.split(".")[0] == "importlib" for name, _node in imports), path.name
+        core_imports = [(name, node) for name, node in imports if re.match(r"^(\.?core)(\.|$)|^\.\.core", name)]
         if path.name != "bridge.py":
             assert core_imports == [], path.name
-        else:
-            top_level = {id(node) for node in tree.body}
-            assert core_imports and all(id(node) not in top_level for _name, node in core_imports)
+            continue
+        in_functions = {id(node) for function in ast.walk(tree) if isinstance(function, ast.FunctionDef)
+                        for node in ast.walk(function)}
+        assert core_imports and all(id(node) in in_functions for _name, node in core_imports)
+        vendored = sorted(a.name for _n, node in core_imports if node.level == 1 for a in node.names)
+        checkout = sorted(a.name for _n, node in core_imports if node.level == 0 for a in node.names)
+        assert vendored == checkout and {"assets", "errors", "pipeline", "rig", "texture"} <= set(vendored)
+
+
+def test_registering_the_addon_imports_no_core():
+    """Registration stays cheap: a fresh Blender enabling the add-on has not imported any of core."""
+    script = (
+        "import sys, bpy, addon_utils\n"
+        "addon_utils.enable('pixel3dmm_blender', default_set=True, handle_error=lambda e: sys.exit(repr(e)))\n"
+        "assert 'pixel3dmm_blender' in bpy.context.preferences.addons\n"
+        "loaded = sorted(m for m in sys.modules if m == 'core' or m.startswith(('core.', 'pixel3dmm_blender.core')))\n"
+        "print(loaded)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], cwd=PACKAGE.parent, check=True, capture_output=True,
+                         text=True, timeout=120)
+    assert out.stdout.strip().splitlines()[-1] == "[]"
 
 
 def test_no_print_in_addon_code():

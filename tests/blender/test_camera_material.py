@@ -1,13 +1,16 @@
 """The camera reproduces the fit's projection; the material shows the baked texture; the photo is the
 camera's background."""
 
+from types import SimpleNamespace
+
 import bpy
 import numpy as np
 from bpy_extras.object_utils import world_to_camera_view
 from mathutils import Vector
 
+from core.rig import build_rig
 from heads import random_fit, synthetic_head
-from pixel3dmm_blender import scene
+from pixel3dmm_blender import bridge, scene
 
 
 def fit_pixels(fit, vertices_world):
@@ -20,7 +23,7 @@ def fit_pixels(fit, vertices_world):
 def test_camera_projects_like_the_fit():
     flame, uv = synthetic_head(seed=6)
     fit = random_fit(flame, seed=2, photo_size=(480, 640))
-    built = scene.build_head(bpy.context, flame, uv, fit, name="cam")
+    built = scene.build_head(bpy.context, build_rig(flame, uv, fit), name="cam")
     render = bpy.context.scene.render
     assert (render.resolution_x, render.resolution_y) == (640, 480)
     assert bpy.context.scene.camera == built.camera
@@ -39,7 +42,7 @@ def test_camera_projects_like_the_fit():
 def test_portrait_photo_keeps_the_focal_in_pixels():
     flame, uv = synthetic_head(seed=6)
     fit = random_fit(flame, seed=4, photo_size=(900, 600))
-    built = scene.build_head(bpy.context, flame, uv, fit, name="portrait")
+    built = scene.build_head(bpy.context, build_rig(flame, uv, fit), name="portrait")
     c = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
     world = fit.vertices_posed.astype(np.float64)[::11]
     got = [world_to_camera_view(bpy.context.scene, built.camera, Vector(p)) for p in world @ c.T]
@@ -53,7 +56,8 @@ def test_texture_material_and_background():
     rng = np.random.default_rng(0)
     texture = rng.random((64, 64, 3)).astype(np.float32)
     photo = bpy.data.images.new("photo", 32, 24)
-    built = scene.build_head(bpy.context, flame, uv, fit, name="tex", texture=texture, photo=photo)
+    result = bridge.prepare_result(SimpleNamespace(flame=flame, uv=uv, fit=fit, texture=texture))
+    built = scene.build_head(bpy.context, result.rig, name="tex", texture=result.texture, photo=photo)
     image = built.texture
     assert tuple(image.size) == (64, 64) and image.packed_file is not None
     pixels = np.empty(64 * 64 * 4, dtype=np.float32)
@@ -72,7 +76,7 @@ def test_texture_material_and_background():
 
 def test_without_texture_the_material_has_no_image():
     flame, uv = synthetic_head(seed=6)
-    built = scene.build_head(bpy.context, flame, uv, random_fit(flame), name="plain")
+    built = scene.build_head(bpy.context, build_rig(flame, uv, random_fit(flame)), name="plain")
     assert built.texture is None
     assert not any(n.type == "TEX_IMAGE" for n in built.material.node_tree.nodes)
     assert len(built.camera.data.background_images) == 0
@@ -80,7 +84,7 @@ def test_without_texture_the_material_has_no_image():
 
 def test_uv_map_matches_template():
     flame, uv = synthetic_head(seed=6)
-    built = scene.build_head(bpy.context, flame, uv, random_fit(flame), name="uv")
+    built = scene.build_head(bpy.context, build_rig(flame, uv, random_fit(flame)), name="uv")
     data = built.mesh.data
     got = np.empty(len(data.loops) * 2, dtype=np.float32)
     data.uv_layers.active.data.foreach_get("uv", got)

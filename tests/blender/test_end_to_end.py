@@ -60,7 +60,8 @@ def test_reconstruct_face_with_the_real_pipeline(assets, tmp_path, monkeypatch):
     finally:
         for _key, prop, _label in preferences.ASSET_PROPERTIES:
             setattr(prefs, prop, "")
-    (result,) = results
+    (prepared,) = results
+    result = prepared.reconstruction
     assert result.used_synthetic
     head = settings.head
     assert head.users_collection[0].name == "astronaut"

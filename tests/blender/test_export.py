@@ -4,6 +4,7 @@ import json
 import shutil
 import subprocess
 from pathlib import Path
+from types import SimpleNamespace
 
 import bpy
 import numpy as np
@@ -11,8 +12,9 @@ import pygltflib
 import pytest
 
 from core.flame.synthetic import synthetic_flame
+from core.rig import build_rig
 from heads import random_fit
-from pixel3dmm_blender import export, scene
+from pixel3dmm_blender import bridge, export, scene
 
 JS_DIR = Path(__file__).resolve().parent / "js"
 
@@ -23,7 +25,8 @@ def head():
     flame, uv = synthetic_flame("small", seed=8)
     fit = random_fit(flame, seed=9, eyelids=True)
     texture = np.random.default_rng(1).random((32, 32, 3)).astype(np.float32)
-    built = scene.build_head(bpy.context, flame, uv, fit, name="export", texture=texture)
+    result = bridge.prepare_result(SimpleNamespace(flame=flame, uv=uv, fit=fit, texture=texture))
+    built = scene.build_head(bpy.context, result.rig, name="export", texture=result.texture)
     return flame, fit, built
 
 
@@ -93,7 +96,7 @@ def test_glb_has_morph_targets_skin_and_key_values(head, tmp_path):
     assert all(len(p.targets) == n_keys for p in mesh.primitives)
     np.testing.assert_allclose(mesh.weights, [keys[n].value for n in names], atol=1e-6)
     (skin,) = gltf.skins
-    assert sorted(gltf.nodes[j].name for j in skin.joints) == sorted(scene.BONE_NAMES)
+    assert sorted(gltf.nodes[j].name for j in skin.joints) == sorted(scene.BONE_NAMES.values())
     attributes = mesh.primitives[0].attributes
     assert all(getattr(attributes, a) is not None for a in ("JOINTS_0", "WEIGHTS_0", "NORMAL", "TEXCOORD_0"))
     assert len(gltf.images) == 1
@@ -136,7 +139,7 @@ def _nearest_distance(points: np.ndarray, reference: np.ndarray) -> np.ndarray:
 def test_glb_shows_the_fitted_head_in_flame_frame(tmp_path):
     flame, uv = synthetic_flame("small", seed=5)
     fit = random_fit(flame, seed=6)
-    built = scene.build_head(bpy.context, flame, uv, fit, name="frame")
+    built = scene.build_head(bpy.context, build_rig(flame, uv, fit), name="frame")
     blender_world = _evaluated_world(built.mesh)
     flame_world = blender_world @ np.array([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]])  # Z-up -> Y-up
     np.testing.assert_allclose(flame_world, fit.vertices_posed, atol=1e-5)  # the rig check, restated
@@ -185,8 +188,8 @@ def test_reimport_keeps_keys_values_and_bones(head, tmp_path, suffix):
     got = {k.name: k.value for k in meshes[0].data.shape_keys.key_blocks[1:]}
     assert set(got) == set(keys)
     assert max(abs(got[n] - keys[n]) for n in keys) < 1e-3
-    assert sorted(b.name for b in armatures[0].data.bones) == sorted(scene.BONE_NAMES)  # no leaf bones
-    assert sorted(g.name for g in meshes[0].vertex_groups) == sorted(scene.BONE_NAMES)
+    assert sorted(b.name for b in armatures[0].data.bones) == sorted(scene.BONE_NAMES.values())  # no leaf bones
+    assert sorted(g.name for g in meshes[0].vertex_groups) == sorted(scene.BONE_NAMES.values())
 
 
 def test_export_writes_only_the_head_and_restores_selection(head, tmp_path):

@@ -6,6 +6,7 @@ handed to the core, the synchronous and the threaded paths, progress, cancellati
 
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -20,10 +21,12 @@ from pixel3dmm_blender import bridge, jobs, operators, preferences
 
 @pytest.fixture(scope="module")
 def reconstruction():
+    """What the bridge hands the operator: a core-like Reconstruction prepared for the scene."""
     flame, uv = synthetic_head(seed=2)
     fit = random_fit(flame, seed=3)
     texture = np.full((16, 16, 3), 0.25, dtype=np.float32)
-    return SimpleNamespace(fit=fit, flame=flame, uv=uv, texture=texture, used_synthetic=False, messages=[])
+    return bridge.prepare_result(
+        SimpleNamespace(fit=fit, flame=flame, uv=uv, texture=texture, used_synthetic=False, messages=[]))
 
 
 @pytest.fixture()
@@ -90,8 +93,8 @@ def test_photo_blender_cannot_read_still_builds_without_background(fake_core, tm
 
 
 def test_a_failing_build_removes_what_it_made(monkeypatch, reconstruction, photo_file):
-    broken_uv = SimpleNamespace(corner_uv=reconstruction.uv.corner_uv[:-5])  # too few triangle corners
-    broken = SimpleNamespace(**{**vars(reconstruction), "uv": broken_uv})
+    rig = reconstruction.rig
+    broken = replace(reconstruction, rig=replace(rig, corner_uv=rig.corner_uv[:-5]))  # too few triangle corners
     monkeypatch.setattr(bridge, "run_reconstruction", lambda request, on_progress=None, should_cancel=None: broken)
     bpy.context.scene.p3dmm.image_source = "FILE"
     bpy.context.scene.p3dmm.filepath = str(photo_file)
@@ -111,9 +114,10 @@ def test_unsaved_image_datablock_is_sent_as_pixels(fake_core):
     settings.image_source = "IMAGE"
     settings.image = image
     assert bpy.ops.pixel3dmm.reconstruct_face() == {"FINISHED"}
-    sent = fake_core[0].source
-    assert isinstance(sent, np.ndarray) and sent.shape == (3, 4, 3) and sent.dtype == np.float32
-    np.testing.assert_allclose(sent, rgba[::-1, :, :3], atol=0.5 / 255 + 1e-6)  # top row first
+    sent = fake_core[0].source  # the core's Photo of the pixels
+    assert sent.name == "painted" and sent.rgb.shape == (3, 4, 3) and sent.rgb.dtype == np.float32
+    over_white = rgba[:, :, :3] * rgba[:, :, 3:] + (1.0 - rgba[:, :, 3:])
+    np.testing.assert_allclose(sent.rgb, over_white[::-1], atol=0.5 / 255 + 1e-6)  # top row first
     assert bpy.context.scene.p3dmm.head.users_collection[0].name == "painted"
 
 
@@ -124,7 +128,7 @@ def test_image_editor_source(fake_core):
     area.spaces.active.image = image
     bpy.context.scene.p3dmm.image_source = "EDITOR"
     assert bpy.ops.pixel3dmm.reconstruct_face() == {"FINISHED"}
-    assert fake_core[0].source.shape == (6, 8, 3)
+    assert fake_core[0].source.rgb.shape == (6, 8, 3)
     head = bpy.context.scene.p3dmm.head
     assert head.users_collection[0].name == "shown"
     camera = next(o for o in head.users_collection[0].objects if o.type == "CAMERA")
@@ -132,12 +136,26 @@ def test_image_editor_source(fake_core):
 
 
 def test_float_image_pixels_are_converted_to_srgb():
-    image = bpy.data.images.new("linear", 2, 1, float_buffer=True)
-    image.pixels.foreach_set(np.array([0.0, 0.18, 1.0, 1.0, 0.001, 0.5, 0.2, 1.0], dtype=np.float32))
-    got = operators.image_pixels(image)
-    linear = np.array([[[0.0, 0.18, 1.0], [0.001, 0.5, 0.2]]])
+    image = bpy.data.images.new("linear", 3, 1, float_buffer=True)
+    nan = float("nan")
+    image.pixels.foreach_set(np.array([0.0, 0.18, 1.0, 1.0, 0.001, 0.5, 0.2, 1.0, nan, 0.3, 2.0, 1.0],
+                                      dtype=np.float32))
+    got = operators.image_photo(image).rgb
+    linear = np.array([[[0.0, 0.18, 1.0], [0.001, 0.5, 0.2], [0.0, 0.3, 1.0]]])  # NaN -> 0, clipped to 1
     expected = np.where(linear <= 0.0031308, 12.92 * linear, 1.055 * linear ** (1 / 2.4) - 0.055)
     np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_image_without_pixels_is_one_clear_error(fake_core):
+    image = bpy.data.images.new("gone.png", 4, 4)
+    image.source = "FILE"
+    image.filepath = "/no/such/folder/gone.png"
+    assert tuple(image.size) == (0, 0)
+    bpy.context.scene.p3dmm.image_source = "IMAGE"
+    bpy.context.scene.p3dmm.image = image
+    with pytest.raises(RuntimeError, match="has no pixels; reload it or pick another image"):
+        bpy.ops.pixel3dmm.reconstruct_face()
+    assert fake_core == []
 
 
 def test_missing_source_is_one_clear_error(fake_core):

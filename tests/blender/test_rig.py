@@ -10,10 +10,12 @@ import pytest
 from mathutils import Matrix, Quaternion
 
 from core.flame.synthetic import synthetic_flame
+from core.rig import build_rig
 from pixel3dmm_blender import scene
 from heads import flame_forward, random_fit, random_rotation, rodrigues, synthetic_head
 
 TOLERANCE_M = 1e-5  # 0.01 mm
+BONES = ["root", "neck", "jaw", "eye.L", "eye.R"]  # in FLAME's joint order
 
 
 @pytest.fixture(scope="module", params=["tests", "core-small"])
@@ -45,7 +47,7 @@ def to_blender_world(flame_vertices, fit) -> np.ndarray:
 
 def set_pose(armature, poses, root=None):
     bones = armature.pose.bones
-    for name, axis_angle in zip(scene.BONE_NAMES[1:], poses):
+    for name, axis_angle in zip(BONES[1:], poses):
         bones[name].rotation_quaternion = Matrix(rodrigues(np.asarray(axis_angle, np.float64)).tolist()).to_quaternion()
     if root is not None:
         bones["root"].rotation_quaternion = Matrix(rodrigues(root).tolist()).to_quaternion()
@@ -58,7 +60,7 @@ def fit_poses(fit):
 def test_fitted_head_matches_flame_forward(head):
     flame, uv = head
     fit = random_fit(flame, seed=11)
-    built = scene.build_head(bpy.context, flame, uv, fit, name="rig")
+    built = scene.build_head(bpy.context, build_rig(flame, uv, fit), name="rig")
     got = evaluated_world(built.mesh)
     expected = to_blender_world(flame_forward(flame, fit.shape, fit.expression, fit_poses(fit)), fit)
     assert np.abs(got - expected).max() < TOLERANCE_M
@@ -72,7 +74,7 @@ def test_random_poses_follow_flame(head, seed):
     """Re-pose the built rig (root included, as FLAME's global pose): drivers and skinning must follow."""
     flame, uv = head
     fit = random_fit(flame, seed=5)
-    built = scene.build_head(bpy.context, flame, uv, fit, name="poses")
+    built = scene.build_head(bpy.context, build_rig(flame, uv, fit), name="poses")
     rng = np.random.default_rng(seed)
     poses = [random_rotation(rng, 30.0) for _ in range(4)]
     root = random_rotation(rng, 30.0)
@@ -86,7 +88,7 @@ def test_correctives_are_needed_for_the_match(head):
     """With the corrective drivers muted the mesh misses FLAME by far more than the tolerance."""
     flame, uv = head
     fit = random_fit(flame, seed=12)
-    built = scene.build_head(bpy.context, flame, uv, fit, name="muted")
+    built = scene.build_head(bpy.context, build_rig(flame, uv, fit), name="muted")
     for fcurve in built.mesh.data.shape_keys.animation_data.drivers:
         fcurve.mute = True
     for key in built.mesh.data.shape_keys.key_blocks:
@@ -102,7 +104,7 @@ def test_eyelid_keys_are_skinned(head):
     difference is exactly the skinning rotation applied to the eyelid offsets, computed here independently."""
     flame, uv = head
     fit = random_fit(flame, seed=13, eyelids=True)
-    built = scene.build_head(bpy.context, flame, uv, fit, name="lids")
+    built = scene.build_head(bpy.context, build_rig(flame, uv, fit), name="lids")
     got = evaluated_world(built.mesh)
     base = flame_forward(flame, fit.shape, fit.expression, fit_poses(fit))
     offsets = np.einsum("k,kvc->vc", fit.eyelids.astype(np.float64), flame.eyelids)
@@ -121,7 +123,8 @@ def test_eyelid_keys_are_skinned(head):
 def test_rig_structure(head):
     flame, uv = head
     fit = random_fit(flame, seed=14, eyelids=True)
-    built = scene.build_head(bpy.context, flame, uv, fit, name="structure")
+    rig = build_rig(flame, uv, fit)
+    built = scene.build_head(bpy.context, rig, name="structure")
     keys = built.mesh.data.shape_keys.key_blocks
     names = [key.name for key in keys]
     assert names[0] == "Basis"
@@ -138,14 +141,18 @@ def test_rig_structure(head):
     for fcurve in drivers:
         assert fcurve.driver.is_valid and fcurve.driver.is_simple_expression
         assert fcurve.driver.type == "SCRIPTED"
-    assert [g.name for g in built.mesh.vertex_groups] == list(scene.BONE_NAMES)
+    for key in rig.corrective_keys:  # each driver reads the bone and matrix entry the rig states
+        driver = drivers.find(f'key_blocks["{key.name}"].value').driver
+        assert driver.expression == scene.corrective_expression(key.row, key.col)
+        assert {var.targets[0].bone_target for var in driver.variables} == {BONES[key.joint]}
+    assert [g.name for g in built.mesh.vertex_groups] == BONES
     weights = np.zeros((len(built.mesh.data.vertices), 5))
     for vertex in built.mesh.data.vertices:
         for element in vertex.groups:
             weights[vertex.index, element.group] = element.weight
     np.testing.assert_allclose(weights, flame.weights, atol=1e-6)
     bones = built.armature.data.bones
-    assert [b.name for b in bones] == list(scene.BONE_NAMES)
+    assert [b.name for b in bones] == BONES
     assert [b.parent.name if b.parent else None for b in bones] == [None, "root", "neck", "neck", "neck"]
     joints = flame.J_regressor @ (flame.v_template + flame.shapedirs @ fit.shape + flame.exprdirs @ fit.expression)
     np.testing.assert_allclose(np.array([b.head_local for b in bones]), joints, atol=1e-6)
@@ -159,7 +166,7 @@ def test_rig_structure(head):
 
 def test_no_eyelid_keys_without_eyelid_model():
     flame, uv = synthetic_head(eyelids=False, seed=4)
-    built = scene.build_head(bpy.context, flame, uv, random_fit(flame), name="nolids")
+    built = scene.build_head(bpy.context, build_rig(flame, uv, random_fit(flame)), name="nolids")
     names = [key.name for key in built.mesh.data.shape_keys.key_blocks]
     assert len(names) == 1 + 100 + 36 and "eyelid.L" not in names
 

@@ -1,0 +1,212 @@
+"""The rig against FLAME's forward pass, the pose feature's layout and the fit's pinhole, each computed apart.
+
+The rig is evaluated here in numpy (its keys at their values, then linear blend skinning written out joint by
+joint, then the head pose); the reference is core's float64 FlameModel forward pass, the head pose applied.
+"""
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from scipy.spatial.transform import Rotation
+
+from core.fit.result import FitResult
+from core.flame import FlameModel, FlameParams, synthetic_flame
+from core.flame.data import JOINT_NAMES
+from core.flame.lbs import blend_shapes, pose_feature
+from core.rig import CorrectiveKey, build_rig
+
+POSES = ("neck_pose", "jaw_pose", "eye_pose_left", "eye_pose_right")
+
+
+@pytest.fixture(scope="module")
+def head():
+    return synthetic_flame("small", seed=3)
+
+
+def forward(flame, fit) -> np.ndarray:
+    """(V, 3) world vertices: FlameModel in float64 (eyelids, if the model has them, after skinning), then R v + t."""
+    model = FlameModel.from_data(flame, n_shape=fit.shape.size, n_expr=fit.expression.size, dtype=torch.float64)
+
+    def t(x):
+        return torch.as_tensor(np.asarray(x, dtype=np.float64))[None]
+
+    params = FlameParams(shape=t(fit.shape), expression=t(fit.expression),
+                         eyelids=None if flame.eyelids is None else t(fit.eyelids),
+                         **{name: t(getattr(fit, name)) for name in POSES})
+    with torch.no_grad():
+        canonical = model(params).vertices[0].numpy()
+    return canonical @ fit.head_rotation.astype(np.float64).T + fit.head_translation
+
+
+def make_fit(flame, seed, *, eyelids=False, n_expr=None, photo_size=(480, 640), max_degrees=30.0) -> FitResult:
+    """A FitResult with random parameters, an off-centre principal point and its forward pass as vertices."""
+    rng = np.random.default_rng(seed)
+    n_expr = flame.n_expr if n_expr is None else n_expr
+    axes = {name: rng.normal(size=3) for name in POSES}
+    poses = {name: (axis / np.linalg.norm(axis) * np.radians(max_degrees) * rng.uniform(0.3, 1.0)).astype(np.float32)
+             for name, axis in axes.items()}
+    height, width = photo_size
+    k_photo = np.array([[1560.0, 0.0, width / 2 + 23.0], [0.0, 1560.0, height / 2 - 17.0], [0.0, 0.0, 1.0]])
+    fit = FitResult(
+        shape=rng.normal(size=flame.n_shape).astype(np.float32),
+        expression=rng.normal(size=n_expr).astype(np.float32),
+        eyelids=(rng.uniform(-0.5, 1.0, size=2) if eyelids else np.zeros(2)).astype(np.float32),
+        head_rotation=Rotation.from_rotvec(rng.normal(size=3) * 0.2).as_matrix().astype(np.float32),
+        head_translation=np.array([0.01, -0.015, -0.05], dtype=np.float32),
+        focal=3.9, principal_point=np.zeros(2, dtype=np.float32), K_crop=k_photo.copy(), K_photo=k_photo,
+        photo_size=photo_size, vertices_posed=np.zeros((0, 3), np.float32),
+        vertices_neutral=np.zeros((0, 3), np.float32), **poses,
+    )
+    fit.vertices_posed = forward(flame, fit).astype(np.float32)
+    return fit
+
+
+def evaluate(rig, rotations=None, include=lambda key: True) -> np.ndarray:
+    """(V, 3) world vertices of the rig: rest + sum of value * offsets, skinned, head pose applied."""
+    rotations = rig.rotations if rotations is None else rotations
+    mesh = rig.rest_vertices.copy()
+    for key in rig.shape_keys:
+        if include(key):
+            mesh += key.value * key.offsets.astype(np.float64)
+    world_rotation, world_position, skinning = [], [], []
+    for j, parent in enumerate(rig.parents):
+        if parent < 0:
+            world_rotation.append(rotations[j])
+            world_position.append(rig.joints[j])
+        else:
+            world_rotation.append(world_rotation[parent] @ rotations[j])
+            offset = rig.joints[j] - rig.joints[parent]
+            world_position.append(world_position[parent] + world_rotation[parent] @ offset)
+        skinning.append((world_rotation[j], world_position[j] - world_rotation[j] @ rig.joints[j]))
+    posed = np.zeros_like(mesh)
+    for j, (rotation, shift) in enumerate(skinning):
+        posed += rig.skin_weights[:, j:j + 1] * (mesh @ rotation.T + shift)
+    return posed @ rig.head_pose[:3, :3].T + rig.head_pose[:3, 3]
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_rig_at_its_values_is_flames_forward_pass(head, seed):
+    flame, uv = head
+    fit = make_fit(flame, seed)
+    rig = build_rig(flame, uv, fit)
+    got = evaluate(rig)
+    assert np.abs(got - forward(flame, fit)).max() < 1e-9
+    assert np.abs(got - fit.vertices_posed).max() < 1e-6  # the fit's own float32 vertices
+    without_correctives = evaluate(rig, include=lambda key: not isinstance(key, CorrectiveKey))
+    assert np.abs(without_correctives - forward(flame, fit)).max() > 1e-4  # the correctives matter
+
+
+def test_fewer_fitted_components_than_the_model_has(head):
+    flame, uv = head
+    fit = make_fit(flame, 4, n_expr=4)
+    rig = build_rig(flame, uv, fit)
+    assert [key.name for key in rig.expression_keys] == [f"expression_{k:03d}" for k in range(4)]
+    assert np.abs(evaluate(rig) - forward(flame, fit)).max() < 1e-9
+    too_many = make_fit(flame, 4)
+    too_many.expression = np.zeros(flame.n_expr + 1, np.float32)
+    with pytest.raises(ValueError, match="expression"):
+        build_rig(flame, uv, too_many)
+
+
+def test_eyelid_keys_act_before_skinning(head):
+    """FLAME adds the eyelids after skinning; as keys they are skinned. The difference is the blended skinning
+    rotation applied to the eyelid offsets, computed here from the fit's axis-angle poses."""
+    flame, uv = head
+    fit = make_fit(flame, 5, eyelids=True)
+    rig = build_rig(flame, uv, fit)
+    assert [(k.name, k.value) for k in rig.eyelid_keys] == [("eyelid.L", pytest.approx(float(fit.eyelids[0]))),
+                                                            ("eyelid.R", pytest.approx(float(fit.eyelids[1])))]
+    offsets = np.einsum("k,kvc->vc", fit.eyelids.astype(np.float64), flame.eyelids)
+    world = [np.eye(3)]
+    for joint, name in enumerate(POSES, start=1):
+        world.append(world[flame.parents[joint]] @ Rotation.from_rotvec(getattr(fit, name)).as_matrix())
+    blend = np.einsum("vj,jab->vab", flame.weights, np.stack(world))
+    shift = np.einsum("vab,vb->va", blend - np.eye(3), offsets) @ fit.head_rotation.astype(np.float64).T
+    got = evaluate(rig)
+    assert np.abs(got - (forward(flame, fit) + shift)).max() < 1e-9
+    assert np.abs(shift).max() > 1e-6
+    without = replace(flame, eyelids=None)
+    assert build_rig(without, uv, make_fit(without, 5)).eyelid_keys == ()
+
+
+def test_structure_follows_the_model_and_the_fit(head):
+    flame, uv = head
+    fit = make_fit(flame, 6, eyelids=True)
+    rig = build_rig(flame, uv, fit)
+    assert rig.joint_names == JOINT_NAMES
+    np.testing.assert_array_equal(rig.parents, flame.parents)
+    np.testing.assert_array_equal(rig.faces, flame.faces)
+    np.testing.assert_array_equal(rig.corner_uv, uv.uv[uv.uv_faces])
+    np.testing.assert_array_equal(rig.skin_weights, flame.weights)
+    shape, expression = fit.shape.astype(np.float64), fit.expression.astype(np.float64)
+    np.testing.assert_allclose(rig.rest_vertices, flame.v_template + flame.shapedirs @ shape, atol=1e-12)
+    np.testing.assert_allclose(rig.joints, flame.J_regressor @ (flame.v_template + flame.shapedirs @ shape
+                                                                + flame.exprdirs @ expression), atol=1e-12)
+    np.testing.assert_array_equal(rig.rotations[0], np.eye(3))
+    for joint, name in enumerate(POSES, start=1):
+        np.testing.assert_allclose(rig.rotations[joint], Rotation.from_rotvec(getattr(fit, name)).as_matrix(),
+                                   atol=1e-12)
+    np.testing.assert_allclose(rig.head_pose[:3, :3], fit.head_rotation, atol=0)
+    np.testing.assert_allclose(rig.head_pose[:3, 3], fit.head_translation, atol=0)
+    np.testing.assert_array_equal(rig.head_pose[3], [0, 0, 0, 1])
+    names = [key.name for key in rig.shape_keys]
+    assert names[:flame.n_expr] == [f"expression_{k:03d}" for k in range(flame.n_expr)]
+    assert names[flame.n_expr:flame.n_expr + 2] == ["eyelid.L", "eyelid.R"] and len(names) == flame.n_expr + 2 + 36
+    for k, key in enumerate(rig.expression_keys):
+        assert key.offsets.dtype == np.float32 and key.offsets.shape == (flame.n_vertices, 3)
+        np.testing.assert_array_equal(key.offsets, flame.exprdirs[:, :, k].astype(np.float32))
+        assert key.value == pytest.approx(float(fit.expression[k]))
+        assert key.slider_min < min(0.0, key.value) and key.slider_max > max(0.0, key.value)
+        assert key.slider_min == -key.slider_max
+    for key in rig.corrective_keys:
+        assert (key.slider_min, key.slider_max) == (-2.0, 2.0)
+        assert key.value == pytest.approx(rig.rotations[key.joint][key.row, key.col] - (key.row == key.col))
+
+
+def test_corrective_layout_is_the_pose_feature(head):
+    """For any rotations, the correctives driven by their stated (joint, row, col) entries of R - I give FLAME's
+    pose-corrective offsets, ``blend_shapes(pose_feature(R), posedirs)``."""
+    flame, uv = head
+    rig = build_rig(flame, uv, make_fit(flame, 7))
+    assert len(rig.corrective_keys) == 36
+    assert len({(k.joint, k.row, k.col) for k in rig.corrective_keys}) == 36
+    assert all(1 <= k.joint < len(JOINT_NAMES) and k.name == f"pose_{JOINT_NAMES[k.joint]}_{k.row}{k.col}"
+               for k in rig.corrective_keys)
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        rotations = Rotation.random(len(JOINT_NAMES), random_state=rng.integers(1 << 31)).as_matrix()
+        driven = sum((rotations[k.joint] - np.eye(3))[k.row, k.col] * k.offsets.astype(np.float64)
+                     for k in rig.corrective_keys)
+        feature = pose_feature(torch.from_numpy(rotations)[None])
+        expected = blend_shapes(feature, torch.from_numpy(flame.posedirs))[0].numpy()
+        np.testing.assert_allclose(driven, expected, atol=1e-9)
+
+
+def blender_pixels(film, world_points) -> np.ndarray:
+    """Pixels of world points through a Blender camera with this film: the camera's view frame at depth ``lens``
+    (horizontal sensor fit: sensor_width spans the image width; shifts in sensor widths), as
+    bpy_extras.object_utils.world_to_camera_view maps points into it; pixel y down."""
+    width, height = film.resolution
+    local = (world_points - film.pose[:3, 3]) @ film.pose[:3, :3]
+    plane = local[:, :2] / -local[:, 2:] * film.lens  # on the view frame at depth lens (millimetres)
+    left, right = (np.array([-0.5, 0.5]) + film.shift_x) * film.sensor_width
+    bottom, top = (np.array([-0.5, 0.5]) * height / width + film.shift_y) * film.sensor_width
+    ndc = np.stack([(plane[:, 0] - left) / (right - left), (plane[:, 1] - bottom) / (top - bottom)], axis=1)
+    return np.stack([ndc[:, 0] * width, (1.0 - ndc[:, 1]) * height], axis=1)
+
+
+@pytest.mark.parametrize("photo_size", [(480, 640), (900, 600)])
+def test_camera_film_reproduces_k_photo(head, photo_size):
+    flame, uv = head
+    fit = make_fit(flame, 8, photo_size=photo_size)
+    film = build_rig(flame, uv, fit).camera
+    assert film.resolution == (photo_size[1], photo_size[0])
+    world = fit.vertices_posed.astype(np.float64)
+    camera_cv = (world - np.array([0.0, 0.0, 1.0])) * np.array([1.0, -1.0, -1.0])  # the fit's OpenCV camera
+    projected = camera_cv @ fit.K_photo.T
+    expected = projected[:, :2] / projected[:, 2:]
+    assert np.abs(blender_pixels(film, world) - expected).max() < 1e-6
+    # the principal point is off-centre, so a film without shift would miss by pixels
+    assert abs(film.shift_x) > 0.01 and abs(film.shift_y) > 0.01
