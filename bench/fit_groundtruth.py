@@ -2,7 +2,7 @@
 
 Random heads with known identity, expression, jaw, neck and head pose are rendered into noise-free UV, normal
 and mask maps at 512 px (the network's output size), fitted, and compared with the truth on the face region
-after rigid alignment (``core.metrics.rigid_align``, the alignment the metrics module uses).
+after rigid alignment (``evaluation.metrics.rigid_align``, the alignment the metrics module uses).
 
 Goals (issue 6):
   A  noise-free maps (also printed: the posed error after a similarity alignment, the scale it needs and the
@@ -43,8 +43,8 @@ from core.fit import FitConfig, PoseInit, fit, render_maps  # noqa: E402
 from core.fit.config import REFERENCE_SHAPE_LR, REFINE_PRIOR_SCALE, SHAPE_LR, SHAPE_PRIORS  # noqa: E402
 from core.fit.regions import derive_regions  # noqa: E402
 from core.flame import FlameModel, FlameParams, axis_angle_to_matrix, synthetic_flame  # noqa: E402
-from core.metrics import rigid_align  # noqa: E402
 from core.render.camera import DEFAULT_FOCAL, project, world_to_camera  # noqa: E402
+from evaluation.metrics import rigid_align  # noqa: E402
 
 SIZE = 512
 
