@@ -2,7 +2,8 @@
 
 Random heads with known identity, expression, jaw, neck and head pose are rendered into noise-free UV, normal
 and mask maps at 512 px (the network's output size), fitted, and compared with the truth on the face region
-after rigid alignment (``core.metrics.rigid_align``, the alignment the metrics module uses).
+after rigid alignment (``evaluation.metrics.rigid_align``, the alignment the metrics module uses). The heads,
+maps, corruptions and errors come from ``evaluation.groundtruth``; this script runs the goals and prints tables.
 
 Goals (issue 6):
   A  noise-free maps (also printed: the posed error after a similarity alignment, the scale it needs and the
@@ -31,104 +32,26 @@ import dataclasses
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
-import cv2
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.fit import FitConfig, PoseInit, fit, render_maps  # noqa: E402
+from core.fit import FitConfig, PoseInit, fit  # noqa: E402
 from core.fit.config import REFERENCE_SHAPE_LR, REFINE_PRIOR_SCALE, SHAPE_LR, SHAPE_PRIORS  # noqa: E402
 from core.fit.regions import derive_regions  # noqa: E402
-from core.flame import FlameModel, FlameParams, axis_angle_to_matrix, synthetic_flame  # noqa: E402
-from core.metrics import rigid_align  # noqa: E402
-from core.render.camera import Camera, world_to_camera  # noqa: E402
-
-SIZE = 512
-
-
-def make_head(rng: np.random.Generator, flame: FlameModel, expressive: bool) -> dict:
-    """Random truth: identity N(0, 1) x 0.7, expression N(0, 1) x 0.6 (or zero), jaw, neck, yaw/pitch pose."""
-    n_s, n_e = flame.n_shape, flame.n_expr
-    shape = rng.normal(size=(1, n_s)) * 0.7
-    expr = rng.normal(size=(1, n_e)) * 0.6 if expressive else np.zeros((1, n_e))
-    jaw = np.array([[rng.uniform(0.0, 0.2), 0.0, 0.0]]) if expressive else np.zeros((1, 3))
-    neck = rng.uniform(-0.1, 0.1, size=(1, 3))
-    yaw, pitch, roll = np.radians(rng.uniform(-35, 35)), np.radians(rng.uniform(-15, 15)), np.radians(rng.uniform(-5, 5))
-    rot = axis_angle_to_matrix(torch.tensor([pitch, yaw, roll])).numpy().astype(np.float64)
-    t = np.array([rng.uniform(-0.02, 0.02), rng.uniform(-0.02, 0.02), rng.uniform(-0.1, 0.1)])
-    tt = lambda a: torch.tensor(a, dtype=flame.v_template.dtype)  # noqa: E731
-    params = FlameParams(shape=tt(shape), expression=tt(expr), jaw_pose=tt(jaw), neck_pose=tt(neck))
-    return {"params": params, "rotation": rot, "translation": t, "yaw_deg": float(np.degrees(yaw)), "expressive": expressive}
-
-
-def corrupt(maps: dict, rng: np.random.Generator, blur: float, noise: float, outliers: float) -> dict:
-    """Gaussian blur (sigma px), additive Gaussian noise (UV units; normals x 5) and a fraction of outlier pixels."""
-    uv, n, mask = maps["uv"].copy(), maps["normals"].copy(), maps["mask"].copy()
-    if blur > 0:
-        w = cv2.GaussianBlur(mask.astype(np.float32), (0, 0), blur)[..., None]
-        uv = cv2.GaussianBlur(uv * mask[..., None], (0, 0), blur) / np.maximum(w, 1e-6)
-        n = cv2.GaussianBlur(n * mask[..., None], (0, 0), blur)
-    if noise > 0:
-        uv = uv + rng.normal(scale=noise, size=uv.shape)
-        n = n + rng.normal(scale=5 * noise, size=n.shape)
-    if outliers > 0:
-        bad = (rng.uniform(size=mask.shape) < outliers) & mask
-        uv[bad] = rng.uniform(0, 1, size=(int(bad.sum()), 2))
-        n[bad] = rng.normal(size=(int(bad.sum()), 3))
-    n = n / np.maximum(np.linalg.norm(n, axis=-1, keepdims=True), 1e-6)
-    return {**maps, "uv": np.clip(uv, 0, 1).astype(np.float32), "normals": n.astype(np.float32), "mask": mask}
-
-
-def inputs(maps: dict, eyeball_faces: np.ndarray, face_faces: np.ndarray | None = None):
-    """Prediction- and FaceCrop-like inputs (duck-typed) from rendered maps.
-
-    The crop masks are what a face segmenter gives: the eyeballs are "eyes", the rest of the head "skin" (the
-    fit then keeps the eyeballs out of the UV and normal terms, as with a real photo). With ``face_faces`` only
-    those triangles are "skin", as the product's face-oval masks (no neck, scalp or ears); the rest of the head
-    is then neither skin nor background."""
-    pred = SimpleNamespace(uv=maps["uv"], normals=maps["normals"], mask=maps["mask"])
-    eyes = np.isin(maps["triangle"], eyeball_faces)
-    skin = maps["mask"] & ~eyes
-    if face_faces is not None:
-        skin &= np.isin(maps["triangle"], face_faces)
-    crop = SimpleNamespace(
-        masks={"skin": skin, "eyes": eyes, "background": ~maps["mask"]}, landmarks=None,
-        transform=SimpleNamespace(x0=0.0, y0=0.0, size=float(SIZE), out_size=SIZE), photo_size=(SIZE, SIZE),
-    )
-    return pred, crop
-
-
-def errors_mm(
-    result, truth_posed: np.ndarray, truth_neutral: np.ndarray, region: np.ndarray, with_scale: bool = False,
-    within: np.ndarray | None = None,
-) -> tuple[float, float]:
-    """Mean face-region vertex error (mm) of the posed and neutral meshes after rigid (or similarity) alignment
-    over the region, averaged over ``within`` (a subset of the region; default all of it)."""
-    out = []
-    for pred, ref in ((result.vertices_posed, truth_posed), (result.vertices_neutral, truth_neutral)):
-        tr = rigid_align(pred[region], ref[region], with_scale=with_scale)
-        err = np.linalg.norm(tr.apply(pred[region]) - ref[region], axis=1)
-        out.append(float((err if within is None else err[within[region]]).mean() * 1000))
-    return out[0], out[1]
-
-
-def visible_vertices(maps: dict) -> np.ndarray:
-    """(V,) bool: vertices in front of the rendered depth at their pixel (seen in the input image)."""
-    cam = world_to_camera(torch.as_tensor(maps["vertices"], dtype=torch.float64))[None]
-    xy, depth = Camera.of(size=SIZE).project(cam)
-    ix = np.clip(np.floor(xy[0, :, 0].numpy()).astype(int), 0, SIZE - 1)
-    iy = np.clip(np.floor(xy[0, :, 1].numpy()).astype(int), 0, SIZE - 1)
-    return depth[0].numpy() < maps["depth"][iy, ix] + 0.002
-
-
-def yawed(rotation: np.ndarray, translation: np.ndarray, yaw_deg: float) -> PoseInit:
-    """The true pose with an extra yaw about the head's vertical axis (the initial-pose error of Goal B)."""
-    extra = axis_angle_to_matrix(torch.tensor([0.0, np.radians(yaw_deg), 0.0])).numpy().astype(np.float64)
-    return PoseInit(rotation @ extra, translation, "bench", 0, 0)
-
+from core.flame import FlameModel, synthetic_flame  # noqa: E402
+from evaluation.groundtruth import (  # noqa: E402
+    corrupt,
+    errors_mm,
+    inputs,
+    make_head,
+    render_truth,
+    visible_vertices,
+    yawed,
+)
+from evaluation.metrics import rigid_align  # noqa: E402
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -215,22 +138,16 @@ def main() -> None:
     rng = np.random.default_rng(args.seed)
     heads = [make_head(rng, flame, expressive=(i % 2 == 1)) for i in range(args.heads)]
 
-    def truth(h):
-        maps = render_maps(flame, uvt, h["params"], h["rotation"], h["translation"], Camera.of(size=SIZE))
-        with torch.no_grad():
-            neutral = flame.neutral(h["params"].shape)[0].numpy()
-        return maps, neutral
-
     if args.goal == "A":
         print(f"{'head':>4} {'expr':>5} {'yaw':>6} {'init':>7} {'posed mm':>9} {'neutral mm':>10} "
               f"{'posed sim':>9} {'scale':>6} {'depth err mm':>12} {'focal':>6} {'time s':>7} {'seen sim':>8} {'seen %':>6}")
         rows = []
         for i, h in enumerate(heads):
-            maps, neutral = truth(h)
+            maps, neutral = render_truth(flame, uvt, h)
             t0 = time.perf_counter()
             start = {}
             if args.from_truth:
-                start = {"init_pose": PoseInit(h["rotation"], h["translation"], "truth", 0, 0), "init_flame": h["params"]}
+                start = {"init_pose": PoseInit(h.rotation, h.translation, "truth", 0, 0), "init_flame": h.params}
             res = fit(*inputs(maps, eyeball_faces, face_faces), flame, uvt, cfg, seed=args.seed, **start)
             dt = time.perf_counter() - t0
             ep, en = errors_mm(res, maps["vertices"], neutral, region)
@@ -238,9 +155,9 @@ def main() -> None:
             seen = visible_vertices(maps) & region
             ev, _ = errors_mm(res, maps["vertices"], neutral, region, with_scale=True, within=seen)
             scale = rigid_align(res.vertices_posed[region], maps["vertices"][region], with_scale=True).s
-            dz = (res.head_translation[2] - h["translation"][2]) * 1000
-            rows.append((h["expressive"], ep, en, es, ev))
-            print(f"{i:4d} {str(h['expressive']):>5} {h['yaw_deg']:6.1f} {res.info['init']:>7} {ep:9.3f} {en:10.3f} "
+            dz = (res.head_translation[2] - h.translation[2]) * 1000
+            rows.append((h.expressive, ep, en, es, ev))
+            print(f"{i:4d} {str(h.expressive):>5} {h.yaw_deg:6.1f} {res.info['init']:>7} {ep:9.3f} {en:10.3f} "
                   f"{es:9.3f} {scale:6.3f} {dz:12.1f} {res.focal:6.3f} {dt:7.1f} {ev:8.3f} "
                   f"{100 * seen.sum() / region.sum():6.0f}", flush=True)
         arr = np.array(rows, dtype=float)
@@ -258,7 +175,7 @@ def main() -> None:
         # succeeds when it ends within 10 % (or 0.1 mm) of it; the absolute Goal-A threshold is printed as well.
         ref = []
         for h in heads:
-            maps, neutral = truth(h)
+            maps, neutral = render_truth(flame, uvt, h)
             ref.append(errors_mm(fit(*inputs(maps, eyeball_faces, face_faces), flame, uvt, cfg, seed=args.seed),
                                  maps["vertices"], neutral, region)[0])
         ref = np.array(ref)
@@ -270,9 +187,9 @@ def main() -> None:
             for yaw in args.yaw_errors:
                 errs, sims, focals = [], [], []
                 for h in heads:
-                    maps, neutral = truth(h)
+                    maps, neutral = render_truth(flame, uvt, h)
                     res = fit(*inputs(maps, eyeball_faces, face_faces), flame, uvt, c, seed=args.seed,
-                              init_pose=yawed(h["rotation"], h["translation"], yaw))
+                              init_pose=yawed(h.rotation, h.translation, yaw))
                     errs.append(errors_mm(res, maps["vertices"], neutral, region)[0])
                     sims.append(errors_mm(res, maps["vertices"], neutral, region, with_scale=True)[0])
                     focals.append(res.focal)
@@ -289,7 +206,7 @@ def main() -> None:
         for blur, noise, out in levels:
             ep, en = [], []
             for k, h in enumerate(heads):
-                maps, neutral = truth(h)
+                maps, neutral = render_truth(flame, uvt, h)
                 noisy = corrupt(maps, np.random.default_rng(args.seed + k), blur, noise, out)
                 res = fit(*inputs(noisy, eyeball_faces, face_faces), flame, uvt, cfg, seed=args.seed)
                 a, b = errors_mm(res, maps["vertices"], neutral, region)

@@ -3,7 +3,8 @@
 Stages, one subpackage or module each: ``assets`` (find user files), ``flame`` (model, loaders, synthetic
 head), ``network`` (UV and normal predictors), ``preprocess`` (photo, face, crop, masks), ``render``
 (pure-torch rasterizer and camera), ``fit`` (FLAME fitting), ``texture`` (bake the photo into UV space),
-``metrics`` (geometry scores), ``pipeline`` (the stages end to end) and ``cli`` (``python -m core``).
+``pipeline`` (the stages end to end) and ``cli`` (``python -m core``). Evaluation (geometry scores,
+ground-truth helpers) lives outside the core, in the top-level ``evaluation`` package, and is not shipped.
 Importing this package is cheap: no torch work, file access or environment lookups happen at import.
 """
 

@@ -186,7 +186,7 @@ def build_rig(flame: FlameData, uv: UVTemplate, fit: FitResult) -> Rig:
     """
     shape = torch.from_numpy(np.asarray(fit.shape, dtype=np.float64).reshape(1, -1))
     expression = torch.from_numpy(np.asarray(fit.expression, dtype=np.float64).reshape(1, -1))
-    model = FlameModel.from_data(flame, n_shape=shape.shape[1], n_expr=expression.shape[1], dtype=torch.float64)
+    model = FlameModel(flame, n_shape=shape.shape[1], n_expr=expression.shape[1], dtype=torch.float64)
     poses = {NECK: fit.neck_pose, JAW: fit.jaw_pose, LEFT_EYE: fit.eye_pose_left, RIGHT_EYE: fit.eye_pose_right}
     axis_angle = np.zeros((N_JOINTS, 3))  # the root stays unrotated: the head pose acts outside FLAME
     for joint, pose in poses.items():

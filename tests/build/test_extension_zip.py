@@ -105,6 +105,8 @@ def test_zip_layout(built_zip):
         names = set(z.namelist())
         manifest = z.read("blender_manifest.toml").decode()
     assert "__init__.py" in names and "core/__init__.py" in names and "core/fit/__init__.py" in names
+    assert not any(n.startswith("evaluation/") or n.endswith("/metrics.py") for n in names), \
+        "evaluation code must not ship"
     assert not any(n.startswith("wheels/numpy-") for n in names), "numpy must never be bundled"
     assert any(n.startswith("wheels/mediapipe-0.10.21-cp311") for n in names)
     assert 'platforms = ["linux-x64"]' in manifest

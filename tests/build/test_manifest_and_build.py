@@ -3,6 +3,7 @@
 import subprocess
 import sys
 import tomllib
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -53,6 +54,30 @@ def test_stage_vendors_core_inside_the_addon(tmp_path):
     assert m["wheels"] == [f"./wheels/{wheel.name}"] and (stage_dir / "wheels" / wheel.name).exists()
 
 
+def test_built_extension_ships_no_evaluation_code(tmp_path):
+    """evaluation/ (metrics, ground-truth helpers) stays out of the zip, and nothing in the zip imports it."""
+    wheel = tmp_path / "demo_pkg-1.0-py3-none-any.whl"
+    wheel.write_bytes(b"PK\x05\x06" + bytes(18))
+    stage_dir = tmp_path / "pixel3dmm_blender"
+    build.stage(stage_dir, [wheel], ["linux-x64"])
+    zip_path = tmp_path / "extension.zip"
+    script = build.blender_ext_script(Path(sys.executable))
+    proc = subprocess.run([sys.executable, str(script), "build", "--source-dir", str(stage_dir),
+                           "--output-filepath", str(zip_path), "--valid-tags", ""], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    with zipfile.ZipFile(zip_path) as z:
+        names = z.namelist()
+        sources = {n: z.read(n).decode() for n in names if n.endswith(".py")}
+    assert "core/__init__.py" in names and "core/fit/__init__.py" in names
+    assert (ROOT / "evaluation" / "metrics.py").exists()  # what must stay out is still where this test looks
+    shipped = [n for n in names
+               if n.rsplit("/", 1)[-1] in ("metrics.py", "groundtruth.py") or "evaluation" in n.split("/")]
+    assert not shipped, shipped
+    importers = [n for n, text in sources.items()
+                 if any(ln.strip().startswith(("import evaluation", "from evaluation")) for ln in text.splitlines())]
+    assert not importers, importers
+
+
 def test_core_imports_are_relative():
     """core/ must work when vendored as a subpackage: no absolute `core.` imports, no bpy."""
     offenders = []
@@ -79,8 +104,6 @@ def test_unknown_platform_is_one_sentence(capsys):
 
 
 def _fake_wheel(folder: Path, name: str, requires: list[str]) -> None:
-    import zipfile
-
     meta = f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n" + "".join(f"Requires-Dist: {r}\n" for r in requires)
     with zipfile.ZipFile(folder / f"{name}-1.0-py3-none-any.whl", "w") as z:
         z.writestr(f"{name}-1.0.dist-info/METADATA", meta)

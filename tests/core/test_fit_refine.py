@@ -14,9 +14,9 @@ from core.fit.config import _camera_stage, _image_stage
 from core.fit.init import PoseInit
 from core.fit.objective import FitData, Objective, Params
 from core.fit.refine import gauss_newton_curvature, lm_step
-from core.metrics import rigid_align
 from core.flame import FlameModel, FlameParams, axis_angle_to_matrix, synthetic_flame
 from core.render.camera import DEFAULT_FOCAL, Camera
+from evaluation.metrics import rigid_align
 
 PRED = 128
 

@@ -27,7 +27,7 @@ def head():
 
 def forward(flame, fit) -> np.ndarray:
     """(V, 3) world vertices: FlameModel in float64 (eyelids, if the model has them, after skinning), then R v + t."""
-    model = FlameModel.from_data(flame, n_shape=fit.shape.size, n_expr=fit.expression.size, dtype=torch.float64)
+    model = FlameModel(flame, n_shape=fit.shape.size, n_expr=fit.expression.size, dtype=torch.float64)
 
     def t(x):
         return torch.as_tensor(np.asarray(x, dtype=np.float64))[None]

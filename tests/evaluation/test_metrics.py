@@ -1,4 +1,4 @@
-"""Known-case tests of core.metrics: alignment, nearest neighbours, Chamfer, normal consistency, F-score."""
+"""Known-case tests of evaluation.metrics: alignment, nearest neighbours, Chamfer, normal consistency, F-score."""
 
 import numpy as np
 import pytest
@@ -6,7 +6,7 @@ from scipy.spatial import cKDTree
 from scipy.spatial.transform import Rotation
 
 from core.errors import Pixel3DMMError
-from core.metrics import (
+from evaluation.metrics import (
     RigidTransform,
     chamfer,
     f_score,

@@ -46,7 +46,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from .errors import Pixel3DMMError
+from core.errors import Pixel3DMMError
+from core.flame import axis_angle_to_matrix
 
 logger = logging.getLogger(__name__)
 
@@ -311,16 +312,6 @@ def _grid_nearest(grid: _Grid, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _rotation_from_vector(omega: np.ndarray) -> np.ndarray:
-    """Rotation matrix (3, 3) of the axis-angle vector ``omega`` (3,) (Rodrigues' formula)."""
-    angle = float(np.linalg.norm(omega))
-    if angle < 1e-15:
-        return np.eye(3)
-    k = omega / angle
-    kx = np.array([[0.0, -k[2], k[1]], [k[2], 0.0, -k[0]], [-k[1], k[0], 0.0]])
-    return np.eye(3) + np.sin(angle) * kx + (1.0 - np.cos(angle)) * (kx @ kx)
-
-
 def _point_to_plane_step(p: np.ndarray, n: np.ndarray, q: np.ndarray, with_scale: bool) -> RigidTransform:
     """One Gauss-Newton step moving points ``p`` (K, 3) with normals ``n`` so that (p − q)·n → 0."""
     c = p.mean(axis=0)
@@ -333,7 +324,7 @@ def _point_to_plane_step(p: np.ndarray, n: np.ndarray, q: np.ndarray, with_scale
     normal_matrix = jac.T @ jac
     normal_matrix += 1e-9 * np.trace(normal_matrix) / jac.shape[1] * np.eye(jac.shape[1])  # damp flat directions
     x = np.linalg.solve(normal_matrix, jac.T @ resid)
-    rot = _rotation_from_vector(x[:3])
+    rot = axis_angle_to_matrix(torch.from_numpy(x[:3])).numpy()  # (3, 3) float64
     scale = 1.0 + float(x[6]) if with_scale else 1.0
     return RigidTransform(rot, c + x[3:6] - scale * rot @ c, scale)
 

@@ -1,0 +1,271 @@
+"""Ground truth for fitting: random FLAME heads with known parameters, their rendered maps, and fit errors.
+
+A :class:`TruthHead` (:func:`make_head`) is rendered by :func:`render_truth` into the maps the network would
+predict (UV, canonical normals, mask) with the reference camera (``Camera.of``: the default focal, centred principal point);
+:func:`corrupt` degrades them, :func:`inputs` wraps them as the ``Prediction`` and ``FaceCrop`` that
+``core.fit.fit`` takes, and :func:`errors_mm` compares a fit with the truth after rigid (or similarity) alignment.
+
+Shapes: ``S`` map size in pixels (512, the network's output size, by default), ``V`` vertices, ``F`` faces.
+Every function is deterministic: randomness comes only from the ``numpy.random.Generator`` passed in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+import cv2
+import numpy as np
+import torch
+
+from core.fit import PoseInit, render_maps
+from core.flame import FlameModel, FlameParams, UVTemplate, axis_angle_to_matrix
+from core.render.camera import Camera, world_to_camera
+from evaluation.metrics import rigid_align
+
+MAP_SIZE = 512  # the network's output size
+
+
+@dataclass(frozen=True)
+class TruthHead:
+    """A head with known FLAME parameters and pose (``world = R v + t``).
+
+    Attributes
+    ----------
+    params : FlameParams
+        Batch 1: ``shape`` (1, n_shape), ``expression`` (1, n_expr), ``jaw_pose`` (1, 3), ``neck_pose`` (1, 3),
+        in the FLAME model's dtype.
+    rotation : np.ndarray
+        (3, 3) float64 head rotation R.
+    translation : np.ndarray
+        (3,) float64 head translation t, metres.
+    yaw_deg : float
+        The yaw angle of ``rotation``, degrees.
+    expressive : bool
+        False when expression and jaw are zero.
+    """
+
+    params: FlameParams
+    rotation: np.ndarray
+    translation: np.ndarray
+    yaw_deg: float
+    expressive: bool
+
+
+def make_head(rng: np.random.Generator, flame: FlameModel, expressive: bool) -> TruthHead:
+    """Random truth: identity N(0, 1) x 0.7, expression N(0, 1) x 0.6 (or zero), jaw, neck, yaw/pitch pose.
+
+    Draws from ``rng`` in a fixed order (shape, expression, jaw, neck, yaw, pitch, roll, translation), so one
+    seed gives the same sequence of heads on every run.
+
+    Parameters
+    ----------
+    rng : np.random.Generator
+        Source of all randomness.
+    flame : FlameModel
+        Gives the numbers of shape and expression components and the parameters' dtype.
+    expressive : bool
+        Draw expression and jaw opening (up to 0.2 rad); otherwise both are zero.
+
+    Returns
+    -------
+    TruthHead
+        Yaw in ±35°, pitch ±15°, roll ±5°, neck ±0.1 rad per axis, translation ±2 cm in x and y, ±10 cm in z.
+    """
+    n_s, n_e = flame.n_shape, flame.n_expr
+    shape = rng.normal(size=(1, n_s)) * 0.7
+    expr = rng.normal(size=(1, n_e)) * 0.6 if expressive else np.zeros((1, n_e))
+    jaw = np.array([[rng.uniform(0.0, 0.2), 0.0, 0.0]]) if expressive else np.zeros((1, 3))
+    neck = rng.uniform(-0.1, 0.1, size=(1, 3))
+    yaw, pitch, roll = np.radians(rng.uniform(-35, 35)), np.radians(rng.uniform(-15, 15)), np.radians(rng.uniform(-5, 5))
+    rot = axis_angle_to_matrix(torch.tensor([pitch, yaw, roll])).numpy().astype(np.float64)
+    t = np.array([rng.uniform(-0.02, 0.02), rng.uniform(-0.02, 0.02), rng.uniform(-0.1, 0.1)])
+    dtype = flame.v_template.dtype
+    params = FlameParams(shape=torch.tensor(shape, dtype=dtype), expression=torch.tensor(expr, dtype=dtype),
+                         jaw_pose=torch.tensor(jaw, dtype=dtype), neck_pose=torch.tensor(neck, dtype=dtype))
+    return TruthHead(params, rot, t, float(np.degrees(yaw)), expressive)
+
+
+def render_truth(
+    flame: FlameModel, uv_template: UVTemplate, head: TruthHead, size: int = MAP_SIZE
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Render a truth head with the reference camera and compute its neutral (identity-only) mesh.
+
+    Parameters
+    ----------
+    flame : FlameModel
+    uv_template : UVTemplate
+        Same topology as ``flame``.
+    head : TruthHead
+    size : int
+        Map size S in pixels.
+
+    Returns
+    -------
+    maps : dict of np.ndarray
+        :func:`core.fit.render_maps`'s maps: ``uv`` (S, S, 2), ``normals`` (S, S, 3), ``mask`` (S, S) bool,
+        ``depth`` (S, S) (inf on background), ``triangle`` (S, S) int64 (-1 on background) and ``vertices``
+        (V, 3) the posed world-space vertices.
+    neutral : np.ndarray
+        (V, 3) the identity-only mesh (zero expression and pose).
+    """
+    maps = render_maps(flame, uv_template, head.params, head.rotation, head.translation, Camera.of(size=size))
+    with torch.no_grad():
+        neutral = flame.neutral(head.params.shape)[0].numpy()
+    return maps, neutral
+
+
+def corrupt(maps: dict, rng: np.random.Generator, blur: float, noise: float, outliers: float) -> dict:
+    """Gaussian blur (sigma px), additive Gaussian noise (UV units; normals x 5) and a fraction of outlier pixels.
+
+    Parameters
+    ----------
+    maps : dict
+        At least ``uv`` (S, S, 2), ``normals`` (S, S, 3) and ``mask`` (S, S) bool; not modified.
+    rng : np.random.Generator
+        Source of the noise and the outliers.
+    blur : float
+        Gaussian sigma in pixels, applied inside the mask (0: none).
+    noise : float
+        Standard deviation of the UV noise (the normals get 5x that) (0: none).
+    outliers : float
+        Fraction of mask pixels replaced by random UVs and random normals (0: none).
+
+    Returns
+    -------
+    dict
+        A copy of ``maps`` with ``uv`` (S, S, 2) float32 clipped to [0, 1], ``normals`` (S, S, 3) float32 unit
+        vectors and the unchanged ``mask``.
+    """
+    uv, n, mask = maps["uv"].copy(), maps["normals"].copy(), maps["mask"].copy()
+    if blur > 0:
+        w = cv2.GaussianBlur(mask.astype(np.float32), (0, 0), blur)[..., None]
+        uv = cv2.GaussianBlur(uv * mask[..., None], (0, 0), blur) / np.maximum(w, 1e-6)
+        n = cv2.GaussianBlur(n * mask[..., None], (0, 0), blur)
+    if noise > 0:
+        uv = uv + rng.normal(scale=noise, size=uv.shape)
+        n = n + rng.normal(scale=5 * noise, size=n.shape)
+    if outliers > 0:
+        bad = (rng.uniform(size=mask.shape) < outliers) & mask
+        uv[bad] = rng.uniform(0, 1, size=(int(bad.sum()), 2))
+        n[bad] = rng.normal(size=(int(bad.sum()), 3))
+    n = n / np.maximum(np.linalg.norm(n, axis=-1, keepdims=True), 1e-6)
+    return {**maps, "uv": np.clip(uv, 0, 1).astype(np.float32), "normals": n.astype(np.float32), "mask": mask}
+
+
+def inputs(
+    maps: dict, eyeball_faces: np.ndarray, face_faces: np.ndarray | None = None
+) -> tuple[SimpleNamespace, SimpleNamespace]:
+    """Prediction- and FaceCrop-like inputs (duck-typed) for ``core.fit.fit`` from rendered maps.
+
+    The crop masks are what a face segmenter gives: the eyeballs are "eyes", the rest of the head "skin" (the
+    fit then keeps the eyeballs out of the UV and normal terms, as with a real photo). With ``face_faces`` only
+    those triangles are "skin", as the product's face-oval masks (no neck, scalp or ears); the rest of the head
+    is then neither skin nor background. The crop is the whole map (identity crop transform).
+
+    Parameters
+    ----------
+    maps : dict
+        ``uv`` (S, S, 2), ``normals`` (S, S, 3), ``mask`` (S, S) bool and ``triangle`` (S, S) int64 as from
+        :func:`render_truth` (or :func:`corrupt`).
+    eyeball_faces : np.ndarray
+        (K,) indices of the eyeball triangles.
+    face_faces : np.ndarray, optional
+        (L,) indices of the triangles that count as skin; every non-eyeball triangle when omitted.
+
+    Returns
+    -------
+    prediction : SimpleNamespace
+        ``uv``, ``normals``, ``mask`` (the maps' arrays).
+    crop : SimpleNamespace
+        ``masks`` {"skin", "eyes", "background"} of (S, S) bool, ``landmarks`` None, ``transform`` (x0 = y0 = 0,
+        size = out_size = S) and ``photo_size`` (S, S).
+    """
+    size = maps["mask"].shape[0]
+    pred = SimpleNamespace(uv=maps["uv"], normals=maps["normals"], mask=maps["mask"])
+    eyes = np.isin(maps["triangle"], eyeball_faces)
+    skin = maps["mask"] & ~eyes
+    if face_faces is not None:
+        skin &= np.isin(maps["triangle"], face_faces)
+    crop = SimpleNamespace(
+        masks={"skin": skin, "eyes": eyes, "background": ~maps["mask"]}, landmarks=None,
+        transform=SimpleNamespace(x0=0.0, y0=0.0, size=float(size), out_size=size), photo_size=(size, size),
+    )
+    return pred, crop
+
+
+def errors_mm(
+    result, truth_posed: np.ndarray, truth_neutral: np.ndarray, region: np.ndarray, with_scale: bool = False,
+    within: np.ndarray | None = None,
+) -> tuple[float, float]:
+    """Mean region vertex error (mm) of the posed and neutral meshes after rigid (or similarity) alignment.
+
+    Each mesh is aligned to its truth over ``region`` (:func:`evaluation.metrics.rigid_align`), and the error is
+    averaged over ``within`` (a subset of the region; default all of it).
+
+    Parameters
+    ----------
+    result
+        A fit result with ``vertices_posed`` and ``vertices_neutral``, (V, 3) metres each (``FitResult``).
+    truth_posed, truth_neutral : np.ndarray
+        (V, 3) true posed (world-space) and neutral vertices, metres.
+    region : np.ndarray
+        (V,) bool vertices that are aligned and scored.
+    with_scale : bool
+        Similarity instead of rigid alignment (removes the head's global size).
+    within : np.ndarray, optional
+        (V,) bool; only vertices in ``region & within`` enter the mean.
+
+    Returns
+    -------
+    (posed, neutral) : tuple of float
+        Mean Euclidean errors in millimetres.
+    """
+    out = []
+    for pred, ref in ((result.vertices_posed, truth_posed), (result.vertices_neutral, truth_neutral)):
+        tr = rigid_align(pred[region], ref[region], with_scale=with_scale)
+        err = np.linalg.norm(tr.apply(pred[region]) - ref[region], axis=1)
+        out.append(float((err if within is None else err[within[region]]).mean() * 1000))
+    return out[0], out[1]
+
+
+def visible_vertices(maps: dict) -> np.ndarray:
+    """Vertices in front of the rendered depth at their pixel (seen in the input image).
+
+    Parameters
+    ----------
+    maps : dict
+        ``vertices`` (V, 3) world space and ``depth`` (S, S) as from :func:`render_truth` (reference camera).
+
+    Returns
+    -------
+    np.ndarray
+        (V,) bool; a vertex counts as seen when it is less than 2 mm behind the depth map at its pixel.
+    """
+    size = maps["depth"].shape[0]
+    cam = world_to_camera(torch.as_tensor(maps["vertices"], dtype=torch.float64))[None]
+    xy, depth = Camera.of(size=size).project(cam)
+    ix = np.clip(np.floor(xy[0, :, 0].numpy()).astype(int), 0, size - 1)
+    iy = np.clip(np.floor(xy[0, :, 1].numpy()).astype(int), 0, size - 1)
+    return depth[0].numpy() < maps["depth"][iy, ix] + 0.002
+
+
+def yawed(rotation: np.ndarray, translation: np.ndarray, yaw_deg: float) -> PoseInit:
+    """The true pose with an extra yaw about the head's vertical axis (an initial-pose error).
+
+    Parameters
+    ----------
+    rotation : np.ndarray
+        (3, 3) true head rotation.
+    translation : np.ndarray
+        (3,) true head translation.
+    yaw_deg : float
+        Extra yaw in degrees, applied in the head's own frame (``rotation @ R_y``).
+
+    Returns
+    -------
+    PoseInit
+        Method "bench", no PnP pairs or inliers.
+    """
+    extra = axis_angle_to_matrix(torch.tensor([0.0, np.radians(yaw_deg), 0.0])).numpy().astype(np.float64)
+    return PoseInit(rotation @ extra, translation, "bench", 0, 0)
