@@ -63,6 +63,7 @@ class Reconstruction:
     uv: object  # core.flame.UVTemplate
     used_synthetic: bool  # True when the FLAME model or a checkpoint is a project-made stand-in
     messages: list[str] = field(default_factory=list)
+    landmark_embedding: object | None = None  # core.flame.io.LandmarkEmbedding of the model, or None
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -116,6 +117,7 @@ def reconstruct(
     from .fit import FitConfig, fit
     from .flame import FlameModel, load_flame, load_uv_template
     from .flame.uv import check_topology
+    from .landmarks import resolve_embedding
     from .network import load_network, predict
     from .preprocess import Photo, crop_face, load_photo, refine_crop_masks
     from .texture import bake_from_fit
@@ -132,6 +134,8 @@ def reconstruct(
     flame = load_flame(paths["flame"], cache_dir=settings.cache_dir)
     uv = load_uv_template(paths["uv_template"])
     check_topology(uv, flame.faces, flame.n_vertices)  # before the networks run (the fitter checks it again)
+    embedding, embedding_note = resolve_embedding(flame, paths["flame"], settings.cache_dir)
+    log.info(embedding_note)
     photo = source if isinstance(source, Photo) else load_photo(source)
     timings["load"] = time.perf_counter() - t0
 
@@ -174,7 +178,8 @@ def reconstruct(
         messages.append("The FLAME model is the project's synthetic stand-in: the head shows that the pipeline "
                         "runs, not what the method can do.")
     log.info("reconstruction timings: %s", {k: round(v, 2) for k, v in timings.items()})
-    return Reconstruction(photo, crop, prediction, result, baked.image, flame, uv, used_synthetic, messages, timings)
+    return Reconstruction(photo, crop, prediction, result, baked.image, flame, uv, used_synthetic, messages, timings,
+                          embedding)
 
 
 def _skin_in_photo(crop) -> np.ndarray | None:

@@ -474,24 +474,26 @@ class LandmarkEmbedding:
     ----------
     face_idx : (L,) int64 triangle of each landmark.
     bary : (L, 3) float64 barycentric coordinates.
-    landmark_indices : (L,) int64 MediaPipe face-mesh ids of the landmarks, or None for the 68-point set
-        (landmark i is iBUG-68 point i).
+    landmark_indices : (L,) int64 id of each landmark: its MediaPipe face-mesh id (kind "mediapipe") or its iBUG-68
+        id (kind "68").
     kind : "68" or "mediapipe".
-    source : path.
+    source : path or description.
     """
 
     face_idx: np.ndarray
     bary: np.ndarray
-    landmark_indices: np.ndarray | None
+    landmark_indices: np.ndarray
     kind: str
     source: str
 
 
 def load_landmark_embedding(path: str | Path) -> LandmarkEmbedding:
-    """Read ``landmark_embedding.npy`` (68 points) or ``mediapipe_landmark_embedding.npz`` (105 points).
+    """Read ``landmark_embedding.npy`` (iBUG 68 points), ``mediapipe_landmark_embedding.npz`` (MediaPipe ids) or
+    ``flame_static_embedding.pkl`` (RingNet: iBUG 17-67).
 
-    The 68-point file is a pickled dict inside an object array; it is read with the restricted unpickler (its
-    torch-tensor entries, the dynamic contour, are skipped), never with ``allow_pickle``.
+    The 68-point file is a pickled dict inside an object array and RingNet's a plain pickle; both are read with the
+    restricted unpickler (the 68-point file's torch-tensor entries, the dynamic contour, are skipped), never with
+    ``allow_pickle``.
 
     Raises
     ------
@@ -501,8 +503,8 @@ def load_landmark_embedding(path: str | Path) -> LandmarkEmbedding:
     if not path.is_file():
         raise AssetMissingError(f"The landmark embedding {path} does not exist; choose it or leave it empty.")
     bad = (
-        f"{path} is not a FLAME landmark embedding; choose landmark_embedding.npy or "
-        "mediapipe_landmark_embedding.npz."
+        f"{path} is not a FLAME landmark embedding; choose landmark_embedding.npy, "
+        "mediapipe_landmark_embedding.npz or flame_static_embedding.pkl."
     )
     with path.open("rb") as f:
         magic = f.read(6)
@@ -526,10 +528,21 @@ def load_landmark_embedding(path: str | Path) -> LandmarkEmbedding:
                     raise AssetInvalidError(bad)
                 content = RestrictedUnpickler(f, str(path), skip_torch=True).load()
                 table = content.item() if isinstance(content, np.ndarray) else content
+                face_idx = np.asarray(table["full_lmk_faces_idx"]).reshape(-1).astype(np.int64)
                 emb = LandmarkEmbedding(
-                    face_idx=np.asarray(table["full_lmk_faces_idx"]).reshape(-1).astype(np.int64),
+                    face_idx=face_idx,
                     bary=np.asarray(table["full_lmk_bary_coords"]).reshape(-1, 3).astype(np.float64),
-                    landmark_indices=None,
+                    landmark_indices=np.arange(len(face_idx), dtype=np.int64),
+                    kind="68",
+                    source=str(path),
+                )
+            elif magic[:1] == b"\x80":  # RingNet's flame_static_embedding.pkl: the 51 iBUG points 17-67
+                table = unpickle_bytes(f.read(), path)
+                face_idx = np.asarray(_as_array(table["lmk_face_idx"])).reshape(-1).astype(np.int64)
+                emb = LandmarkEmbedding(
+                    face_idx=face_idx,
+                    bary=np.asarray(_as_array(table["lmk_b_coords"])).reshape(-1, 3).astype(np.float64),
+                    landmark_indices=np.arange(68 - len(face_idx), 68, dtype=np.int64),
                     kind="68",
                     source=str(path),
                 )
@@ -539,8 +552,6 @@ def load_landmark_embedding(path: str | Path) -> LandmarkEmbedding:
             raise
         except Exception as exc:  # damaged files raise many kinds of errors
             raise AssetInvalidError(bad) from exc
-    if emb.face_idx.shape[0] != emb.bary.shape[0] or (
-        emb.landmark_indices is not None and emb.landmark_indices.shape != emb.face_idx.shape
-    ):
+    if emb.face_idx.shape[0] != emb.bary.shape[0] or emb.landmark_indices.shape != emb.face_idx.shape:
         raise AssetInvalidError(bad)
     return emb

@@ -185,7 +185,8 @@ def test_landmark_embeddings(tmp_path):
     path68 = tmp_path / "landmark_embedding.npy"
     np.save(path68, np.array(table, dtype=object), allow_pickle=True)
     emb = load_landmark_embedding(path68)
-    assert emb.kind == "68" and emb.landmark_indices is None
+    assert emb.kind == "68"
+    np.testing.assert_array_equal(emb.landmark_indices, np.arange(68))  # iBUG ids
     np.testing.assert_array_equal(emb.face_idx, faces[0])
     np.testing.assert_allclose(emb.bary, bary[0])
 
@@ -196,6 +197,16 @@ def test_landmark_embeddings(tmp_path):
     emb = load_landmark_embedding(mp)
     assert emb.kind == "mediapipe" and emb.face_idx.shape == (105,)
     np.testing.assert_array_equal(emb.landmark_indices, idx)
+
+    ring = tmp_path / "flame_static_embedding.pkl"  # RingNet (protocol 2, like the file): iBUG 17-67
+    with ring.open("wb") as f:
+        pickle.dump({"lmk_face_idx": faces[0, :51].astype(np.int64), "lmk_b_coords": bary[0, :51].astype(np.float64)},
+                    f, protocol=2)
+    emb = load_landmark_embedding(ring)
+    assert emb.kind == "68"
+    np.testing.assert_array_equal(emb.landmark_indices, np.arange(17, 68))
+    np.testing.assert_array_equal(emb.face_idx, faces[0, :51])
+    np.testing.assert_allclose(emb.bary, bary[0, :51])
 
     marker = tmp_path / "pwned"
     evil = tmp_path / "evil.npy"
