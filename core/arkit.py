@@ -286,29 +286,37 @@ class ArkitKey:
     goal: float | None
 
 
+_ARRAYS = ("v_template", "shapedirs", "exprdirs", "eyelids", "J_regressor")
+
+
 class _Head:
     """The neutral head's geometry and blendshape basis in the units of the rule (reference millimetres)."""
 
-    def __init__(self, model: FlameModel, shape: np.ndarray, embedding: LandmarkEmbedding) -> None:
-        self.model = model
-        ref = model.v_template
-        params = FlameParams(shape=torch.as_tensor(shape, dtype=ref.dtype, device=ref.device)[None])
-        with torch.no_grad():
-            out = model(params)
-        self.shape_params = params.shape
-        self.vertices = out.vertices[0].detach().cpu().double().numpy()
-        joints = out.joints[0].detach().cpu().double().numpy()
+    def __init__(self, flame: FlameModel | FlameData, shape: np.ndarray, embedding: LandmarkEmbedding) -> None:
+        # numpy only: BLAS calls right after torch's (whose worker threads keep spinning a while) run several times
+        # slower on few cores, so the head is formed here without torch and the posed keys come last.
+        if isinstance(flame, FlameData):
+            arrays = {name: getattr(flame, name) for name in _ARRAYS}
+            arrays["weights"], arrays["faces"] = flame.weights, flame.faces
+        else:
+            array = lambda t: None if t is None else t.detach().cpu().double().numpy()  # noqa: E731
+            arrays = {name: array(getattr(flame, name)) for name in _ARRAYS}
+            arrays["weights"], arrays["faces"] = array(flame.lbs_weights), flame.faces.cpu().numpy()
+        self.flame = flame
+        if len(shape) > arrays["shapedirs"].shape[2]:
+            raise ValueError(f"shape has {len(shape)} coefficients; the model takes {arrays['shapedirs'].shape[2]}.")
+        self.shape = shape
+        self.vertices = arrays["v_template"] + arrays["shapedirs"][..., : len(shape)] @ shape
+        joints = arrays["J_regressor"] @ self.vertices
         self.eye_distance = float(np.linalg.norm(joints[LEFT_EYE] - joints[RIGHT_EYE]))
         self.mm = 1e-3 * self.eye_distance / REFERENCE_EYE_DISTANCE  # metres per reference millimetre
-        self.squared_norms = (self.vertices**2).sum(1)
-        self.faces = model.faces.cpu().numpy()
-        self.weights = model.lbs_weights.detach().cpu().double().numpy()
-        basis = [model.exprdirs.detach().cpu().double().numpy()]
-        if model.has_eyelids:
-            basis.append(model.eyelids.detach().cpu().double().numpy().transpose(1, 2, 0))
+        self.faces = arrays["faces"]
+        self.weights = arrays["weights"]
+        self.n_expr = arrays["exprdirs"].shape[2]
+        self.has_eyelids = arrays["eyelids"] is not None
+        basis = [arrays["exprdirs"]] + ([arrays["eyelids"].transpose(1, 2, 0)] if self.has_eyelids else [])
         self.basis = np.concatenate(basis, axis=2) / self.mm  # (V, 3, n) reference mm per coefficient
-        self.n_expr = model.n_expr
-        self.has_eyelids = model.has_eyelids
+        self.squared_norms = (self.vertices**2).sum(1)
         self.skin = self.weights[:, [LEFT_EYE, RIGHT_EYE]].sum(1) < _EYEBALL_WEIGHT
         self.embedding = embedding
         self._landmarks = self._index_embedding(embedding)
@@ -379,7 +387,8 @@ class _Head:
 
 def _rotation_keys(head: _Head, specs: list[KeySpec]) -> dict[str, ArkitKey]:
     """Pose the head once per rotation key (one batched FLAME forward) and bake the motion into offsets."""
-    model = head.model
+    flame = head.flame
+    model = FlameModel(flame, n_shape=len(head.shape), dtype=torch.float64) if isinstance(flame, FlameData) else flame
     n = len(specs)
     jaw = np.zeros((n, 3))
     eyes = np.zeros((n, 2, 3))
@@ -391,7 +400,7 @@ def _rotation_keys(head: _Head, specs: list[KeySpec]) -> dict[str, ArkitKey]:
     ref = model.v_template
     as_tensor = lambda a: torch.as_tensor(a, dtype=ref.dtype, device=ref.device)  # noqa: E731
     with torch.no_grad():
-        posed = model(FlameParams(shape=head.shape_params, jaw_pose=as_tensor(jaw),
+        posed = model(FlameParams(shape=as_tensor(head.shape)[None], jaw_pose=as_tensor(jaw),
                                   eye_pose_left=as_tensor(eyes[:, 0]), eye_pose_right=as_tensor(eyes[:, 1]))).vertices
     offsets = posed.cpu().double().numpy() - head.vertices[None]
     keys = {}
@@ -468,6 +477,46 @@ def _expression_key(head: _Head, problem: _Problem, x: np.ndarray) -> ArkitKey:
     )
 
 
+def _expression_keys(
+    head: _Head, specs: list[KeySpec], solved: dict[str, ArkitKey],
+    grams: tuple[np.ndarray, np.ndarray, np.ndarray],
+) -> dict[str, ArkitKey]:
+    """Solve expression keys (each centre key alone, each left key with its right partner, which must be in
+    ``specs`` too); ``solved`` holds the keys their targets may refer to."""
+    gram, gram_m, cross = grams
+    w_mirror = W_MIRROR / head.basis.shape[0]
+    by_name = {s.name: s for s in specs}
+    # Each unit is a centre key or a left/right pair: its problems and the normal equations of its unknowns.
+    units: list[tuple[list[_Problem], np.ndarray, np.ndarray]] = []
+    for spec in specs:
+        partner = _mirror_name(spec.name)
+        if spec.name.endswith("Right"):
+            continue
+        if partner == spec.name:
+            p = _Problem(head, spec, gram, solved)
+            c = np.ix_(p.cols, p.cols)
+            units.append(([p], p.h + w_mirror * (gram[c] + gram_m[c] - cross[c] - cross[c].T), p.g))
+            continue
+        pl, pr = _Problem(head, spec, gram, solved), _Problem(head, by_name[partner], gram, solved)
+        c = np.ix_(pl.cols, pl.cols)
+        # |S A xl - A xr|^2 = xl' Gm xl - 2 xr' C xl + xr' G xr, with C = A' S A.
+        system = np.block([[pl.h + w_mirror * gram_m[c], -w_mirror * cross[c].T],
+                           [-w_mirror * cross[c], pr.h + w_mirror * gram[c]]])
+        units.append(([pl, pr], system, np.concatenate((pl.g, pr.g))))
+    by_size: dict[int, list[int]] = {}
+    for i, (_, system, _) in enumerate(units):
+        by_size.setdefault(len(system), []).append(i)
+    keys = {}
+    for batch in by_size.values():  # one LAPACK call per system size
+        xs = np.linalg.solve(np.stack([units[i][1] for i in batch]), np.stack([units[i][2] for i in batch])[..., None])
+        for i, x in zip(batch, xs[..., 0]):
+            problems = units[i][0]
+            n = len(problems[0].cols)
+            for j, p in enumerate(problems):
+                keys[p.spec.name] = _expression_key(head, p, x[j * n : (j + 1) * n])
+    return keys
+
+
 def arkit_keys(
     flame: FlameModel | FlameData,
     embedding: LandmarkEmbedding,
@@ -478,7 +527,7 @@ def arkit_keys(
 
     Parameters
     ----------
-    flame : the FLAME model (any release or the synthetic head); a FlameData is wrapped in a float64 FlameModel.
+    flame : the FLAME model (any release or the synthetic head), as numpy arrays or the torch layer.
     embedding : MediaPipe landmark embedding on FLAME topology (kind "mediapipe"), with the ids the keys use.
     mirror_index : (V,) vertex mirror index (:attr:`core.flame.UVTemplate.mirror_index`).
     shape : (<= Ns,) identity coefficients of the head (None: the template head).
@@ -491,45 +540,21 @@ def arkit_keys(
     ------
     AssetInvalidError : the embedding is not a MediaPipe one or lacks ids the keys use.
     """
-    model = FlameModel(flame, dtype=torch.float64) if isinstance(flame, FlameData) else flame
     shape = np.zeros(0) if shape is None else np.asarray(shape, dtype=np.float64).reshape(-1)
+    head = _Head(flame, shape, embedding)
     mirror_index = np.asarray(mirror_index, dtype=np.int64)
-    if mirror_index.shape != (model.v_template.shape[0],):
-        raise ValueError(f"mirror_index must have shape ({model.v_template.shape[0]},), got {mirror_index.shape}.")
-    head = _Head(model, shape, embedding)
+    if mirror_index.shape != (len(head.vertices),):
+        raise ValueError(f"mirror_index must have shape ({len(head.vertices)},), got {mirror_index.shape}.")
     specs = key_specs()
     used = {t.point for s in specs.values() for t in s.targets} | {t.toward for s in specs.values() for t in
                                                                     s.targets if t.toward is not None}
     head.require(used | {17, 263, 291, 33, 61})
-    keys = _rotation_keys(head, [s for s in specs.values() if not s.targets])
-    gram, gram_m, cross = _mirror_grams(head, mirror_index)
-    w_mirror = W_MIRROR / head.basis.shape[0]
-    # Each unit is a centre key or a left/right pair: its problems and the normal equations of its unknowns.
-    units: list[tuple[list[_Problem], np.ndarray, np.ndarray]] = []
-    for spec in specs.values():
-        partner = _mirror_name(spec.name)
-        if not spec.targets or spec.name.endswith("Right"):
-            continue
-        if partner == spec.name:
-            p = _Problem(head, spec, gram, keys)
-            c = np.ix_(p.cols, p.cols)
-            units.append(([p], p.h + w_mirror * (gram[c] + gram_m[c] - cross[c] - cross[c].T), p.g))
-            continue
-        pl, pr = _Problem(head, spec, gram, keys), _Problem(head, specs[partner], gram, keys)
-        c = np.ix_(pl.cols, pl.cols)
-        # |S A xl - A xr|^2 = xl' Gm xl - 2 xr' C xl + xr' G xr, with C = A' S A.
-        system = np.block([[pl.h + w_mirror * gram_m[c], -w_mirror * cross[c].T],
-                           [-w_mirror * cross[c], pr.h + w_mirror * gram[c]]])
-        units.append(([pl, pr], system, np.concatenate((pl.g, pr.g))))
-    by_size: dict[int, list[int]] = {}
-    for i, (_, system, _) in enumerate(units):
-        by_size.setdefault(len(system), []).append(i)
-    for batch in by_size.values():  # one LAPACK call per system size
-        xs = np.linalg.solve(np.stack([units[i][1] for i in batch]), np.stack([units[i][2] for i in batch])[..., None])
-        for i, x in zip(batch, xs[..., 0]):
-            problems = units[i][0]
-            n = len(problems[0].cols)
-            for j, p in enumerate(problems):
-                keys[p.spec.name] = _expression_key(head, p, x[j * n : (j + 1) * n])
-    log.info("Built %d ARKit keys on %s (eye distance %.1f mm)", len(keys), model.release, 1e3 * head.eye_distance)
+    grams = _mirror_grams(head, mirror_index)
+    # Keys defined against another key's motion (mouthClose against jawOpen) wait for the posed keys.
+    later = {s.name for s in specs.values() if any(t.undo for t in s.targets)}
+    later |= {_mirror_name(name) for name in later}
+    keys = _expression_keys(head, [s for s in specs.values() if s.targets and s.name not in later], {}, grams)
+    keys.update(_rotation_keys(head, [s for s in specs.values() if not s.targets]))
+    keys.update(_expression_keys(head, [s for s in specs.values() if s.name in later], keys, grams))
+    log.info("Built %d ARKit keys on %s (eye distance %.1f mm)", len(keys), flame.release, 1e3 * head.eye_distance)
     return [keys[name] for name in ARKIT_NAMES]

@@ -251,6 +251,13 @@ def test_keys_scale_with_the_head(head, keys):
         np.testing.assert_allclose(scaled[name].expression, key.expression, atol=1e-6, err_msg=name)
 
 
+def test_the_torch_layer_gives_the_same_keys(head, keys):
+    data, mirror, embedding = head
+    from_layer = arkit_keys(FlameModel(data, n_shape=50), embedding, mirror)  # float32, as the pipeline holds it
+    for key in from_layer:
+        np.testing.assert_allclose(key.offsets, keys[key.name].offsets, atol=2e-6, err_msg=key.name)
+
+
 def test_embeddings_without_the_ids_are_refused(head):
     data, mirror, embedding = head
     keep = embedding.landmark_indices != 291
