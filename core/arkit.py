@@ -321,6 +321,7 @@ class _Head:
         self.embedding = embedding
         self._landmarks = self._index_embedding(embedding)
         self._points: dict[Point, tuple[np.ndarray, np.ndarray]] = {}
+        self._distances: dict[Point, np.ndarray] = {}
 
     @staticmethod
     def _index_embedding(embedding: LandmarkEmbedding) -> dict[int, int]:
@@ -374,9 +375,15 @@ class _Head:
         ids, w = self.point(point)
         return np.einsum("k,kcn->cn", w, self.basis[ids])
 
-    def within(self, points: list[Point] | np.ndarray, radius: float) -> np.ndarray:
-        """(V,) bool: vertices within ``radius`` (metres) of any of the points (names or an (P, 3) array)."""
-        centres = np.asarray(points) if isinstance(points, np.ndarray) else np.stack([self.position(p) for p in points])
+    def distance(self, points: list[Point]) -> np.ndarray:
+        """(V,) distance (metres) from each vertex to the nearest of the named points."""
+        for p in points:
+            if p not in self._distances:
+                self._distances[p] = np.linalg.norm(self.vertices - self.position(p), axis=1)
+        return np.min([self._distances[p] for p in points], axis=0)
+
+    def within(self, centres: np.ndarray, radius: float) -> np.ndarray:
+        """(V,) bool: vertices within ``radius`` (metres) of any of the (P, 3) centres."""
         near = np.zeros(len(self.vertices), dtype=bool)
         for start in range(0, len(centres), 256):
             c = centres[start : start + 256]
@@ -409,7 +416,7 @@ def _rotation_keys(head: _Head, specs: list[KeySpec]) -> dict[str, ArkitKey]:
         joint = JAW if s.jaw is not None else (LEFT_EYE if s.name.endswith("Left") else RIGHT_EYE)
         if joint not in masks:
             reach = head.weights[:, joint] > _JOINT_REACH_WEIGHT
-            masks[joint] = reach, ~(head.within(head.vertices[reach], BAND * head.eye_distance) | reach)
+            masks[joint] = reach, ~head.within(head.vertices[reach], BAND * head.eye_distance)
         reach, still = masks[joint]
         ids, w = head.point(s.probe)
         keys[s.name] = ArkitKey(
@@ -421,18 +428,16 @@ def _rotation_keys(head: _Head, specs: list[KeySpec]) -> dict[str, ArkitKey]:
 
 
 class _Problem:
-    """The quadratic of one expression key: H x = g over its columns, plus what the key reports."""
+    """The quadratic of one expression key over its first ``n`` basis columns: H x = g, and what the key reports."""
 
     def __init__(self, head: _Head, spec: KeySpec, gram: np.ndarray, solved: dict[str, ArkitKey]) -> None:
         self.spec = spec
-        self.cols = np.arange(head.basis.shape[2] if spec.eyelids else head.n_expr)
-        points = [t.point for t in spec.targets]
-        n = len(self.cols)
+        n = self.n = head.basis.shape[2] if spec.eyelids else head.n_expr  # eyelid columns come last
         h = np.zeros((n, n))
         g = np.zeros(n)
         self.goals = []
         for t in spec.targets:
-            rows = head.rows(t.point)[:, self.cols]
+            rows = head.rows(t.point)[:, :n]
             if t.motion is not None:
                 d = np.asarray(t.motion, dtype=np.float64)
             elif t.toward is not None:
@@ -443,10 +448,11 @@ class _Problem:
             self.goals.append(d)
             h += rows.T @ rows
             g += rows.T @ d
-        self.reach = head.within(points, REACH * head.eye_distance)
-        self.still = ~head.within(points, (REACH + BAND) * head.eye_distance)
-        moving = head.basis[~self.still][:, :, self.cols].reshape(-1, n)
-        h += W_STILL * (gram[np.ix_(self.cols, self.cols)] - moving.T @ moving)
+        distance = head.distance([t.point for t in spec.targets])
+        self.reach = distance <= REACH * head.eye_distance
+        self.still = distance > (REACH + BAND) * head.eye_distance
+        moving = head.basis[~self.still, :, :n].reshape(-1, n)
+        h += W_STILL * (gram[:n, :n] - moving.T @ moving)
         h += W_COEFF * np.eye(n)
         self.h, self.g = h, g
 
@@ -460,11 +466,9 @@ def _mirror_grams(head: _Head, mirror_index: np.ndarray) -> tuple[np.ndarray, np
     return flat.T @ flat, mirrored.T @ mirrored, flat.T @ mirrored
 
 
-def _expression_key(head: _Head, problem: _Problem, x: np.ndarray) -> ArkitKey:
+def _expression_key(head: _Head, problem: _Problem, full: np.ndarray, offsets: np.ndarray) -> ArkitKey:
+    """The key of one solved problem: ``full`` (n,) coefficients over all basis columns, ``offsets`` (V, 3) metres."""
     spec = problem.spec
-    full = np.zeros(head.basis.shape[2])
-    full[problem.cols] = x
-    offsets = (head.basis.reshape(-1, len(full)) @ full).reshape(-1, 3) * head.mm
     probe = spec.targets[0].point
     ids, w = head.point(probe)
     goal = problem.goals[0] * head.mm
@@ -494,11 +498,11 @@ def _expression_keys(
             continue
         if partner == spec.name:
             p = _Problem(head, spec, gram, solved)
-            c = np.ix_(p.cols, p.cols)
+            c = np.s_[: p.n, : p.n]
             units.append(([p], p.h + w_mirror * (gram[c] + gram_m[c] - cross[c] - cross[c].T), p.g))
             continue
         pl, pr = _Problem(head, spec, gram, solved), _Problem(head, by_name[partner], gram, solved)
-        c = np.ix_(pl.cols, pl.cols)
+        c = np.s_[: pl.n, : pl.n]
         # |S A xl - A xr|^2 = xl' Gm xl - 2 xr' C xl + xr' G xr, with C = A' S A.
         system = np.block([[pl.h + w_mirror * gram_m[c], -w_mirror * cross[c].T],
                            [-w_mirror * cross[c], pr.h + w_mirror * gram[c]]])
@@ -506,15 +510,18 @@ def _expression_keys(
     by_size: dict[int, list[int]] = {}
     for i, (_, system, _) in enumerate(units):
         by_size.setdefault(len(system), []).append(i)
-    keys = {}
+    problems, coefficients = [], []
     for batch in by_size.values():  # one LAPACK call per system size
         xs = np.linalg.solve(np.stack([units[i][1] for i in batch]), np.stack([units[i][2] for i in batch])[..., None])
         for i, x in zip(batch, xs[..., 0]):
-            problems = units[i][0]
-            n = len(problems[0].cols)
-            for j, p in enumerate(problems):
-                keys[p.spec.name] = _expression_key(head, p, x[j * n : (j + 1) * n])
-    return keys
+            for j, p in enumerate(units[i][0]):
+                full = np.zeros(head.basis.shape[2])
+                full[: p.n] = x[j * p.n : (j + 1) * p.n]
+                problems.append(p)
+                coefficients.append(full)
+    x = np.stack(coefficients, axis=1)  # (n, K): every key's offsets in one product
+    offsets = (head.basis.reshape(-1, len(x)) @ x).reshape(len(head.vertices), 3, -1) * head.mm
+    return {p.spec.name: _expression_key(head, p, x[:, k], offsets[:, :, k]) for k, p in enumerate(problems)}
 
 
 def arkit_keys(
