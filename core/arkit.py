@@ -394,16 +394,24 @@ class _Head:
 
 def _rotation_keys(head: _Head, specs: list[KeySpec]) -> dict[str, ArkitKey]:
     """Pose the head once per rotation key (one batched FLAME forward) and bake the motion into offsets."""
-    flame = head.flame
-    model = FlameModel(flame, n_shape=len(head.shape), dtype=torch.float64) if isinstance(flame, FlameData) else flame
     n = len(specs)
     jaw = np.zeros((n, 3))
     eyes = np.zeros((n, 2, 3))
+    joints = []
     for i, s in enumerate(specs):
         if s.jaw is not None:
             jaw[i] = s.jaw
-        if s.eye is not None:
-            eyes[i, 0 if s.name.endswith("Left") else 1] = s.eye
+            joints.append(JAW)
+        else:
+            side = 0 if s.name.endswith("Left") else 1
+            eyes[i, side] = s.eye
+            joints.append((LEFT_EYE, RIGHT_EYE)[side])
+    masks = {}  # per joint: the vertices it moves, and those further than BAND from all of them (before torch runs)
+    for joint in set(joints):
+        reach = head.weights[:, joint] > _JOINT_REACH_WEIGHT
+        masks[joint] = reach, ~head.within(head.vertices[reach], BAND * head.eye_distance)
+    flame = head.flame
+    model = FlameModel(flame, n_shape=len(head.shape), dtype=torch.float64) if isinstance(flame, FlameData) else flame
     ref = model.v_template
     as_tensor = lambda a: torch.as_tensor(a, dtype=ref.dtype, device=ref.device)  # noqa: E731
     with torch.no_grad():
@@ -411,17 +419,11 @@ def _rotation_keys(head: _Head, specs: list[KeySpec]) -> dict[str, ArkitKey]:
                                   eye_pose_left=as_tensor(eyes[:, 0]), eye_pose_right=as_tensor(eyes[:, 1]))).vertices
     offsets = posed.cpu().double().numpy() - head.vertices[None]
     keys = {}
-    masks: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-    for i, s in enumerate(specs):
-        joint = JAW if s.jaw is not None else (LEFT_EYE if s.name.endswith("Left") else RIGHT_EYE)
-        if joint not in masks:
-            reach = head.weights[:, joint] > _JOINT_REACH_WEIGHT
-            masks[joint] = reach, ~head.within(head.vertices[reach], BAND * head.eye_distance)
-        reach, still = masks[joint]
+    for i, (s, joint) in enumerate(zip(specs, joints)):
         ids, w = head.point(s.probe)
         keys[s.name] = ArkitKey(
             name=s.name, expression=np.zeros(head.n_expr), eyelids=np.zeros(2), jaw_pose=jaw[i], eye_poses=eyes[i],
-            offsets=offsets[i].astype(np.float32), reach=reach, still=still, probe=s.probe,
+            offsets=offsets[i].astype(np.float32), reach=masks[joint][0], still=masks[joint][1], probe=s.probe,
             probe_motion=w @ offsets[i, ids], direction=np.asarray(s.direction, dtype=np.float64), goal=None,
         )
     return keys
