@@ -12,7 +12,7 @@ from core.errors import AssetInvalidError
 from core.flame import FlameModel, FlameParams, LandmarkEmbedding, synthetic_flame, vertices2landmarks
 from core.flame.data import LEFT_EYE, RIGHT_EYE
 
-from mediapipe_standin import _PAIRS, standin_embedding
+from mediapipe_standin import _PAIRS, standin_embedding, standin_positions
 
 # Apple's ARFaceAnchor.BlendShapeLocation list (developer.apple.com, arkit/arfaceanchor/blendshapelocation).
 APPLE = """eyeBlinkLeft eyeLookDownLeft eyeLookInLeft eyeLookOutLeft eyeLookUpLeft eyeSquintLeft eyeWideLeft
@@ -100,6 +100,15 @@ def test_mediapipe_mirror_ids_match_the_face_mesh_contours():
         assert mirror_point(midline) == midline
     for left, right in _PAIRS.items():
         assert mirror_point(left) == right
+
+
+def test_keys_use_only_the_ids_of_flames_mediapipe_embedding():
+    # The stand-in places exactly the 105 ids of FLAME's MediaPipe embedding (metrical-tracker's MP_LANDMARKS:
+    # FACEMESH eyebrows, eyes and lips plus 13 nose ids).
+    flame_ids = set(standin_positions())
+    assert len(flame_ids) == 105
+    used = {p for s in key_specs().values() for t in s.targets for p in (t.point, t.toward) if isinstance(p, int)}
+    assert used <= flame_ids and len(used) > 40
 
 
 def test_left_and_right_keys_mirror_each_other(head, keys):
