@@ -39,3 +39,11 @@ class NoFaceError(ImageError):
 
 class FitCancelled(Pixel3DMMError):
     """The user cancelled a running reconstruction; nothing was changed."""
+
+
+class TakeError(Pixel3DMMError):
+    """An animation take (a Live Link Face CSV) cannot be read or written; nothing was changed."""
+
+
+class ParameterFileError(Pixel3DMMError):
+    """A FLAME parameter file cannot be read or does not fit the head; nothing was changed."""
