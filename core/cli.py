@@ -51,6 +51,7 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
 
     from .assets import AssetRegistry
     from .flame.uv import write_obj
+    from .overlay import overlay_image
     from .pipeline import PipelineSettings, reconstruct, write_standin_assets
 
     if args.standins:
@@ -58,7 +59,7 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
                                  use_environment=False)
     else:
         registry = AssetRegistry()
-    settings = PipelineSettings(quality=args.quality, device=args.device, texture_size=args.texture_size,
+    settings = PipelineSettings(quality=args.quality, mode=args.mode, device=args.device, texture_size=args.texture_size,
                                 face_index=args.face, fit_step_scale=args.fit_step_scale)
     last = [-1]
 
@@ -76,11 +77,33 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
     cv2.imwrite(str(out / "texture.png"), cv2.cvtColor(texture, cv2.COLOR_RGB2BGR))
     for name, verts in (("head_posed", result.fit.vertices_posed), ("head_neutral", result.fit.vertices_neutral)):
         write_obj(out / f"{name}.obj", dataclasses.replace(result.uv, vertices=np.asarray(verts, dtype=np.float64)))
+    overlay = overlay_image(result.photo.rgb, result.fit, result.uv.faces, *_landmarks_in_photo(result))
+    cv2.imwrite(str(out / "overlay.png"), cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
     for message in result.messages:
         print(message)
+    print(f"fit ({result.fit.info.get('mode', '?')} mode): {result.fit.verdict.summary()}")
     print("timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in result.timings.items()))
-    print(f"wrote fit.json, fit.npz, head_posed.obj, head_neutral.obj and texture.png to {out}")
+    print(f"wrote fit.json, fit.npz, head_posed.obj, head_neutral.obj, texture.png and overlay.png to {out}")
     return 0
+
+
+def _landmarks_in_photo(result):
+    """The detected landmarks (photo pixels) and the fitted head's same landmarks (world points), or Nones."""
+    import numpy as np
+
+    from .flame.landmarks import group_points
+
+    crop, embedding = result.crop, result.landmark_embedding
+    if crop.landmarks is None:
+        return None, None
+    detected = crop.transform.to_photo(crop.landmarks)
+    if embedding is None:
+        return detected, None
+    points = group_points("static", embedding, result.uv.faces, crop.landmarks)
+    if points is None:
+        return detected, None
+    keep = np.isfinite(points.targets).all(1)
+    return crop.transform.to_photo(points.targets[keep]), points.positions(result.fit.vertices_posed)[keep]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -107,6 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("photo", type=Path)
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--quality", choices=("fast", "balanced", "best"), default="balanced")
+    p.add_argument("--mode", choices=("auto", "networks", "landmarks"), default="auto",
+                   help="fit the networks' predictions (and landmarks), the face landmarks alone (needs only the "
+                        "FLAME model), or the networks when configured (auto)")
     p.add_argument("--device", default="auto", help="auto, gpu or cpu")
     p.add_argument("--texture-size", type=int, default=1024)
     p.add_argument("--face", type=int, default=0, help="which face when there are several (0 = largest)")
