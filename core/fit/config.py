@@ -381,5 +381,5 @@ LANDMARK_PRESETS: dict[str, tuple[int, int]] = {"fast": (2, 4), "balanced": (3, 
 LANDMARK_ONLY_WEIGHTS = {
     "lmk_static": 3000.0, "lmk_dense": 3000.0, "lmk_eye": LANDMARK_WEIGHTS["lmk_eye"],
     "lmk_lid": LANDMARK_WEIGHTS["lmk_lid"], "lmk_iris": LANDMARK_WEIGHTS["lmk_iris"], "lmk_mouth": 3000.0,
-    "lmk_mouth_lid": 3000.0, "lmk_contour": 1000.0,
+    "lmk_mouth_lid": 3000.0, "lmk_contour": 0.0,
 }
