@@ -53,6 +53,7 @@ class AssetSpec:
     env_var: str
     kinds: tuple[str, ...]  # accepted file kinds, see :func:`sniff_kind`
     where: str
+    page: str  # the web page where the user gets it
 
     def describe_kinds(self) -> str:
         return " or ".join(_KIND_NAMES[k] for k in self.kinds)
@@ -74,6 +75,7 @@ ASSETS: tuple[AssetSpec, ...] = (
         ("pickle", "npz", "zip"),
         "register at https://flame.is.tue.mpg.de and download FLAME 2020, FLAME 2023 or FLAME 2023 Open (the zip "
         "or the generic_model.pkl, flame2023.pkl or flame2023_Open.pkl inside it)",
+        "https://flame.is.tue.mpg.de/download.php",
     ),
     AssetSpec(
         "uv_template",
@@ -82,6 +84,7 @@ ASSETS: tuple[AssetSpec, ...] = (
         ("obj", "zip"),
         "download head_template.obj from the FLAME website (texture space) or the Pixel3DMM repository's "
         "assets folder (a zip holding it works too)",
+        "https://github.com/SimonGiebenhain/pixel3dmm/tree/main/assets",
     ),
     AssetSpec(
         "uv_checkpoint",
@@ -90,6 +93,7 @@ ASSETS: tuple[AssetSpec, ...] = (
         ("zip", "pickle", "safetensors"),
         "download uv.ckpt from https://huggingface.co/SimonGiebenhain/Pixel3dmm (about 2.2 GB; 'python -m core assets "
         "--download-networks' or the add-on's Download Networks button fetch both networks)",
+        "https://huggingface.co/SimonGiebenhain/Pixel3dmm",
     ),
     AssetSpec(
         "normals_checkpoint",
@@ -98,6 +102,7 @@ ASSETS: tuple[AssetSpec, ...] = (
         ("zip", "pickle", "safetensors"),
         "download normals.ckpt from https://huggingface.co/SimonGiebenhain/Pixel3dmm (about 1.5 GB; 'python -m core "
         "assets --download-networks' or the add-on's Download Networks button fetch both networks)",
+        "https://huggingface.co/SimonGiebenhain/Pixel3dmm",
     ),
 )
 ASSET_KEYS = tuple(spec.key for spec in ASSETS)
