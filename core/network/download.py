@@ -28,6 +28,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
+from urllib.parse import urlsplit
 
 from ..assets import format_bytes, free_bytes, is_disk_full, require_free_space, sniff_kind
 from ..errors import CheckpointError, DiskFullError, DownloadError, OperationCancelled
@@ -142,10 +143,10 @@ class _Located:
 
 def _locate(spec: RemoteFile, repo_id: str, revision: str, endpoint: str | None) -> _Located:
     """HEAD the candidates of ``spec`` until one exists; every failure becomes one :class:`DownloadError`."""
-    httpx2, constants, errors, file_download, _utils = _hub()
-    host = endpoint or constants.ENDPOINT
+    httpx2, _constants, errors, file_download, _utils = _hub()
     for repo_path in spec.repo_paths:
         url = file_download.hf_hub_url(repo_id, repo_path, revision=revision, endpoint=endpoint)
+        host = "{0.scheme}://{0.netloc}".format(urlsplit(url))
         try:
             meta = file_download.get_hf_file_metadata(url, endpoint=endpoint)
         except errors.RemoteEntryNotFoundError:
@@ -176,7 +177,7 @@ def _locate(spec: RemoteFile, repo_id: str, revision: str, endpoint: str | None)
                 f"Could not connect to {host} ({type(exc).__name__}); check the internet connection and try again."
             ) from exc
         if meta.etag is None or meta.commit_hash is None:
-            raise DownloadError(
+                raise DownloadError(
                 f"The server at {host} did not answer like Hugging Face (a proxy or a login page?); check the "
                 f"connection, or download {spec.filename} by hand from {REPO_URL}."
             )
