@@ -342,7 +342,6 @@ def validate_manifest(py: Path, source_dir: Path) -> None:
 
 
 def build(platforms: list[str], pythons: list[str], torch: str, wheel_dir: Path | None, out_dir: Path) -> list[Path]:
-    py = setup()
     for p in platforms:
         if p not in PLATFORMS:
             raise BuildError(f"Unknown platform {p!r}; choose from {', '.join(PLATFORMS)}.")
@@ -351,6 +350,7 @@ def build(platforms: list[str], pythons: list[str], torch: str, wheel_dir: Path 
             raise BuildError(f"Unknown Python {v!r}; choose from {', '.join(PYTHONS)}.")
     if wheel_dir is not None and not wheel_dir.is_dir():
         raise BuildError(f"The wheel directory {wheel_dir} does not exist.")
+    py = setup()  # after the arguments are checked: a typo should not wait for (or create) the environment
     out_dir.mkdir(parents=True, exist_ok=True)
     script = blender_ext_script(py)
     manifest = tomllib.loads(MANIFEST.read_text(encoding="utf-8"))

@@ -316,12 +316,6 @@ def _read_tensor(archive: Archive, key: str, ref: TensorRef) -> torch.Tensor:
         ) from exc
 
 
-def filter_state_dict(state: Mapping[str, Any]) -> dict[str, Any]:
-    """The ``net.*`` entries of a Lightning ``state_dict`` with the prefix stripped; every other key is dropped."""
-    return {key[len(NET_PREFIX):]: value for key, value in state.items()
-            if isinstance(key, str) and key.startswith(NET_PREFIX)}
-
-
 def _key_list(keys: list[str]) -> str:
     return ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
 
@@ -644,7 +638,7 @@ def _move(model: PixelNetwork, target: torch.device) -> PixelNetwork:
 
 __all__ = [
     "LightningContents", "NetworkFileInfo", "OMEGACONF_STANDINS", "check_shapes", "convert_checkpoint",
-    "cached_conversion_path", "expected_shapes", "filter_state_dict", "inspect_network_file", "load_network",
+    "cached_conversion_path", "expected_shapes", "inspect_network_file", "load_network",
     "load_state_strict", "read_converted", "read_lightning_checkpoint", "read_network_file", "to_plain",
     "resolve_interpolations",
 ]

@@ -58,11 +58,6 @@ def _header(entries: list[Entry], metadata: Mapping[str, str]) -> bytes:
     return struct.pack("<Q", len(text)) + text
 
 
-def file_size(entries: list[Entry], metadata: Mapping[str, str]) -> int:
-    """Bytes the file for ``entries`` will take."""
-    return len(_header(entries, metadata)) + sum(entry.nbytes for entry in entries)
-
-
 def write_safetensors(
     dst: Path,
     entries: list[Entry],

@@ -472,9 +472,8 @@ def test_streaming_conversion_reports_progress_and_matches_the_weights(tmp_path,
     assert set(written) == set(ref)
     for key, value in ref.items():
         assert written[key].dtype == torch.float16 and torch.equal(written[key], value.half()), key
-    assert out.stat().st_size == streaming.file_size(
-        [streaming.Entry(k, torch.float16, tuple(v.shape)) for k, v in sorted(ref.items())],
-        json.loads(json.dumps(safetensors.safe_open(str(out), "pt").metadata())))
+    header = int.from_bytes(out.read_bytes()[:8], "little")
+    assert out.stat().st_size == 8 + header + sum(2 * v.numel() for v in ref.values())  # nothing but the weights
 
 
 def test_conversion_holds_one_tensor_at_a_time(tmp_path, tiny_ckpt, monkeypatch):
