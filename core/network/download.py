@@ -11,7 +11,8 @@ file's size, ETag and location, ``http_get`` for the bytes), which honours ``HF_
 - progress and cancellation through callbacks (the add-on's status bar, the CLI's percentage line);
 - verification of the finished file (size, then sha256 when known) before it is renamed to its final name, so a
   truncated transfer, an error page or a different file is never left where a checkpoint is expected;
-- no telemetry: only the files' metadata and bytes are requested.
+- no telemetry and no credentials: only the files' metadata and bytes are requested, and a Hugging Face token the
+  user may have stored is never sent (the repository is public; the bytes come from a CDN).
 
 Where the files are is data in one place, :data:`HF_REPO_ID`, :data:`HF_REVISION` and :data:`NETWORK_FILES`.
 [unverified] The repository id and revision come from a third-party install guide and the sizes and digests
@@ -143,12 +144,12 @@ class _Located:
 
 def _locate(spec: RemoteFile, repo_id: str, revision: str, endpoint: str | None) -> _Located:
     """HEAD the candidates of ``spec`` until one exists; every failure becomes one :class:`DownloadError`."""
-    httpx2, _constants, errors, file_download, _utils = _hub()
+    httpx2, _, errors, file_download, _ = _hub()
     for repo_path in spec.repo_paths:
         url = file_download.hf_hub_url(repo_id, repo_path, revision=revision, endpoint=endpoint)
         host = "{0.scheme}://{0.netloc}".format(urlsplit(url))
         try:
-            meta = file_download.get_hf_file_metadata(url, endpoint=endpoint)
+            meta = file_download.get_hf_file_metadata(url, token=False, endpoint=endpoint)
         except errors.RemoteEntryNotFoundError:
             continue
         except errors.OfflineModeIsEnabled as exc:
@@ -269,7 +270,7 @@ def download_file(spec: RemoteFile, dest: str | os.PathLike, *, repo_id: str = H
             return final
         logger.warning("%s differs from the published file; downloading it again", final)
         final.unlink()
-    httpx2, _constants, errors, file_download, utils = _hub()
+    httpx2, _, errors, file_download, utils = _hub()
     located = _locate(spec, repo_id, revision, endpoint)
     size = located.size if located.size is not None else spec.size
     if spec.size is not None and located.size is not None and located.size != spec.size:
@@ -291,7 +292,7 @@ def download_file(spec: RemoteFile, dest: str | os.PathLike, *, repo_id: str = H
     bar = _progress_bar(lambda n: report("download", n, size or 0), should_cancel)
     try:
         with part.open("ab") as f:
-            file_download.http_get(located.url, f, resume_size=have, headers=utils.build_hf_headers(),
+            file_download.http_get(located.url, f, resume_size=have, headers=utils.build_hf_headers(token=False),
                                    expected_size=size, displayed_filename=spec.filename, tqdm_class=bar)
     except OperationCancelled:
         raise

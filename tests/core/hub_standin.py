@@ -10,7 +10,8 @@ Two HTTP servers on 127.0.0.1 play the Hub and its file CDN, the way huggingface
 Faults for the tests: :attr:`StandInHub.drop_after` closes the connection mid-file, :attr:`html_pages` answers a
 resolve request with an HTML page (as a proxy or login wall does), :attr:`html_bodies` serves an HTML page from
 the CDN instead of the file, and :attr:`on_get` runs before a CDN transfer (e.g. to fill a small disk).
-Every request is logged in :attr:`requests` as ``(server, method, path, range header)``.
+Every request is logged in :attr:`requests` as ``(server, method, path, range header)``, and every Authorization
+header in :attr:`authorizations`.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class StandInHub:
         self.html_bodies: set[str] = set()
         self.on_get: Callable[[str], None] | None = None
         self.requests: list[tuple[str, str, str, str | None]] = []
+        self.authorizations: list[str] = []  # every Authorization header received
         self._lock = threading.Lock()
         self._servers: list[ThreadingHTTPServer] = []
 
@@ -89,6 +91,8 @@ class StandInHub:
     def _serve(self, request: BaseHTTPRequestHandler, role: str, head: bool) -> None:
         with self._lock:
             self.requests.append((role, "HEAD" if head else "GET", request.path, request.headers.get("Range")))
+            if request.headers.get("Authorization"):
+                self.authorizations.append(request.headers["Authorization"])
         if role == "hub":
             self._resolve(request, head)
         else:

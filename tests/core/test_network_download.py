@@ -73,7 +73,8 @@ def _one_sentence(exc: BaseException) -> None:
     assert text.count("; ") == 1 and text.endswith(".") and "\n" not in text, text
 
 
-def test_downloads_both_layouts_verifies_and_reports_progress(hub, checkpoints, tmp_path):
+def test_downloads_both_layouts_verifies_and_reports_progress(hub, checkpoints, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_the_users_own_token")  # never sent: the repository is public
     seen = []
     paths = _download(hub, tmp_path / "dl", _specs(checkpoints), on_progress=lambda m, f: seen.append((m, f)))
     assert paths == {"uv_checkpoint": tmp_path / "dl" / "uv.ckpt",
@@ -85,6 +86,7 @@ def test_downloads_both_layouts_verifies_and_reports_progress(hub, checkpoints, 
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
     assert any(m.startswith("Downloading uv.ckpt") for m, _f in seen)
     assert any(m.startswith("Verifying normals.ckpt") for m, _f in seen)
+    assert hub.authorizations == []
     heads = [path for server, method, path, _r in hub.requests if method == "HEAD"]
     assert heads == [f"/{REPO}/resolve/{REVISION}/uv.ckpt", f"/{REPO}/resolve/{REVISION}/normals.ckpt",
                      f"/{REPO}/resolve/{REVISION}/pretrained_weights/normals.ckpt"]
