@@ -437,10 +437,7 @@ def inspect_network_file(path: str | os.PathLike) -> NetworkFileInfo:
     path = Path(path)
     if _check_readable(path) == "zip":
         with _open_lightning(path) as archive:
-            contents = _contents(archive)
-        shapes = {key: ref.shape for key, ref in contents.tensors.items()}
-        dtypes = {key: ref.dtype for key, ref in contents.tensors.items()}
-        info = NetworkFileInfo("lightning", contents.cfg, shapes, dtypes, contents.ignored)
+            return _lightning_info(path, _contents(archive))
     else:
         try:
             with safetensors.safe_open(str(path), framework="pt") as f:
@@ -457,6 +454,14 @@ def inspect_network_file(path: str | os.PathLike) -> NetworkFileInfo:
         info = NetworkFileInfo("converted", cfg, shapes, dtypes, ())
     check_shapes(expected_shapes(info.cfg), info.shapes, f"checkpoint {_describe(path)}")
     return info
+
+
+def _lightning_info(path: Path, contents: LightningContents) -> NetworkFileInfo:
+    """The validated description of an opened Lightning checkpoint (see :func:`inspect_network_file`)."""
+    shapes = {key: ref.shape for key, ref in contents.tensors.items()}
+    dtypes = {key: ref.dtype for key, ref in contents.tensors.items()}
+    check_shapes(expected_shapes(contents.cfg), shapes, f"checkpoint {_describe(path)}")
+    return NetworkFileInfo("lightning", contents.cfg, shapes, dtypes, contents.ignored)
 
 
 # --- building, converting, caching -----------------------------------------------------------------------------
@@ -529,28 +534,30 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike | None = N
     if dtype not in _DTYPES:
         raise CheckpointError(f"Unknown dtype '{dtype}' for the converted network; choose float16 or float32.")
     src = Path(src)
-    info = inspect_network_file(src)
     if dst is None:
         dst = src.with_suffix(f".{dtype}.safetensors" if src.suffix == ".safetensors" else ".safetensors")
     dst = Path(dst)
     if dst.resolve() == src.resolve():
         raise CheckpointError("The converted file would overwrite its source; choose another output path.")
-    target = _DTYPES[dtype]
-    entries = [Entry(key, target if info.dtypes[key].is_floating_point else info.dtypes[key], info.shapes[key])
-               for key in sorted(info.shapes)]
-    what = f"the converted {info.cfg.prediction_type} network {dst.name}"
-    metadata = _metadata(info.cfg, dtype, src.name)
     start = time.perf_counter()
-    if info.kind == "lightning":
+
+    def stream(info: NetworkFileInfo, read: Callable[[str], torch.Tensor]) -> None:
+        target = _DTYPES[dtype]
+        entries = [Entry(key, target if info.dtypes[key].is_floating_point else info.dtypes[key], info.shapes[key])
+                   for key in sorted(info.shapes)]
+        write_safetensors(dst, entries, lambda entry: read(entry.name).to(entry.dtype),
+                          _metadata(info.cfg, dtype, src.name), what=f"the converted network {dst.name}",
+                          on_progress=on_progress, should_cancel=should_cancel)
+
+    if _check_readable(src) == "zip":
         with _open_lightning(src) as archive:
-            refs = _contents(archive).tensors
-            write_safetensors(dst, entries, lambda e: _read_tensor(archive, e.name, refs[e.name]).to(e.dtype),
-                              metadata, what=what, on_progress=on_progress, should_cancel=should_cancel)
+            contents = _contents(archive)
+            stream(_lightning_info(src, contents), lambda key: _read_tensor(archive, key, contents.tensors[key]))
     else:
+        info = inspect_network_file(src)
         try:
             with safetensors.safe_open(str(src), framework="pt") as f:
-                write_safetensors(dst, entries, lambda e: f.get_tensor(e.name).to(e.dtype), metadata, what=what,
-                                  on_progress=on_progress, should_cancel=should_cancel)
+                stream(info, f.get_tensor)
         except safetensors.SafetensorError as exc:
             raise CheckpointError(
                 f"The converted network {_describe(src)} is damaged; convert the checkpoint again."
