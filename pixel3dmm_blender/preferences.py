@@ -2,8 +2,10 @@
 the compute device.
 
 Each asset row shows its path, its state from the core's real validation (found / missing / invalid, with the
-one-sentence reason) and a Get button that opens its download page. The report is cached until a path, or a
-file's size or modification time, changes, so redrawing the panel reads nothing again.
+one-sentence reason: :func:`validated_report`) and a Get button that opens its download page. The sidebar panel's
+one-line summary uses the cheap report (:func:`asset_report`: existence and file signatures), so that drawing the
+viewport never imports torch. Both reports are cached until a path, or a file's size or modification time,
+changes, so a redraw reads nothing again.
 """
 
 from __future__ import annotations
@@ -70,7 +72,7 @@ class P3DMM_AddonPreferences(bpy.types.AddonPreferences):
         from . import downloads  # downloads imports this module
 
         layout = self.layout
-        report = asset_report(self)
+        report = validated_report(self)
         pages = bridge.asset_pages()
         for key, prop, _label in ASSET_PROPERTIES:
             draw_asset(layout, self, prop, report[key], pages[key])
@@ -104,13 +106,25 @@ def asset_paths(prefs: P3DMM_AddonPreferences) -> dict[str, str]:
 
 
 def asset_report(prefs: P3DMM_AddonPreferences):
-    """The core's validated asset report for the preference paths, cached until a path or a file changes."""
+    """The core's cheap asset report (existence, file signatures) for the preference paths, cached until a path or
+    a file changes."""
+    return _cached(prefs, "cheap", bridge.asset_report)
+
+
+def validated_report(prefs: P3DMM_AddonPreferences):
+    """The core's asset report with every file validated as a reconstruction loads it, cached until a path or a
+    file changes (the first call imports torch and reads the files: about a second or two)."""
+    return _cached(prefs, "validated", bridge.validated_asset_report)
+
+
+def _cached(prefs: P3DMM_AddonPreferences, kind: str, make):
     paths = asset_paths(prefs)
-    cache_key = tuple((key, path, _signature(path)) for key, path in sorted(paths.items()))
+    cache_key = (kind, *((key, path, _signature(path)) for key, path in sorted(paths.items())))
     report = _report_cache.get(cache_key)
     if report is None:
-        report = bridge.validated_asset_report(paths)
-        _report_cache.clear()
+        report = make(paths)
+        for stale in [k for k in _report_cache if k[0] == kind]:
+            del _report_cache[stale]
         _report_cache[cache_key] = report
     return report
 

@@ -94,21 +94,23 @@ def test_unregister_is_symmetric():
 
 
 def test_asset_status_follows_the_files(prefs, tmp_path):
-    report = preferences.asset_report(prefs)
+    report = preferences.validated_report(prefs)
     assert not report.complete and all(s.status.value == "missing" for s in report.states)
+    assert preferences.asset_report(prefs) == report  # the panel's cheap report agrees on missing files
     files = write_assets(tmp_path)
     for prop, path in files.items():
         setattr(prefs, prop, str(path))
-    assert preferences.asset_report(prefs).complete
+    assert preferences.validated_report(prefs).complete
     files["uv_checkpoint"].write_text("<!DOCTYPE html><html>login</html>")
-    state = preferences.asset_report(prefs)["uv_checkpoint"]
+    state = preferences.validated_report(prefs)["uv_checkpoint"]
     assert state.status.value == "invalid" and "web page" in state.message
     prefs.uv_checkpoint = str(files["normals_checkpoint"])  # the other network in the UV slot
-    state = preferences.asset_report(prefs)["uv_checkpoint"]
+    state = preferences.validated_report(prefs)["uv_checkpoint"]
     assert state.status.value == "invalid" and "holds the normal network" in state.message
     files["flame_model"].write_bytes(files["flame_model"].read_bytes()[:3000])  # a truncated FLAME pickle
-    state = preferences.asset_report(prefs)["flame"]
+    state = preferences.validated_report(prefs)["flame"]
     assert state.status.value == "invalid" and "truncated" in state.message
+    assert preferences.asset_report(prefs)["flame"].ok  # only a signature check: the panel's summary misses it
 
 
 def test_asset_report_is_cached_until_a_file_changes(prefs, tmp_path, monkeypatch):
@@ -120,10 +122,10 @@ def test_asset_report_is_cached_until_a_file_changes(prefs, tmp_path, monkeypatc
     monkeypatch.setattr(bridge, "validated_asset_report", lambda paths: calls.append(paths) or real(paths))
     monkeypatch.setattr(preferences, "_report_cache", {})
     for _ in range(5):
-        assert preferences.asset_report(prefs).complete
+        assert preferences.validated_report(prefs).complete
     assert len(calls) == 1
     os.utime(files["uv_template"], ns=(0, files["uv_template"].stat().st_mtime_ns + 10**9))
-    assert preferences.asset_report(prefs).complete and len(calls) == 2
+    assert preferences.validated_report(prefs).complete and len(calls) == 2
 
 
 def _draw_preferences(prefs):
@@ -258,6 +260,30 @@ def test_only_the_bridge_imports_core_and_only_lazily():
         vendored = sorted(a.name for _n, node in core_imports if node.level == 1 for a in node.names)
         checkout = sorted(a.name for _n, node in core_imports if node.level == 0 for a in node.names)
         assert vendored == checkout and {"assets", "errors", "pipeline", "rig", "texture"} <= set(vendored)
+
+
+def test_drawing_the_panel_imports_no_torch(tmp_path):
+    """The sidebar's asset summary is the cheap report: drawing the panel never loads torch (the preferences'
+    validated rows do, once)."""
+    flame = tmp_path / "generic_model.pkl"
+    flame.write_bytes(b"\x80\x02}q\x00.")
+    script = (
+        "import sys, bpy, addon_utils\n"
+        "addon_utils.enable('pixel3dmm_blender', default_set=True, handle_error=lambda e: sys.exit(repr(e)))\n"
+        "from pixel3dmm_blender import panels, preferences\n"
+        "prefs = preferences.get_preferences(bpy.context)\n"
+        f"prefs.flame_model = {str(flame)!r}\n"
+        "class Layout:\n"
+        "    def __getattr__(self, name):\n"
+        "        return lambda *a, **k: Layout()\n"
+        "    def __setattr__(self, name, value):\n"
+        "        pass\n"
+        "panels.draw_assets(Layout(), prefs)\n"
+        "print(preferences.asset_report(prefs)['flame'].status.value, 'torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], cwd=PACKAGE.parent, check=True, capture_output=True,
+                         text=True, timeout=120)
+    assert out.stdout.strip().splitlines()[-1] == "found False"
 
 
 def test_registering_the_addon_imports_no_core():

@@ -202,6 +202,6 @@ def test_real_download_through_the_operator(prefs, online, monkeypatch, tmp_path
     assert prefs.uv_checkpoint == str(folder / "uv.safetensors")
     assert sorted(p.name for p in folder.iterdir()) == ["normals.ckpt", "normals.safetensors", "uv.ckpt",
                                                         "uv.safetensors"]
-    report = preferences.asset_report(prefs)
+    report = preferences.validated_report(prefs)
     assert report["uv_checkpoint"].ok and report["normals_checkpoint"].ok
     assert "converted network" in report["uv_checkpoint"].message
