@@ -42,8 +42,9 @@ INSTALL_SCRIPT = textwrap.dedent(
     out["operator"] = hasattr(bpy.ops.pixel3dmm, "reconstruct_face")
     out["label"] = bpy.ops.pixel3dmm.reconstruct_face.get_rna_type().name if out["operator"] else None
     # Blender's own Python has none of these: hide the test venv's copies (torch and numpy stay, as the
-    # zip was built with --torch none and numpy is Blender's) so that only the bundled wheels can serve.
-    import numpy, torch, torchvision
+    # zip was built with --torch none and numpy is Blender's; so do idna and certifi, which Blender ships for
+    # its requests) so that only the bundled wheels can serve.
+    import numpy, torch, torchvision, idna, certifi
     venv_site = str(Path(torch.__file__).parents[1])
     sys.path[:] = [p for p in sys.path if p != venv_site]
     bundled = ("cv2", "timm", "mediapipe", "safetensors", "huggingface_hub", "httpx2", "httpcore2", "yaml")
