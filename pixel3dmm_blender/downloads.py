@@ -111,7 +111,6 @@ class DownloadRun:
                                                                                          should_cancel))
         _active = self
         self.job.start()
-        context.window_manager.progress_begin(0, 100)
         self._show(context, self.message, 0.0)
 
     @property
@@ -141,7 +140,6 @@ class DownloadRun:
         global _active
         if _active is self:
             _active = None
-        context.window_manager.progress_end()
         if context.workspace is not None:
             context.workspace.status_text_set(None)
         _redraw(context)
@@ -149,8 +147,7 @@ class DownloadRun:
     def _show(self, context, message: str, fraction: float) -> None:
         self.message, self.fraction = message, fraction
         percent = round(100 * fraction)
-        context.window_manager.progress_update(percent)
-        if context.workspace is not None:
+        if context.workspace is not None:  # the status bar, not the cursor: the user keeps working meanwhile
             what = "stopping" if self.stopping else "Esc to cancel"
             context.workspace.status_text_set(f"Pixel3DMM: {message} {percent}% ({what})")
         _redraw(context)

@@ -18,11 +18,21 @@ from __future__ import annotations
 
 import hashlib
 import re
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
 
 HTML = b"<!DOCTYPE html>\n<html><head><title>Sign in</title></head><body>Please log in to continue.</body></html>\n"
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address) -> None:
+        """A client that drops its connection (a cancelled download) is expected; anything else is printed."""
+        if not isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
+            super().handle_error(request, client_address)
 
 
 class StandInHub:
@@ -43,8 +53,7 @@ class StandInHub:
     # -- lifecycle ------------------------------------------------------------------------------------------
     def __enter__(self) -> "StandInHub":
         for role in ("hub", "cdn"):
-            server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler(role))
-            server.daemon_threads = True
+            server = _Server(("127.0.0.1", 0), self._handler(role))
             threading.Thread(target=server.serve_forever, daemon=True).start()
             self._servers.append(server)
         return self
