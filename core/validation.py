@@ -5,7 +5,7 @@
 - FLAME model: :func:`core.flame.read_flame` (the restricted unpickler and every shape check of ``load_flame``,
   without writing the conversion cache), so a trojan, truncated or incomplete pickle is invalid;
 - UV template: :func:`core.flame.load_uv_template`, and, when the FLAME model is valid too, the topology check
-  the reconstruction makes (same vertex count and triangles);
+  the reconstruction makes (:func:`core.flame.uv.check_topology`);
 - networks: :func:`core.network.checkpoint.inspect_network_file` (the inert reader, the cfg, and the key names
   and shapes against the network the cfg describes, without reading the weights), and the cfg's
   ``prediction_type`` against the slot, so the normal network in the UV slot is invalid.
@@ -16,12 +16,9 @@ preferences panel can redraw the report without reading anything again; a change
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from pathlib import Path
-from typing import Callable
-
-import numpy as np
+from typing import Any, Callable
 
 from .assets import AssetRegistry, format_bytes
 from .errors import AssetInvalidError, CheckpointError
@@ -31,7 +28,7 @@ SLOT_TYPES = {"uv_checkpoint": ("uv_map", "UV network", "uv.ckpt"),
               "normals_checkpoint": ("normals", "normal network", "normals.ckpt")}
 
 _lock = threading.Lock()
-_cache: dict[tuple, tuple[str | None, str, tuple | None]] = {}  # key -> (error or None, description, topology)
+_cache: dict[tuple, tuple[str | None, str, Any]] = {}  # key -> (error or None, description, what the check keeps)
 
 
 def _file_key(path: Path) -> tuple:
@@ -39,24 +36,22 @@ def _file_key(path: Path) -> tuple:
     return (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
 
 
-def _topology(n_vertices: int, faces: np.ndarray) -> tuple[int, str]:
-    return n_vertices, hashlib.sha1(np.ascontiguousarray(faces, dtype=np.int64).tobytes()).hexdigest()
-
-
 def _flame(path: Path) -> tuple[str, tuple]:
+    """Kept: the model's (F, 3) triangles and vertex count, for the template's topology check."""
     from .flame import read_flame
 
     data = read_flame(path)
-    return data.describe(), _topology(data.n_vertices, data.faces)
+    return data.describe(), (data.faces, data.n_vertices)
 
 
-def _uv_template(path: Path) -> tuple[str, tuple]:
+def _uv_template(path: Path):
+    """Kept: the template itself (under a megabyte), for the topology check against the FLAME model."""
     from .flame import load_uv_template
 
     template = load_uv_template(path)
     description = (f"UV template: {len(template.vertices)} vertices, {len(template.uv)} texture coordinates, "
                    f"{len(template.faces)} triangles")
-    return description, _topology(len(template.vertices), template.faces)
+    return description, template
 
 
 def _network(key: str) -> Callable[[Path], tuple[str, None]]:
@@ -81,13 +76,14 @@ def _network(key: str) -> Callable[[Path], tuple[str, None]]:
     return check
 
 
-_CHECKS: dict[str, Callable[[Path], tuple[str, tuple | None]]] = {
+_CHECKS: dict[str, Callable[[Path], tuple[str, Any]]] = {
     "flame": _flame, "uv_template": _uv_template, **{key: _network(key) for key in SLOT_TYPES},
 }
 
 
-def _cached(key: str, path: Path) -> tuple[str | None, str, tuple | None]:
-    """(error sentence or None, description, topology) of one asset file, from the cache when unchanged."""
+def _cached(key: str, path: Path) -> tuple[str | None, str, Any]:
+    """(error sentence or None, description, what the check keeps) of one asset file, from the cache when
+    unchanged."""
     cache_key = (key, *_file_key(path))
     with _lock:
         hit = _cache.get(cache_key)
@@ -124,18 +120,17 @@ def validate_asset(key: str, path: Path, registry: AssetRegistry) -> str:
     ------
     AssetInvalidError : one sentence saying what is wrong and what to do.
     """
-    error, description, topology = _cached(key, path)
+    error, description, kept = _cached(key, path)
     if error is not None:
         raise AssetInvalidError(error)
     if key == "uv_template":
         flame_path, _source = registry.locate("flame")
         if flame_path is not None and flame_path.is_file():
-            flame_error, _description, flame_topology = _cached("flame", flame_path)
-            if flame_error is None and flame_topology != topology:
-                raise AssetInvalidError(
-                    f"The UV template {path.name} does not match the FLAME model's topology ({topology[0]} vs "
-                    f"{flame_topology[0]} vertices); use FLAME's head_template.obj."
-                )
+            flame_error, _description, flame = _cached("flame", flame_path)
+            if flame_error is None:
+                from .flame.uv import check_topology
+
+                check_topology(kept, *flame)
     return f"{description}, {format_bytes(path.stat().st_size)}"
 
 

@@ -130,8 +130,8 @@ def test_template_of_another_topology_is_invalid(assets, tmp_path):
     other = write_synthetic_flame(tmp_path, size="full", seed=0)["obj"]
     state = _report(dict(assets, uv_template=other))["uv_template"]
     assert state.status is Status.INVALID
-    assert state.message.startswith(f"The UV template {other.name} does not match the FLAME model's topology (5023 vs "
-                                    "373 vertices)")
+    assert state.message.startswith(f"The UV template {other.name} does not match the FLAME model's mesh (5023 "
+                                    "vertices and 9976 triangles against 373")
 
 
 def test_results_are_cached_by_path_size_and_mtime(assets, tmp_path, monkeypatch):
