@@ -13,23 +13,87 @@ from pathlib import Path
 from .errors import Pixel3DMMError
 
 
-def _cmd_assets(args: argparse.Namespace) -> int:
-    from .assets import AssetRegistry
+class _ProgressLine:
+    """Prints ``message percent`` lines: every 5 % and on each new message (never from library code)."""
 
-    report = AssetRegistry().report()
+    def __init__(self) -> None:
+        self._last: tuple[str, int] | None = None
+
+    def __call__(self, message: str, fraction: float) -> None:
+        percent = int(100 * fraction)
+        head = message.split(" (")[0]
+        if self._last is None or self._last[0] != head or percent // 5 != self._last[1] // 5:
+            print(f"{percent:3d}%  {message}", flush=True)
+            self._last = (head, percent)
+
+
+def _cmd_assets(args: argparse.Namespace) -> int:
+    from .validation import validated_registry
+
+    if args.download_networks:
+        return _download_networks(args)
+    report = validated_registry().report()
     print(report.format())
     if report.complete:
-        print("All assets found.")
+        print("All assets found and valid.")
         return 0
     print("Some assets are missing or invalid: real reconstructions need all four (see above).")
     return 1
 
 
+def _ask(question: str) -> bool:
+    try:
+        return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
+    except EOFError:
+        return False
+
+
+def _download_networks(args: argparse.Namespace) -> int:
+    from .assets import config_path, default_download_dir, format_bytes
+    from .network import download
+
+    dest = (args.dest or default_download_dir()).expanduser()
+    files = download.NETWORK_FILES
+    print(download.consent_text(files, download.HF_REPO_ID))
+    print(f"Destination: {dest}")
+    if not args.yes:
+        if not sys.stdin.isatty():
+            print("error: downloading needs your consent to the licence; run again with --yes to accept it.",
+                  file=sys.stderr)
+            return 2
+        if not _ask("Download them?"):
+            print("Nothing was downloaded.")
+            return 1
+    progress = _ProgressLine()
+    try:
+        paths = download.download_networks(dest, files=files, repo_id=download.HF_REPO_ID,
+                                           revision=download.HF_REVISION, on_progress=progress)
+        converted = download.convert_downloads(paths, files, on_progress=progress)
+    except KeyboardInterrupt:
+        print("Stopped; run the same command again to resume where it stopped.", file=sys.stderr)
+        return 130
+    for key, path in converted.items():
+        print(f"wrote {path} ({format_bytes(path.stat().st_size)}, float16)")
+    originals = sum(p.stat().st_size for p in paths.values())
+    if args.delete_originals or (sys.stdin.isatty() and not args.yes and _ask(
+            f"Delete the original checkpoints ({format_bytes(originals)}); the float16 files are all the add-on needs?")):
+        print(f"deleted the original checkpoints ({format_bytes(download.delete_originals(paths))} freed)")
+    else:
+        print(f"kept the original checkpoints in {dest} (delete them to free {format_bytes(originals)})")
+    print(f"To use them, add these lines to {config_path()} (or set PIXEL3DMM_UV_CKPT and PIXEL3DMM_NORMALS_CKPT):")
+    for key, path in converted.items():
+        print(f'{key} = "{path.as_posix()}"')
+    return 0
+
+
 def _cmd_convert(args: argparse.Namespace) -> int:
+    from .assets import format_bytes
     from .network import convert_checkpoint
 
-    out = convert_checkpoint(args.src, args.dst, dtype=args.dtype)
-    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, {args.dtype})")
+    progress = _ProgressLine()
+    out = convert_checkpoint(args.src, args.dst, dtype=args.dtype,
+                             on_progress=lambda fraction: progress(f"converting {args.src.name}", fraction))
+    print(f"wrote {out} ({format_bytes(out.stat().st_size)}, {args.dtype})")
     return 0
 
 
@@ -111,10 +175,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("assets", help="report where the FLAME model, UV template and checkpoints are")
+    p = sub.add_parser("assets", help="validate the FLAME model, UV template and checkpoints, or download the "
+                                      "networks")
+    p.add_argument("--download-networks", action="store_true",
+                   help="download uv.ckpt and normals.ckpt (about 3.7 GB, CC BY-NC 4.0) from Hugging Face, resuming "
+                        "an interrupted download, and convert them to float16 .safetensors")
+    p.add_argument("--dest", type=Path, help="folder for the downloaded networks (default: a per-user data folder)")
+    p.add_argument("--yes", action="store_true", help="accept the networks' licence without asking")
+    p.add_argument("--delete-originals", action="store_true",
+                   help="delete the downloaded .ckpt files once they are converted")
     p.set_defaults(func=_cmd_assets)
 
-    p = sub.add_parser("convert-checkpoint", help="write a compact .safetensors copy of uv.ckpt or normals.ckpt")
+    p = sub.add_parser("convert-checkpoint", help="stream a compact .safetensors copy of uv.ckpt or normals.ckpt")
     p.add_argument("src", type=Path, help="the Lightning checkpoint")
     p.add_argument("dst", type=Path, nargs="?", help="output file (default: next to the source)")
     p.add_argument("--dtype", choices=("float32", "float16"), default="float16")
