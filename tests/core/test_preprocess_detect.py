@@ -22,6 +22,7 @@ from core.preprocess import (
     refine_crop_masks,
 )
 from core.preprocess import _mediapipe
+from core.preprocess import detect as detect_module
 from core.preprocess.intake import Photo
 from core.preprocess.masks import masks_from_landmarks
 
@@ -284,3 +285,44 @@ def test_mesh_belongs_to_the_centred_face_when_another_face_intrudes(photo_and_c
     image[128:384, 316:512] = small[:, :196]  # a cut-off neighbour on the right
     landmarks = _mediapipe.face_mesh((image * 255).round().astype(np.uint8))
     np.testing.assert_allclose(landmarks, reference.landmarks / 2 + (60, 128), atol=6)
+
+
+def _small_face_photo(photo_path, face_px: int) -> tuple[Photo, tuple[float, float, float]]:
+    """A 1600×1200 photo: the public-domain portrait scaled so its face box is ``face_px`` wide, pasted on a
+    gradient. Returns the photo and the expected face (centre x, centre y, width) in its pixels."""
+    image = load_photo(photo_path).pixels(1)
+    (face,) = detect_faces(Photo.from_array(image))
+    scale = face_px / face.box[2]
+    small = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)[:600, :700]
+    canvas = np.empty((1200, 1600, 3), np.uint8)
+    canvas[:] = np.linspace(60, 190, 1600).astype(np.uint8)[None, :, None]
+    canvas[600:600 + small.shape[0], 900:900 + small.shape[1]] = small
+    cx, cy = face.center
+    return Photo.from_array(canvas, "wide.png"), (900 + cx * scale, 600 + cy * scale, face_px)
+
+
+@pytest.mark.parametrize("face_px", [83, 60])
+@pytest.mark.parametrize("name", sorted(PHOTOS))
+def test_small_face_in_a_large_photo_is_found(name, face_px):
+    photo, (cx, cy, width) = _small_face_photo(PHOTOS[name](), face_px)
+    (face,) = detect_faces(photo)
+    assert face.detector == "mediapipe" and abs(face.size / width - 1) < 0.15
+    assert np.hypot(face.center[0] - cx, face.center[1] - cy) < 0.2 * width
+    crop = crop_face(photo, face)
+    assert crop.landmarks is not None
+
+
+def test_zoomed_pass_raises_no_false_alarm():
+    """At this size the zoomed pass also sees a 'face' on the spacesuit's collar (score 0.57); the second look
+    must not confirm it."""
+    photo, _ = _small_face_photo(_astronaut(), 124)
+    assert len(detect_faces(photo)) == 1
+
+
+def test_a_large_face_costs_no_zoomed_pass(monkeypatch):
+    def no_zoom(detector, photo):
+        raise AssertionError("zoomed pass run for a face the preview shows well")
+
+    monkeypatch.setattr(detect_module, "_zoomed", no_zoom)
+    for path in PHOTOS.values():
+        assert len(detect_faces(load_photo(path()))) == 1
