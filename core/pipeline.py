@@ -62,7 +62,7 @@ class Reconstruction:
     flame: object  # core.flame.FlameData
     uv: object  # core.flame.UVTemplate
     used_synthetic: bool  # True when the FLAME model or a checkpoint is a project-made stand-in
-    messages: list[str] = field(default_factory=list)
+    messages: list[str] = field(default_factory=list)  # warnings for the user, one sentence each
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -117,7 +117,7 @@ def reconstruct(
     from .flame import FlameModel, load_flame, load_uv_template
     from .flame.uv import check_topology
     from .network import load_network, predict
-    from .preprocess import Photo, crop_face, load_photo, refine_crop_masks
+    from .preprocess import Photo, crop_face, detect_faces, load_photo, refine_crop_masks, select_face
     from .texture import bake_from_fit
 
     settings = settings or PipelineSettings()
@@ -137,8 +137,14 @@ def reconstruct(
 
     t = time.perf_counter()
     progress("detect", 0.0)
-    crop = crop_face(photo, face_index=settings.face_index)
+    faces = detect_faces(photo)
+    crop = crop_face(photo, select_face(photo, faces, settings.face_index))
     timings["detect"] = time.perf_counter() - t
+    if len(faces) > 1:
+        i = settings.face_index
+        which = "the largest (face 0)" if i == 0 else f"face {i} (0 is the largest)"
+        messages.append(f"'{photo.name}' shows {len(faces)} faces and {which} was fitted; choose another face "
+                        f"number from 0 to {len(faces) - 1} to fit a different one.")
 
     try:
         t = time.perf_counter()
