@@ -206,13 +206,15 @@ def _skin_in_photo(crop) -> np.ndarray | None:
 def write_standin_assets(folder: str | Path, *, network_size: str = "published", seed: int = 0) -> dict[str, Path]:
     """Write the project-made stand-ins for the four assets into ``folder`` (reused when already there).
 
-    The FLAME model is the full-size synthetic FLAME-format head (plain pickle) with its UV template; the
-    checkpoints are Lightning-format files with random weights and either the published module tree
-    (``network_size="published"``, about 0.4 GB each) or the tiny test configuration (``"tiny"``).
+    The FLAME model is the full-size synthetic FLAME-format head (plain pickle) with its UV template. The
+    networks have random weights and either the published module tree (``network_size="published"``), stored as
+    float16 ``.safetensors`` like ``python -m core convert-checkpoint`` writes them (about 0.2 GB each, and
+    loaded without the float32 copy a ``.ckpt`` leaves in the cache: 1.2 GB less on disk than Lightning files),
+    or the tiny test configuration (``"tiny"``) as Lightning-format ``.ckpt`` files.
     Returns the paths keyed like :data:`core.assets.ASSET_KEYS`, ready for ``AssetRegistry(paths)``.
     """
     from .flame import write_synthetic_flame
-    from .network import write_synthetic_checkpoint
+    from .network import convert_checkpoint, write_synthetic_checkpoint
 
     if network_size not in ("published", "tiny"):
         raise Pixel3DMMError("The stand-in network size must be 'published' or 'tiny'.")
@@ -224,12 +226,18 @@ def write_standin_assets(folder: str | Path, *, network_size: str = "published",
         (flame_dir / "done").write_text("\n".join(f"{k}={v.name}" for k, v in files.items()))
     names = dict(line.split("=", 1) for line in (flame_dir / "done").read_text().splitlines())
     paths = {"flame": flame_dir / names["plain"], "uv_template": flame_dir / names["obj"]}
+    suffix = ".ckpt" if network_size == "tiny" else ".safetensors"
     for key, kind in (("uv_checkpoint", "uv"), ("normals_checkpoint", "normals")):
-        path = folder / f"{kind}-{network_size}.ckpt"
+        path = folder / f"{kind}-{network_size}{suffix}"
         if not path.exists():
             tmp = path.with_suffix(".part")
             write_synthetic_checkpoint(tmp, "tiny" if network_size == "tiny" else kind, seed=seed,
                                        prediction_type="uv_map" if kind == "uv" else "normals")
-            tmp.replace(path)
+            if network_size == "tiny":
+                tmp.replace(path)
+            else:
+                converted = convert_checkpoint(tmp, tmp.with_suffix(".part.safetensors"), dtype="float16")
+                tmp.unlink()
+                converted.replace(path)
         paths[key] = path
     return paths

@@ -84,8 +84,9 @@ def test_the_blend_carries_its_photo(finished):
 
 def test_ctrl_c_is_one_sentence_and_leaves_nothing(env, tmp_path):
     out = tmp_path / "out"
+    # a runner started in the background may ignore SIGINT, and a child inherits that: restore the default
     proc = subprocess.Popen(_command(out), cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     for line in proc.stdout:
         if "fitting" in line:
             proc.send_signal(signal.SIGINT)

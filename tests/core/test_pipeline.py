@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import skimage
+import torch
 
 from core import cli
 from core.assets import AssetRegistry
@@ -259,7 +260,9 @@ def test_cli_ctrl_c_during_a_real_run(standins, tmp_path):
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "core", "reconstruct", str(ASTRONAUT), "--out", str(out),
                              "--quality", "fast", "--device", "cpu", "--texture-size", "128"],
-                            cwd=ROOT, env=_cli_env(standins), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=ROOT, env=_cli_env(standins), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            # a runner started in the background may ignore SIGINT; a child would inherit that
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     for line in proc.stdout:
         if "fitting" in line:
             proc.send_signal(signal.SIGINT)
@@ -284,3 +287,24 @@ def test_cli_hides_other_libraries_output_unless_verbose(standins, tmp_path):
     assert quiet.stderr == "error: No face was found in 'blank.png'; use a photo with a clearly visible, roughly " \
                            "frontal face.\n"
     assert "TensorFlow Lite" in verbose.stderr and verbose.stderr.endswith(quiet.stderr)
+
+
+def test_published_size_standins_are_compact_and_leave_no_cache_copy(tmp_path, monkeypatch):
+    """The demo's stand-ins: float16 safetensors, which load without a float32 copy in the cache (a .ckpt
+    leaves one). The published module tree is swapped for the tiny one to keep the test small."""
+    import core.network
+    from core.network import load_network
+
+    real = core.network.write_synthetic_checkpoint
+    monkeypatch.setattr(core.network, "write_synthetic_checkpoint",
+                        lambda path, cfg, **kwargs: real(path, "tiny", **kwargs))
+    paths = write_standin_assets(tmp_path / "standins", network_size="published")
+    assert {paths[k].name for k in ("uv_checkpoint", "normals_checkpoint")} == {
+        "uv-published.safetensors", "normals-published.safetensors"}
+    assert sorted(p.name for p in (tmp_path / "standins").iterdir()) == [
+        "flame", "normals-published.safetensors", "uv-published.safetensors"]   # no .part or .ckpt left
+    cache = tmp_path / "cache"
+    network = load_network(paths["uv_checkpoint"], "cpu", cache_dir=cache)
+    assert next(network.parameters()).dtype == torch.float32
+    assert not cache.exists() or not any(cache.rglob("*.safetensors"))
+    assert write_standin_assets(tmp_path / "standins", network_size="published") == paths   # reused
