@@ -60,11 +60,12 @@ def _enable_addon():
     return bpy.context.preferences.addons[ADDON_ID].preferences
 
 
-def _choose_assets(prefs, args) -> tuple[dict[str, str], str]:
+def _choose_assets(prefs, args, say) -> tuple[dict[str, str], str]:
     """Asset paths for this run and a sentence saying where they came from."""
     from . import bridge, preferences
 
     if args.standins:
+        say(f"preparing the stand-in assets in {args.standins} (written on the first run, about 0.5 GB)")
         paths = bridge.standin_assets(args.standins)
         return paths, f"stand-in assets in {args.standins} (synthetic head, random network weights)"
     current = preferences.asset_paths(prefs)
@@ -75,6 +76,7 @@ def _choose_assets(prefs, args) -> tuple[dict[str, str], str]:
         return configured, "the assets from the environment / config file (python -m core assets)"
     if args.demo:
         folder = Path(bridge.default_cache_dir()) / "standins"
+        say(f"preparing the stand-in assets in {folder} (written on the first run, about 0.5 GB)")
         paths = bridge.standin_assets(folder)
         return paths, (f"stand-in assets in {folder} (synthetic FLAME-format head, random network weights): no real "
                        "FLAME model and checkpoints are configured, so the result shows the pipeline, not the method")
@@ -133,7 +135,7 @@ def _run(args, stdout, stderr) -> int:
     with console.output_folder(args.out or Path("out") / "demo", names) as out:
         bpy.ops.wm.read_homefile(use_empty=True)  # an empty scene; the user's preferences stay as they are
         prefs = _enable_addon()
-        paths, where = _choose_assets(prefs, args)
+        paths, where = _choose_assets(prefs, args, say)
         say(f"using {where}")
         for key, prop, _label in preferences.ASSET_PROPERTIES:
             setattr(prefs, prop, str(paths[key]))

@@ -37,13 +37,17 @@ rendered at ``MEDIAPIPE_PREVIEW`` px: accurate for faces that are small in the p
 OPENCV_PREVIEW = 480
 """Long side (px) of the preview the Haar cascade scans (faces down to 24 px there, 5 % of the side)."""
 ZOOMS = (2, 4)
-"""Zoom factors of the second pass: tiles ``long side / zoom`` wide, overlapping by half, each scanned at the
-detector's preview size. Zooms whose tiles would be narrower than the preview (no detail to gain) are skipped.
-On a 1600×1200 photo with mediapipe that is 6 + 35 tiles, about 0.5 s, and faces down to about 25 px wide."""
-ZOOM_MIN_SCORE = 0.75
-"""A face from the zoomed pass counts only when a second look at it (see :func:`_refine`) is at least this sure:
-the many tiles make false alarms likelier (measured on the public-domain test photos: faces 0.93-0.98, false
-alarms on a spacesuit's collar 0.54-0.57)."""
+"""Zoom factors of the second pass: tiles ``long side / zoom`` wide, overlapping by a quarter, each scanned at
+the detector's preview size. A face up to a quarter tile wide lies wholly inside some tile; a larger one shows
+well at the zoom below (or in the preview, the zoom 1). Zooms whose tiles would be narrower than the preview (no
+detail to gain) are skipped. On a 1600×1200 photo with mediapipe that is 6 + 20 tiles, and faces down to about
+25 px wide are found."""
+SURE_SCORE = 0.75
+"""mediapipe's confidence a face needs, on the preview or on a second look at it (see :func:`_refine`), to
+count when another face is surer; a face from the zoomed pass, where the many tiles make false alarms likelier,
+needs it on the second look. When no face reaches it, the most confident one is kept: a photo with one unclear
+face still gets fitted. Measured on the public-domain test photos pasted small into large ones: faces 0.90-0.98,
+false alarms on a spacesuit's collar 0.54-0.67."""
 HAAR_CASCADE = "haarcascade_frontalface_default.xml"
 # The Haar box sits higher than mediapipe's (refined) box; its centre is moved down by 0.12 of its side to
 # match (measured on the astronaut and Grace Hopper photos: 0.12 and 0.11; the sides agree within ±12 %).
@@ -213,16 +217,18 @@ def _refine(detector: MediapipeDetector, photo: Photo, det: FaceDetection) -> Fa
 
 
 def _tile_starts(length: float, tile: float) -> list[float]:
-    """Starts of tiles ``tile`` wide that cover [0, length) with half-tile overlap, the last one at the end."""
-    count = max(1, int(np.ceil((length - tile) / (tile / 2))) + 1)
-    return [min(i * tile / 2, max(length - tile, 0.0)) for i in range(count)]
+    """Starts of tiles ``tile`` wide that cover [0, length) overlapping by a quarter tile, the last one at the
+    end."""
+    stride = 0.75 * tile
+    count = max(1, int(np.ceil((length - tile) / stride)) + 1)
+    return [min(i * stride, max(length - tile, 0.0)) for i in range(count)]
 
 
 def _zoomed(detector: FaceDetector, photo: Photo) -> list[FaceDetection]:
     """Faces found on overlapping tiles of the photo at each of :data:`ZOOMS`, in photo px.
 
-    Tiles overlap by half, so a face up to half a tile wide lies wholly inside some tile; boxes cut by a
-    tile's inner edge are dropped (that face is found whole in a neighbouring tile).
+    Boxes cut by a tile's inner edge are dropped: a face small enough for this zoom lies wholly inside a
+    neighbouring tile (see :data:`ZOOMS`).
     """
     height, width = photo.original_size
     regions = []
@@ -259,13 +265,16 @@ def _run(detector: FaceDetector, photo: Photo) -> list[FaceDetection]:
     if max((det.size for det in on_preview), default=0.0) < 2 * detector.min_face:
         # nothing, or only faces near the smallest the preview shows (more may be hiding): look closer
         zoomed = _distinct(_zoomed(detector, photo))
+    faces = _distinct(found + zoomed)
     if isinstance(detector, MediapipeDetector):
-        # a face from the preview keeps its box when the second look disagrees; one from the zoomed pass,
-        # where the many tiles make false alarms likelier, must be confirmed
-        found = [_refine(detector, photo, det) or det for det in found]
-        zoomed = [face for face in (_refine(detector, photo, det) for det in zoomed)
-                  if face is not None and face.score >= ZOOM_MIN_SCORE]
-    return sorted(_distinct(found + zoomed), key=lambda d: -d.box[2] * d.box[3])
+        # a face from the preview keeps its box when the second look disagrees; one from the zoomed pass must
+        # be confirmed (see SURE_SCORE)
+        looked = [(_refine(detector, photo, det), det) for det in faces]
+        faces = [again or det for again, det in looked
+                 if det not in zoomed or (again is not None and again.score >= SURE_SCORE)]
+        sure = [face for face in faces if face.score >= SURE_SCORE]
+        faces = sure or sorted(faces, key=lambda d: -d.score)[:1]
+    return sorted(faces, key=lambda d: -d.box[2] * d.box[3])
 
 
 def detect_faces(photo: Photo, *, detector: DetectorName = "auto") -> list[FaceDetection]:
