@@ -186,7 +186,10 @@ def test_several_faces_are_reported_and_the_chosen_one_fitted(standins):
 
 
 def _main(argv, capfd):
-    code = cli.main(argv)
+    try:
+        code = cli.main(argv)
+    except KeyboardInterrupt:
+        pytest.fail("Ctrl-C escaped the command as a KeyboardInterrupt (a traceback for the user)")
     out, err = capfd.readouterr()
     return code, out, err
 
