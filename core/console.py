@@ -132,8 +132,8 @@ def other_output_hidden(hide: bool = True) -> Iterator[tuple[TextIO, TextIO]]:
 def output_folder(folder: str | Path, names: Iterable[str]) -> Iterator[Path]:
     """Create the output folder and check, before any work, that the outputs ``names`` can be written there.
 
-    Enter it before the slow work. When the block raises (an error, Ctrl-C), a folder this call created is
-    removed again if it is still empty, so a failed run leaves nothing behind.
+    Enter it before the slow work. A folder this call created is removed again when the block ends with it
+    still empty (an error, Ctrl-C, a run that wrote nothing), so a failed run leaves nothing behind.
 
     Parameters
     ----------
@@ -173,10 +173,9 @@ def output_folder(folder: str | Path, names: Iterable[str]) -> Iterator[Path]:
             raise OutputError(f"{target} is read-only; make it writable or choose another output folder.")
     try:
         yield folder
-    except BaseException:
+    finally:
         if created and not any(folder.iterdir()):
             folder.rmdir()
-        raise
 
 
 def write_image(path: Path, image) -> None:

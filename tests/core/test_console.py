@@ -71,6 +71,9 @@ def test_output_folder_checks_before_the_work_and_cleans_up_after_a_failure(tmp_
             assert folder.is_dir()
             raise KeyboardInterrupt
     assert not (tmp_path / "a" / "b").exists()
+    with output_folder(tmp_path / "c", ["x.png"]):
+        pass   # a run that ends without writing anything (Blender could not build the head)
+    assert not (tmp_path / "c").exists()
     (tmp_path / "kept").mkdir()
     with pytest.raises(OutputError):
         with output_folder(tmp_path / "kept", ["x.png"]):
