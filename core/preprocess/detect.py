@@ -245,7 +245,7 @@ def _zoomed(detector: FaceDetector, photo: Photo) -> list[FaceDetection]:
     for region, faces in zip(regions, detector.detect(images)):
         margin = 0.02 * region.size
         x1, y1 = region.x0 + region.size, region.y0 + region.size
-        for det in map(lambda d: _in_photo(d, region), faces):
+        for det in (_in_photo(d, region) for d in faces):
             x, y, w, h = det.box
             if ((x > region.x0 + margin or region.x0 <= 0) and (y > region.y0 + margin or region.y0 <= 0)
                     and (x + w < x1 - margin or x1 >= width) and (y + h < y1 - margin or y1 >= height)):
