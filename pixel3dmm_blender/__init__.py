@@ -3,14 +3,15 @@
 The add-on is a thin shell over ``core`` (reached only through :mod:`.bridge`): a sidebar tab in the 3D
 viewport (:mod:`.panels`), scene settings at ``Scene.p3dmm`` (:mod:`.props`), asset paths and the device in
 the preferences (:mod:`.preferences`), the reconstruct and export operators (:mod:`.operators`) with their
-worker thread (:mod:`.jobs`), and the scene builder (:mod:`.scene`) and exporters (:mod:`.export`).
+worker thread (:mod:`.jobs`), the network download (:mod:`.downloads`), and the scene builder (:mod:`.scene`)
+and exporters (:mod:`.export`).
 """
 
 import bpy
 
-from . import jobs, operators, panels, preferences, props
+from . import downloads, jobs, operators, panels, preferences, props
 
-_CLASSES = (*preferences.CLASSES, *props.CLASSES, *operators.CLASSES, *panels.CLASSES)
+_CLASSES = (*preferences.CLASSES, *props.CLASSES, *operators.CLASSES, *downloads.CLASSES, *panels.CLASSES)
 
 
 def register():
@@ -21,6 +22,7 @@ def register():
 
 def unregister():
     jobs.cancel_active()
+    downloads.cancel_active()
     del bpy.types.Scene.p3dmm
     for cls in reversed(_CLASSES):
         bpy.utils.unregister_class(cls)
