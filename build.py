@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 import tomllib
+import urllib.request
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,9 +45,28 @@ DEV_PACKAGES = [
     # mediapipe's runtime needs for the vision solutions (mediapipe itself goes in without deps below)
     "protobuf", "attrs", "absl-py", "flatbuffers",
 ]
-NO_DEPS_PACKAGES = ["mediapipe"]
+# Installed without their dependencies: mediapipe (see setup), and torch, torchvision and timm, whose
+# dependencies are then read from their metadata less LEFT_OUT.
+NO_DEPS_PACKAGES = ["mediapipe", "torch", "torchvision", "timm"]
+# triton is torch.compile's GPU compiler (0.9 GB); nothing here compiles. timm's pyyaml serves YAML configs only;
+# huggingface_hub is in DEV_PACKAGES for the network download, not as timm's.
+LEFT_OUT = {"triton", "torch", "torchvision", "huggingface-hub", "pyyaml"}
 SETUP_IMPORT_CHECK = ("import torch, torchvision, timm, numpy, cv2, bpy, mediapipe, safetensors, pygltflib, pytest, "
                       "huggingface_hub")
+TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
+# Prints the requirements of the distributions named in argv whose markers hold here, less those named after "--".
+_REQUIREMENTS_SCRIPT = """
+import importlib.metadata, sys
+from pip._vendor.packaging.requirements import Requirement
+from pip._vendor.packaging.utils import canonicalize_name
+names, left_out = sys.argv[1:sys.argv.index("--")], set(sys.argv[sys.argv.index("--") + 1:])
+for name in names:
+    for line in importlib.metadata.requires(name) or []:
+        req = Requirement(line)
+        if canonicalize_name(req.name) not in left_out and (req.marker is None or req.marker.evaluate({"extra": ""})):
+            req.marker = None
+            print(req)
+"""
 
 
 class BuildError(Exception):
@@ -74,11 +94,47 @@ def venv_python() -> Path:
     return VENV / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
 
 
-def _setup_stamp() -> str:
+def _setup_stamp(torch_build: str) -> str:
     h = hashlib.sha256()
     h.update(CONSTRAINTS.read_bytes())
-    h.update(" ".join(DEV_PACKAGES + ["|"] + NO_DEPS_PACKAGES).encode())
+    h.update(" ".join(DEV_PACKAGES + ["|"] + NO_DEPS_PACKAGES + ["|"] + sorted(LEFT_OUT) + [torch_build]).encode())
     return h.hexdigest()
+
+
+def torch_build() -> str:
+    """The torch build the project venv gets: "cuda" where an NVIDIA GPU is present (``nvidia-smi`` on PATH),
+    otherwise "cpu"; the environment variable PIXEL3DMM_TORCH=cpu|cuda overrides."""
+    chosen = os.environ.get("PIXEL3DMM_TORCH", "").strip().lower()
+    if chosen not in ("", "cpu", "cuda"):
+        raise BuildError(f"PIXEL3DMM_TORCH is {chosen!r}; set it to cpu or cuda, or unset it.")
+    return chosen or ("cuda" if shutil.which("nvidia-smi") else "cpu")
+
+
+def _requirements(py: Path, names: list[str]) -> list[str]:
+    """The requirements of the installed distributions ``names`` in the venv of ``py`` (markers evaluated
+    there), less LEFT_OUT."""
+    out = subprocess.run([str(py), "-c", _REQUIREMENTS_SCRIPT, *names, "--", *sorted(LEFT_OUT)],
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        raise BuildError(f"Could not read the requirements of {', '.join(names)}: {out.stderr.strip()}")
+    return out.stdout.split("\n")[:-1]
+
+
+def _torch_index(build: str) -> list[str]:
+    """pip options that make it take torch's CPU build on Linux, where PyPI's torch is a CUDA build with about
+    4 GB of NVIDIA libraries; nothing elsewhere (PyPI's Windows and macOS builds carry none) or for "cuda".
+    When the PyTorch index cannot be reached (offline mirrors, CI), PyPI's build is used: it runs on the CPU too."""
+    if build == "cuda" or not sys.platform.startswith("linux"):
+        return []
+    try:
+        with urllib.request.urlopen(TORCH_CPU_INDEX + "/torch/", timeout=15):
+            pass
+    except OSError:
+        say(f"{TORCH_CPU_INDEX} cannot be reached: installing PyPI's torch, a CUDA build that runs on the CPU too "
+            "(about 4 GB more)")
+        return []
+    say("no NVIDIA GPU found: installing torch's CPU build (set PIXEL3DMM_TORCH=cuda for the CUDA one)")
+    return ["--extra-index-url", TORCH_CPU_INDEX]
 
 
 def _find_base_python() -> str:
@@ -96,7 +152,8 @@ def setup(force: bool = False) -> Path:
     """Create or update the project venv; return its python. Seconds when already up to date."""
     py = venv_python()
     stamp_file = VENV / ".pixel3dmm-setup"
-    stamp = _setup_stamp()
+    build = torch_build()
+    stamp = _setup_stamp(build)
     if not force and py.exists() and stamp_file.exists() and stamp_file.read_text() == stamp:
         probe = subprocess.run([str(py), "-c", SETUP_IMPORT_CHECK], capture_output=True, text=True)
         if probe.returncode == 0:
@@ -108,12 +165,16 @@ def setup(force: bool = False) -> Path:
     if not py.exists():
         say(f"creating virtual environment {VENV}")
         run([_find_base_python(), "-m", "venv", VENV])
-    pip = [py, "-m", "pip", "--disable-pip-version-check"]
+    # No pip cache: the wheels are installed once, and a cache would keep a second copy of them (GBs).
+    pip = [py, "-m", "pip", "--disable-pip-version-check", "--no-cache-dir"]
     run(pip + ["install", "-q", "--upgrade", "pip"])
-    run(pip + ["install", "-q", "-c", CONSTRAINTS] + DEV_PACKAGES)
     # mediapipe 0.10.21 (the last wheel with face models) pulls opencv-contrib, which would overwrite the
-    # headless cv2, plus jax; install it alone and add the runtime pieces explicitly above.
-    run(pip + ["install", "-q", "--no-deps", "-c", CONSTRAINTS] + NO_DEPS_PACKAGES)
+    # headless cv2, plus jax; its runtime pieces are in DEV_PACKAGES. torch would pull triton (see LEFT_OUT).
+    run(pip + ["install", "-q", "--no-deps", "-c", CONSTRAINTS] + _torch_index(build) + NO_DEPS_PACKAGES)
+    needed = _requirements(py, ["torch", "torchvision", "timm"])
+    resolved = list(dict.fromkeys([p for p in DEV_PACKAGES if p not in NO_DEPS_PACKAGES] + needed))
+    # --no-warn-conflicts: pip would otherwise list the dependencies left out on purpose as missing
+    run(pip + ["install", "-q", "--no-warn-conflicts", "-c", CONSTRAINTS] + resolved)
     run([py, "-c", SETUP_IMPORT_CHECK])
     stamp_file.write_text(stamp)
     _setup_validator()
@@ -192,7 +253,6 @@ MEDIAPIPE_LIBS = ["protobuf>=4.25,<5", "absl-py", "attrs", "flatbuffers", "matpl
 # Blender ships these itself; bundling them would shadow its own copies.
 BLENDER_PROVIDES = {"numpy", "requests", "certifi", "idna", "urllib3", "charset-normalizer"}
 BLENDER_NUMPY = {"3.11": "1.26.4"}  # the numpy of Blender 4.2-5.0 (bpy 5.0.1 requires numpy<2)
-TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 
 
 def _pip_download(py: Path, dest: Path, platform: Platform, python: str, reqs: list[str], *,

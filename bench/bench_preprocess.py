@@ -1,9 +1,10 @@
-"""Per-photo time of intake + detection + crop + landmarks + masks on a 512 px and a 6000×4000 px photo.
+"""Per-photo time of intake + detection + crop + landmarks + masks on a 512 px, 6000×4000 and 1600×1200 photos.
 
 Run: ``.venv/bin/python bench/bench_preprocess.py [--repeat N]``. Prints one line per stage (median and
 min over the repeats) for each photo. The 6000 px photos are the astronaut scaled to 4000 px or 2000 px on a
-gradient canvas with mild noise (about 4 MB JPEG, q92), written to a temporary folder. The first mediapipe import is
-timed separately and excluded from the per-photo figures.
+gradient canvas with mild noise (about 4 MB JPEG, q92); the 1600×1200 one has the astronaut's face 83 px wide,
+too small for the whole-photo detection preview. All are written to a temporary folder. The first mediapipe
+import is timed separately and excluded from the per-photo figures.
 """
 
 from __future__ import annotations
@@ -42,6 +43,20 @@ def _large_jpeg(folder: Path, face_px: int) -> Path:
     noise = np.random.default_rng(0).normal(0, 4, canvas.shape).astype(np.float32)
     canvas = np.clip(canvas + noise, 0, 255).astype(np.uint8)
     path = folder / f"large_6000x4000_astronaut{face_px}.jpg"
+    cv2.imwrite(str(path), canvas, [cv2.IMWRITE_JPEG_QUALITY, 92])
+    return path
+
+
+def _wide_jpeg(folder: Path, face_px: int) -> Path:
+    """1600×1200 JPEG with the astronaut photo scaled so its face box is ``face_px`` wide (104 px in the original):
+    a small face in a large photo, found only by the zoomed detection pass."""
+    face = cv2.imread(str(_astronaut()))
+    side = round(512 * face_px / 104)
+    canvas = np.empty((1200, 1600, 3), np.uint8)
+    canvas[:] = np.linspace(60, 190, 1600, dtype=np.float32)[None, :, None].astype(np.uint8)
+    canvas[600:600 + min(side, 600), 900:900 + side] = cv2.resize(face, (side, side),
+                                                                 interpolation=cv2.INTER_AREA)[:600]
+    path = folder / f"wide_1600x1200_face{face_px}.jpg"
     cv2.imwrite(str(path), canvas, [cv2.IMWRITE_JPEG_QUALITY, 92])
     return path
 
@@ -97,6 +112,7 @@ def main() -> None:
         bench(small, args.repeat)
         bench(_large_jpeg(Path(folder), 4000), args.repeat)   # big face: the crop decodes at 1/2
         bench(_large_jpeg(Path(folder), 2000), args.repeat)   # smaller face: the crop needs full resolution
+        bench(_wide_jpeg(Path(folder), 83), args.repeat)       # small face: the zoomed detection pass finds it
 
 
 if __name__ == "__main__":

@@ -1,15 +1,17 @@
 """``python -m core``: the headless command line tool.
 
-Subcommands print what they do and fail with one sentence and exit status 2 on a user error.
+Subcommands print what they do and fail with one sentence and exit status 2 on a user error, 130 on Ctrl-C.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 from pathlib import Path
 
+from .console import cap_image_decoding, other_output_hidden
 from .errors import Pixel3DMMError
 
 
@@ -107,6 +109,9 @@ def _cmd_standins(args: argparse.Namespace) -> int:
     return 0
 
 
+RECONSTRUCT_OUTPUTS = ("fit.json", "fit.npz", "head_posed.obj", "head_neutral.obj", "texture.png", "overlay.png")
+
+
 def _cmd_reconstruct(args: argparse.Namespace) -> int:
     import dataclasses
 
@@ -114,40 +119,40 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
     import numpy as np
 
     from .assets import AssetRegistry
+    from .console import ProgressDisplay, output_folder, staged_outputs, write_image
     from .flame.uv import write_obj
     from .overlay import overlay_image
     from .pipeline import PipelineSettings, reconstruct, write_standin_assets
 
-    if args.standins:
-        registry = AssetRegistry(write_standin_assets(args.standins, network_size="published"),
-                                 use_environment=False)
-    else:
-        registry = AssetRegistry()
-    settings = PipelineSettings(quality=args.quality, mode=args.mode, device=args.device, texture_size=args.texture_size,
-                                face_index=args.face, fit_step_scale=args.fit_step_scale)
-    last = [-1]
-
-    def on_progress(stage: str, fraction: float) -> None:
-        percent = int(fraction * 100)
-        if percent // 5 != last[0] // 5:
-            print(f"{percent:3d}%  {stage}", flush=True)
-        last[0] = percent
-
-    result = reconstruct(args.photo, registry, settings, on_progress=on_progress)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    result.fit.save(out / "fit")
-    texture = np.clip(result.texture * 255.0 + 0.5, 0, 255).astype(np.uint8)
-    cv2.imwrite(str(out / "texture.png"), cv2.cvtColor(texture, cv2.COLOR_RGB2BGR))
-    for name, verts in (("head_posed", result.fit.vertices_posed), ("head_neutral", result.fit.vertices_neutral)):
-        write_obj(out / f"{name}.obj", dataclasses.replace(result.uv, vertices=np.asarray(verts, dtype=np.float64)))
-    overlay = overlay_image(result.photo.rgb, result.fit, result.uv.faces, *_landmarks_in_photo(result))
-    cv2.imwrite(str(out / "overlay.png"), cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
+    settings = PipelineSettings(quality=args.quality, mode=args.mode, device=args.device,
+                                texture_size=args.texture_size, face_index=args.face,
+                                fit_step_scale=args.fit_step_scale)
+    with output_folder(args.out, RECONSTRUCT_OUTPUTS) as out:  # checked before the minute of work
+        if args.standins:
+            registry = AssetRegistry(write_standin_assets(args.standins, network_size="published"),
+                                     use_environment=False)
+        else:
+            registry = AssetRegistry()
+        progress = ProgressDisplay(sys.stdout)
+        try:
+            result = reconstruct(args.photo, registry, settings, on_progress=progress)
+        finally:
+            progress.close()
+        with staged_outputs(out) as stage:
+            result.fit.save(stage / "fit")
+            texture = np.clip(result.texture * 255.0 + 0.5, 0, 255).astype(np.uint8)
+            write_image(stage / "texture.png", cv2.cvtColor(texture, cv2.COLOR_RGB2BGR))
+            for name, verts in (("head_posed", result.fit.vertices_posed),
+                                ("head_neutral", result.fit.vertices_neutral)):
+                write_obj(stage / f"{name}.obj",
+                          dataclasses.replace(result.uv, vertices=np.asarray(verts, dtype=np.float64)))
+            overlay = overlay_image(result.photo.rgb, result.fit, result.uv.faces, *_landmarks_in_photo(result))
+            write_image(stage / "overlay.png", cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
     for message in result.messages:
         print(message)
     print(f"fit ({result.fit.info.get('mode', '?')} mode): {result.fit.verdict.summary()}")
     print("timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in result.timings.items()))
-    print(f"wrote fit.json, fit.npz, head_posed.obj, head_neutral.obj, texture.png and overlay.png to {out}")
+    print(f"wrote {', '.join(RECONSTRUCT_OUTPUTS)} to {out}")
     return 0
 
 
@@ -172,7 +177,8 @@ def _landmarks_in_photo(result):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m core", description="Pixel3DMM core: photo to rigged FLAME head, headless.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="log progress details and show other libraries' console messages")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("assets", help="validate the FLAME model, UV template and checkpoints, or download the "
@@ -212,15 +218,38 @@ def build_parser() -> argparse.ArgumentParser:
                    help="use (and if needed write) stand-in assets in FOLDER instead of the configured ones")
     p.add_argument("--fit-step-scale", type=float, default=1.0,
                    help="multiply the preset's fitting steps (e.g. 0.1 for a quick preview)")
+    p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                   help="log progress details and show other libraries' console messages")
     p.set_defaults(func=_cmd_reconstruct)
     return parser
 
 
+CANCELLED = "Cancelled (Ctrl-C); nothing was written, so run the command again to start over."
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand; 0 on success, 2 on a user error (one sentence on stderr), 130 on Ctrl-C.
+
+    Unless ``-v`` is given, what native libraries write to the console (mediapipe's C++ logging, libpng
+    warnings) is hidden; Python's ``sys.stdout`` and ``sys.stderr`` (this tool's lines, the project's log, a
+    download's progress) still show.
+    """
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
-    try:
-        return args.func(args)
-    except Pixel3DMMError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    cap_image_decoding()
+    with (other_output_hidden(hide=not args.verbose) as (out, err), contextlib.redirect_stdout(out),
+          contextlib.redirect_stderr(err)):
+        handler = logging.StreamHandler(err)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        root = logging.getLogger()
+        root.addHandler(handler)
+        root.setLevel(logging.INFO if args.verbose else logging.WARNING)
+        try:
+            return args.func(args)
+        except Pixel3DMMError as exc:
+            print(f"error: {exc}", file=err)
+            return 2
+        except KeyboardInterrupt:
+            print(CANCELLED, file=err)
+            return 130
+        finally:
+            root.removeHandler(handler)

@@ -49,6 +49,10 @@ class NoFaceError(ImageError):
     """No usable face was found in the photo."""
 
 
+class OutputError(Pixel3DMMError):
+    """An output folder or file cannot be created or written."""
+
+
 class FitCancelled(Pixel3DMMError):
     """The user cancelled a running reconstruction; nothing was changed."""
 

@@ -1,11 +1,12 @@
 """The add-on's only door into ``core`` (imported lazily, on first use, never at registration).
 
 In the built extension ``core`` is vendored as the subpackage ``pixel3dmm_blender.core``; in the development
-checkout it is the top-level package ``core``. Each of the ``_core_*`` functions imports one group of core
-modules from whichever is present, once: the panel needs only the light group (no torch, no OpenCV), a photo
-from an image datablock the intake, the worker thread (or a headless run) the reconstruction group, and the
-preferences' validated asset rows and the network download the asset tools; the last two load torch. Nothing here touches bpy, so the worker thread may call
-:func:`run_reconstruction`.
+checkout it is the top-level package ``core``. Each of the ``_core_*`` functions (and :func:`console`) imports
+one group of core modules from whichever is present, once: the panel needs only the light group (no torch, no
+OpenCV), a photo from an image datablock the intake, the worker thread (or a headless run) the reconstruction
+group, the preferences' validated asset rows and the network download the asset tools (the last two load
+torch), and only the headless runner the console helpers. Nothing here touches bpy, so the worker thread may
+call :func:`run_reconstruction`.
 """
 
 from __future__ import annotations
@@ -56,13 +57,26 @@ def _core_reconstruction() -> SimpleNamespace:
     return SimpleNamespace(pipeline=pipeline, rig=rig, texture=texture)
 
 
+@functools.cache
+def console():
+    """core's console module: progress display, hidden console output, checked output folders (headless runs)."""
+    try:
+        from .core import console
+    except ModuleNotFoundError as exc:
+        if exc.name != _VENDORED_CORE:
+            raise
+        from core import console
+    return console
+
+
 @dataclass(frozen=True)
 class ReconstructionRequest:
     """Everything the worker needs, gathered on the main thread (no bpy objects inside).
 
     ``source`` is a photo path (str) or a core ``Photo`` (see :func:`photo_from_pixels`). ``assets`` maps the
     keys of ``core.assets`` (flame, uv_template, uv_checkpoint, normals_checkpoint) to paths, empty when unset.
-    ``cache_dir`` is where the core may keep converted assets (None: the core's default).
+    ``cache_dir`` is where the core may keep converted assets (None: the core's default). ``face_index`` picks the
+    face when the photo shows several (0 = the largest, then by size).
     """
 
     source: object
@@ -71,6 +85,7 @@ class ReconstructionRequest:
     device: str
     texture_size: int
     cache_dir: str | None
+    face_index: int = 0
 
 
 @dataclass(frozen=True)
@@ -144,6 +159,7 @@ def run_reconstruction(
         device=request.device,
         texture_size=request.texture_size,
         cache_dir=request.cache_dir,
+        face_index=request.face_index,
     )
     reconstruction = pipeline.reconstruct(
         request.source, registry, settings, on_progress=on_progress, should_cancel=should_cancel
@@ -156,9 +172,14 @@ def is_cancellation(exc: BaseException) -> bool:
     return isinstance(exc, _core_basics().errors.FitCancelled)
 
 
+def is_user_error(exc: BaseException) -> bool:
+    """True for the core's deliberate errors, whose message is one sentence telling the user what to do."""
+    return isinstance(exc, _core_basics().errors.Pixel3DMMError)
+
+
 def error_message(exc: BaseException) -> str:
     """One sentence for the user: the core's own message, or a generic one naming an unexpected error."""
-    if isinstance(exc, _core_basics().errors.Pixel3DMMError):
+    if is_user_error(exc):
         return str(exc)
     return f"Reconstruction failed with an unexpected {type(exc).__name__} ({exc}); please report this as a bug."
 

@@ -2,14 +2,15 @@
 
 Both writers get explicit options: shape keys with their current values, skin weights, no leaf bones, no
 baked animation, modifiers not applied (applying them would drop the shape keys). The file is written next to
-the target under a temporary name and moved into place, so a failed export leaves no half-written file. The
-user's selection and active object are restored afterwards.
+the target under a temporary name and moved into place, so a failed export leaves no half-written file; it gets
+the user's normal file permissions (0666 less the umask). The user's selection and active object are restored
+afterwards.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -86,8 +87,11 @@ def _export(context, mesh_obj, filepath: str, suffix: str, write) -> Path:
     if not target.parent.is_dir():
         raise ExportError(f"The folder {target.parent} does not exist; choose an existing folder.")
     parts = head_parts(mesh_obj)
-    handle, tmp = tempfile.mkstemp(prefix=f".{target.stem}-", suffix=suffix, dir=target.parent)
-    os.close(handle)
+    try:
+        tmp = _new_file(target.parent, f".{target.stem}-", suffix)
+    except OSError as exc:
+        raise ExportError(f"Cannot write into the folder {target.parent} ({exc.strerror or exc}); choose a folder "
+                          "you can write to.") from exc
     try:
         with _selected_only(context, parts):
             write(tmp)
@@ -98,6 +102,17 @@ def _export(context, mesh_obj, filepath: str, suffix: str, write) -> Path:
         if os.path.exists(tmp):
             os.remove(tmp)
     return target
+
+
+def _new_file(folder: Path, prefix: str, suffix: str) -> str:
+    """Create an empty file with a fresh random name in ``folder`` and the user's normal permissions.
+
+    Unlike ``tempfile.mkstemp`` (owner-only, 0600) it asks for 0666, which the process umask reduces as for any
+    new file (0644 with the usual umask 022); the exporters overwrite the file and keep that mode.
+    """
+    path = folder / f"{prefix}{secrets.token_hex(8)}{suffix}"
+    os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+    return str(path)
 
 
 @contextmanager

@@ -12,8 +12,12 @@ headless.main(['PHOTO', '--out', 'DIR'])"
 
 Assets come from the add-on preferences when they are complete, otherwise from the CLI's environment
 variables / config file (see ``python -m core assets``); ``--standins`` (and ``--demo`` when nothing is
-configured) uses the project-made stand-ins instead and says so. Writes ``head.blend``, ``head.glb``,
-``head.fbx`` (with ``--fbx``) and ``preview.png`` (the head rendered through the matching camera over the photo).
+configured) uses the project-made stand-ins instead and says so. Writes ``head.blend`` (the photo packed
+inside), ``head.glb``, ``head.fbx`` (with ``--fbx``) and ``preview.png`` (the head rendered through the matching
+camera beside the photo). The output folder is checked before the reconstruction and the files appear only when
+all of them are written; a failure or Ctrl-C leaves the folder as it was. Prints a progress display and one
+sentence on a user error (exit status 2) or on Ctrl-C (130); other libraries' console messages (mediapipe,
+Blender, EGL) are hidden unless ``-v`` is given.
 """
 
 from __future__ import annotations
@@ -21,14 +25,16 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 ADDON_ID = __package__
+PREFIX = "[pixel3dmm] "
 
 
-def _say(msg: str) -> None:
-    print(f"[pixel3dmm] {msg}", flush=True)
+class UsageError(Exception):
+    """The run cannot start as asked; the message is one sentence for the user."""
 
 
 def _demo_photo() -> Path:
@@ -45,15 +51,21 @@ def _enable_addon():
         def fail(exc):
             raise exc
 
+        # Running this module imported the package already; without its load time addon_utils takes it for
+        # changed on disk, prints so and reloads it.
+        package = sys.modules.get(ADDON_ID)
+        if package is not None and not hasattr(package, "__time__"):
+            package.__time__ = os.path.getmtime(package.__file__)
         addon_utils.enable(ADDON_ID, default_set=True, handle_error=fail)
     return bpy.context.preferences.addons[ADDON_ID].preferences
 
 
-def _choose_assets(prefs, args) -> tuple[dict[str, str], str]:
+def _choose_assets(prefs, args, say) -> tuple[dict[str, str], str]:
     """Asset paths for this run and a sentence saying where they came from."""
     from . import bridge, preferences
 
     if args.standins:
+        say(f"preparing the stand-in assets in {args.standins} (written on the first run, about 0.5 GB)")
         paths = bridge.standin_assets(args.standins)
         return paths, f"stand-in assets in {args.standins} (synthetic head, random network weights)"
     current = preferences.asset_paths(prefs)
@@ -64,100 +76,149 @@ def _choose_assets(prefs, args) -> tuple[dict[str, str], str]:
         return configured, "the assets from the environment / config file (python -m core assets)"
     if args.demo:
         folder = Path(bridge.default_cache_dir()) / "standins"
+        say(f"preparing the stand-in assets in {folder} (written on the first run, about 0.5 GB)")
         paths = bridge.standin_assets(folder)
         return paths, (f"stand-in assets in {folder} (synthetic FLAME-format head, random network weights): no real "
                        "FLAME model and checkpoints are configured, so the result shows the pipeline, not the method")
-    raise SystemExit("error: the FLAME model, UV template and checkpoints are not configured; set them in the add-on "
+    raise UsageError("The FLAME model, UV template and checkpoints are not configured; set them in the add-on "
                      "preferences or see `python -m core assets`, or pass --standins FOLDER.")
 
 
 def _preview(context, head_mesh, out_path: Path, photo_path: Path) -> None:
+    """Render the head through its camera and write it beside the photo, composited over it, to ``out_path``.
+
+    Blender writes the render only into a temporary folder (``save_render``, which prints nothing), so every
+    file a message names is one of the results.
+    """
     import bpy
+    import cv2
+    import numpy as np
+
+    from . import bridge
 
     scene = context.scene
-    camera = next((o for c in head_mesh.users_collection for o in c.objects if o.type == "CAMERA"), None)
-    if camera is None:
-        return
-    scene.camera = camera
+    scene.camera = next(o for o in head_mesh.users_collection[0].objects if o.type == "CAMERA")
     scene.render.engine = "BLENDER_WORKBENCH"
     scene.display.shading.light = "STUDIO"
     scene.display.shading.color_type = "TEXTURE"
     scene.render.film_transparent = True
     scene.render.image_settings.file_format = "PNG"
     scene.render.image_settings.color_mode = "RGBA"
-    render_path = out_path.with_name("render.png")
-    scene.render.filepath = str(render_path)
-    bpy.ops.render.render(write_still=True)
+    bpy.ops.render.render()
+    with tempfile.TemporaryDirectory(prefix="p3dmm-render-") as tmp:
+        render_path = Path(tmp) / "render.png"
+        bpy.data.images["Render Result"].save_render(filepath=str(render_path), scene=scene)
+        render = cv2.imread(str(render_path), cv2.IMREAD_UNCHANGED)
     # Composite the render over the photo so the overlay shows how well the head matches it.
-    import cv2
-    import numpy as np
-
     photo = cv2.imread(str(photo_path), cv2.IMREAD_COLOR)
-    render = cv2.imread(str(render_path), cv2.IMREAD_UNCHANGED)
-    if photo is None or render is None or render.shape[:2] != photo.shape[:2]:
-        os.replace(render_path, out_path)
-        return
-    alpha = render[:, :, 3:4].astype(np.float32) / 255.0 * 0.85
-    blended = photo.astype(np.float32) * (1.0 - alpha) + render[:, :, :3].astype(np.float32) * alpha
-    side = np.concatenate([photo, np.clip(blended, 0, 255).astype(np.uint8)], axis=1)
-    cv2.imwrite(str(out_path), side)
-    render_path.unlink()
+    if photo is None or render.shape[:2] != photo.shape[:2]:
+        image = render
+    else:
+        alpha = render[:, :, 3:4].astype(np.float32) / 255.0 * 0.85
+        blended = photo.astype(np.float32) * (1.0 - alpha) + render[:, :, :3].astype(np.float32) * alpha
+        image = np.concatenate([photo, np.clip(blended, 0, 255).astype(np.uint8)], axis=1)
+    bridge.console().write_image(out_path, image)
+
+
+def _run(args, stdout, stderr) -> int:
+    import bpy
+
+    from . import bridge, export, operators, preferences
+
+    def say(msg: str) -> None:
+        print(PREFIX + msg, file=stdout, flush=True)
+
+    console = bridge.console()
+    photo = (args.photo or _demo_photo()).resolve()
+    names = ["head.blend", "head.glb"] + ["head.fbx"] * args.fbx + ["preview.png"] * (not args.no_preview)
+    t0 = time.perf_counter()
+    with console.output_folder(args.out or Path("out") / "demo", names) as out:
+        bpy.ops.wm.read_homefile(use_empty=True)  # an empty scene; the user's preferences stay as they are
+        prefs = _enable_addon()
+        paths, where = _choose_assets(prefs, args, say)
+        say(f"using {where}")
+        for key, prop, _label in preferences.ASSET_PROPERTIES:
+            setattr(prefs, prop, str(paths[key]))
+        if args.device:
+            prefs.device = args.device
+        settings = bpy.context.scene.p3dmm
+        settings.image_source = "FILE"
+        settings.filepath = str(photo)
+        settings.quality = args.quality
+        settings.face_index = args.face
+        try:
+            request, source = operators.prepare_request(bpy.context)
+        except operators.InputError as exc:
+            raise UsageError(str(exc)) from exc
+        say(f"reconstructing {photo.name} ({args.quality} preset)")
+        progress = console.ProgressDisplay(stdout, prefix=PREFIX)
+        try:
+            result = bridge.run_reconstruction(request, on_progress=progress)
+        finally:
+            progress.close()
+        outcome = operators.build_result(bpy.context, source, result)
+        for level, message in outcome.reports:
+            if level == "ERROR":
+                print(f"{PREFIX}error: {message}", file=stderr, flush=True)
+            else:
+                say(("warning: " if level == "WARNING" else "") + message)
+        if outcome.status != {"FINISHED"}:
+            return 1
+        t_reconstruct = time.perf_counter() - t0
+        head_mesh = bpy.context.scene.p3dmm.head
+        with console.staged_outputs(out) as stage:
+            say("writing head.glb")
+            export.export_glb(bpy.context, head_mesh, str(stage / "head.glb"))
+            if args.fbx:
+                say("writing head.fbx")
+                export.export_fbx(bpy.context, head_mesh, str(stage / "head.fbx"))
+            if not args.no_preview:
+                say("rendering preview.png")
+                _preview(bpy.context, head_mesh, stage / "preview.png", photo)
+            say("writing head.blend")
+            bpy.ops.wm.save_as_mainfile(filepath=str(stage / "head.blend"), check_existing=False)
+    say(f"reconstructed in {t_reconstruct:.1f} s; wrote {', '.join(names)} to {out}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one headless reconstruction; 0 on success, 1 when Blender could not build the head, 2 on a user error
+    (one sentence), 130 on Ctrl-C."""
     parser = argparse.ArgumentParser(prog="python -m pixel3dmm_blender.headless", description=__doc__.splitlines()[0])
     parser.add_argument("photo", nargs="?", type=Path, help="the photo (default with --demo: the astronaut)")
     parser.add_argument("--out", type=Path, help="output folder (default with --demo: out/demo)")
     parser.add_argument("--demo", action="store_true", help="reconstruct scikit-image's astronaut photo")
     parser.add_argument("--quality", choices=("fast", "balanced", "best"), default="balanced")
     parser.add_argument("--device", choices=("auto", "gpu", "cpu"), default=None, help="default: the preferences'")
+    parser.add_argument("--face", type=int, default=0, help="which face when there are several (0 = largest)")
     parser.add_argument("--standins", type=Path, metavar="FOLDER", help="use (and write) stand-in assets here")
     parser.add_argument("--fbx", action="store_true", help="also export head.fbx")
     parser.add_argument("--no-preview", action="store_true", help="skip the preview render")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="show other libraries' and Blender's console messages")
     args = parser.parse_args(argv)
     if args.photo is None and not args.demo:
         parser.error("give a photo or --demo")
-    photo = (args.photo or _demo_photo()).resolve()
-    out = (args.out or Path("out") / "demo").resolve()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    import bpy
+    from . import bridge, export
 
-    t0 = time.perf_counter()
-    bpy.ops.wm.read_homefile(use_empty=True)  # an empty scene; the user's preferences stay as they are
-    prefs = _enable_addon()
-    paths, where = _choose_assets(prefs, args)
-    _say(f"using {where}")
-    from . import preferences
-
-    for key, prop, _label in preferences.ASSET_PROPERTIES:
-        setattr(prefs, prop, str(paths[key]))
-    if args.device:
-        prefs.device = args.device
-    settings = bpy.context.scene.p3dmm
-    settings.image_source = "FILE"
-    settings.filepath = str(photo)
-    settings.quality = args.quality
-    _say(f"reconstructing {photo.name} ({args.quality} preset)")
-    result = bpy.ops.pixel3dmm.reconstruct_face()
-    if result != {"FINISHED"}:
-        _say("reconstruction failed (see the message above)")
-        return 1
-    t_reconstruct = time.perf_counter() - t0
-    out.mkdir(parents=True, exist_ok=True)
-    head_mesh = bpy.context.scene.p3dmm.head
-    bpy.ops.pixel3dmm.export_glb(filepath=str(out / "head.glb"))
-    written = ["head.glb"]
-    if args.fbx:
-        bpy.ops.pixel3dmm.export_fbx(filepath=str(out / "head.fbx"))
-        written.append("head.fbx")
-    if not args.no_preview:
-        _preview(bpy.context, head_mesh, out / "preview.png", photo)
-        written.append("preview.png")
-    bpy.ops.wm.save_as_mainfile(filepath=str(out / "head.blend"), check_existing=False)
-    written.append("head.blend")
-    _say(f"reconstructed in {t_reconstruct:.1f} s; wrote {', '.join(written)} to {out}")
-    return 0
+    bridge.console().cap_image_decoding()
+    with bridge.console().other_output_hidden(hide=not args.verbose) as (stdout, stderr):
+        try:
+            return _run(args, stdout, stderr)
+        except (UsageError, export.ExportError) as exc:
+            print(f"{PREFIX}error: {exc}", file=stderr, flush=True)
+            return 2
+        except KeyboardInterrupt:
+            print(f"{PREFIX}Cancelled (Ctrl-C); nothing was written, so run the command again to start over.",
+                  file=stderr, flush=True)
+            return 130
+        except Exception as exc:
+            if not bridge.is_user_error(exc):
+                raise
+            print(f"{PREFIX}error: {exc}", file=stderr, flush=True)
+            return 2
 
 
 if __name__ == "__main__":

@@ -123,9 +123,14 @@ CANCELLED_MESSAGE = "Reconstruction cancelled; the scene was not changed."
 
 
 def build_result(context, source: PhotoSource, result: bridge.ReconstructionResult) -> Outcome:
-    """Build the reconstructed head into the scene (main thread) and say what was done."""
-    level = "WARNING" if result.reconstruction.used_synthetic else "INFO"
-    reports = [(level, message) for message in result.reconstruction.messages]
+    """Build the reconstructed head into the scene (main thread) and say what was done.
+
+    The core's messages (stand-in assets, several faces in the photo) become warnings. A photo file is loaded
+    as a new image and packed into the .blend, like the baked texture: the scene keeps its camera background
+    when the .blend is moved or the photo file is gone (*File › External Data › Unpack Resources* writes it
+    back out beside the .blend). An image datablock the user chose is left as it is.
+    """
+    reports = [("WARNING", message) for message in result.reconstruction.messages]
     photo = source.image
     images_before = set(bpy.data.images)
     if photo is None:
@@ -135,6 +140,9 @@ def build_result(context, source: PhotoSource, result: bridge.ReconstructionResu
             photo = None
             reports.append(("WARNING", "Blender cannot read this photo format, so the camera has no background "
                                        "image; convert the photo to PNG or JPEG to see the overlay."))
+        elif photo not in images_before:
+            photo.pack()
+            photo.filepath_raw = "//" + Path(source.path).name  # where unpacking puts it, not the original folder
     try:
         head = scene.build_head(context, result.rig, name=source.name, texture=result.texture, photo=photo)
     except Exception as exc:
@@ -152,6 +160,24 @@ def failure(exc: BaseException) -> Outcome:
         return Outcome({"CANCELLED"}, [("WARNING", CANCELLED_MESSAGE)])
     log.error("reconstruction failed", exc_info=exc)
     return Outcome({"CANCELLED"}, [("ERROR", bridge.error_message(exc))])
+
+
+def prepare_request(context) -> tuple[bridge.ReconstructionRequest, PhotoSource]:
+    """The request for the worker from the panel's settings and the preferences (main thread), with the photo
+    source it was made from; :class:`InputError` when the photo source is unusable."""
+    settings = context.scene.p3dmm
+    source = resolve_source(context, settings)
+    prefs = preferences.get_preferences(context)
+    request = bridge.ReconstructionRequest(
+        source=source.data,
+        assets=preferences.asset_paths(prefs),
+        quality=settings.quality,
+        device=prefs.device,
+        texture_size=int(settings.texture_size),
+        cache_dir=preferences.cache_dir(),
+        face_index=settings.face_index,
+    )
+    return request, source
 
 
 class ReconstructionRun:
@@ -216,20 +242,6 @@ class P3DMM_OT_reconstruct_face(bpy.types.Operator):
     def poll(cls, context):
         return context.mode == "OBJECT" and jobs.active_job() is None
 
-    def _prepare(self, context) -> tuple[bridge.ReconstructionRequest, PhotoSource]:
-        settings = context.scene.p3dmm
-        source = resolve_source(context, settings)
-        prefs = preferences.get_preferences(context)
-        request = bridge.ReconstructionRequest(
-            source=source.data,
-            assets=preferences.asset_paths(prefs),
-            quality=settings.quality,
-            device=prefs.device,
-            texture_size=int(settings.texture_size),
-            cache_dir=preferences.cache_dir(),
-        )
-        return request, source
-
     def _end(self, outcome: Outcome) -> set[str]:
         for level, message in outcome.reports:
             self.report({level}, message)
@@ -237,7 +249,7 @@ class P3DMM_OT_reconstruct_face(bpy.types.Operator):
 
     def execute(self, context):
         try:
-            request, source = self._prepare(context)
+            request, source = prepare_request(context)
         except InputError as exc:
             return self._end(Outcome({"CANCELLED"}, [("ERROR", str(exc))]))
         wm = context.window_manager
@@ -254,7 +266,7 @@ class P3DMM_OT_reconstruct_face(bpy.types.Operator):
 
     def invoke(self, context, event):
         try:
-            request, source = self._prepare(context)
+            request, source = prepare_request(context)
         except InputError as exc:
             return self._end(Outcome({"CANCELLED"}, [("ERROR", str(exc))]))
         self._run = ReconstructionRun(context, request, source)

@@ -59,6 +59,7 @@ class P3DMM_PT_main(bpy.types.Panel):
         column.prop(settings, "quality")
         column.prop(prefs, "device")
         column.prop(settings, "texture_size")
+        column.prop(settings, "face_index")
         draw_run(layout, settings)
         row = layout.row(align=True)
         row.operator("pixel3dmm.export_glb", icon="EXPORT")

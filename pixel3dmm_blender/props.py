@@ -1,10 +1,10 @@
-"""Scene settings at ``bpy.types.Scene.p3dmm``: the photo source, quality, texture size, the last head built,
-and the progress of a running reconstruction (written by the operator on the main thread only)."""
+"""Scene settings at ``bpy.types.Scene.p3dmm``: the photo source, quality, texture size, which face to fit, the
+last head built, and the progress of a running reconstruction (written by the operator on the main thread only)."""
 
 from __future__ import annotations
 
 import bpy
-from bpy.props import EnumProperty, FloatProperty, PointerProperty, StringProperty
+from bpy.props import EnumProperty, FloatProperty, IntProperty, PointerProperty, StringProperty
 
 SOURCE_ITEMS = (
     ("EDITOR", "Image Editor", "Use the image shown in an open Image Editor"),
@@ -37,6 +37,10 @@ class P3DMM_SceneSettings(bpy.types.PropertyGroup):
     texture_size: EnumProperty(
         name="Texture", description="Size of the texture baked from the photo", items=TEXTURE_ITEMS,
         default="1024",
+    )
+    face_index: IntProperty(
+        name="Face", description="Which face to fit when the photo shows several: 0 is the largest, 1 the next "
+        "largest, and so on", min=0, soft_max=9, default=0,
     )
     head: PointerProperty(
         name="Head", description="The head mesh the export buttons write", type=bpy.types.Object,

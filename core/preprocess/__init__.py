@@ -18,6 +18,7 @@ from .crop import (
     crop_transform_for_box,
     refine_crop_masks,
     render_crop,
+    select_face,
 )
 from .detect import DetectorUnavailableError, FaceDetection, FaceDetector, detect_faces
 from .intake import Photo, linear_to_srgb, load_photo, photo_from_pixels
@@ -27,5 +28,5 @@ __all__ = [
     "CROP_SCALE", "MASK_KEYS", "MIN_FACE_PX", "OUT_SIZE", "CropTransform", "DetectorUnavailableError",
     "FaceCrop", "FaceDetection", "FaceDetector", "Photo", "crop_face", "crop_transform_for_box", "detect_faces",
     "linear_to_srgb", "load_photo", "masks_from_prediction_mask", "photo_from_pixels",
-    "refine_crop_masks", "render_crop",
+    "refine_crop_masks", "render_crop", "select_face",
 ]

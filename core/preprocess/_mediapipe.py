@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
@@ -103,37 +103,40 @@ def run(task: Callable[[Any], T], what: str) -> T:
     return result["value"]
 
 
-def detect(rgb: np.ndarray, model_selection: int, min_confidence: float = 0.5) -> list[tuple[np.ndarray, float,
-                                                                                              np.ndarray]]:
-    """Bundled face detection on one image.
+def detect(images: Sequence[np.ndarray], model_selection: int,
+           min_confidence: float = 0.5) -> list[list[tuple[np.ndarray, float, np.ndarray]]]:
+    """Bundled face detection on several images with one graph (building a graph costs more than a small image).
 
     Parameters
     ----------
-    rgb : np.ndarray
-        (H, W, 3) uint8 RGB, C-contiguous.
+    images : Sequence[np.ndarray]
+        Each (H, W, 3) uint8 RGB, C-contiguous; sizes may differ.
     model_selection : int
         0: short range (faces within about 2 m), 1: full range.
     min_confidence : float
 
     Returns
     -------
-    list of (box, score, keypoints)
-        box (4,) x0, y0, w, h and keypoints (6, 2) in pixels of ``rgb`` (x right, y down, continuous).
+    list of list of (box, score, keypoints)
+        Per image: box (4,) x0, y0, w, h and keypoints (6, 2) in pixels of that image (x right, y down,
+        continuous).
     """
-    h, w = rgb.shape[:2]
 
-    def task(solutions: Any) -> list[tuple[np.ndarray, float, np.ndarray]]:
+    def task(solutions: Any) -> list[list[tuple[np.ndarray, float, np.ndarray]]]:
+        results = []
         with solutions.face_detection.FaceDetection(model_selection=model_selection,
                                                     min_detection_confidence=min_confidence) as graph:
-            found = graph.process(rgb).detections or []
-        out = []
-        for det in found:
-            data = det.location_data
-            b = data.relative_bounding_box
-            box = np.array([b.xmin * w, b.ymin * h, b.width * w, b.height * h], dtype=np.float64)
-            kps = np.array([[k.x * w, k.y * h] for k in data.relative_keypoints], dtype=np.float64)
-            out.append((box, float(det.score[0]), kps.reshape(-1, 2)))
-        return out
+            for rgb in images:
+                h, w = rgb.shape[:2]
+                out = []
+                for det in graph.process(rgb).detections or []:
+                    data = det.location_data
+                    b = data.relative_bounding_box
+                    box = np.array([b.xmin * w, b.ymin * h, b.width * w, b.height * h], dtype=np.float64)
+                    kps = np.array([[k.x * w, k.y * h] for k in data.relative_keypoints], dtype=np.float64)
+                    out.append((box, float(det.score[0]), kps.reshape(-1, 2)))
+                results.append(out)
+        return results
 
     return run(task, "face detection")
 

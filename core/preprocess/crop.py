@@ -87,6 +87,32 @@ def _foreground(image_u8: np.ndarray) -> np.ndarray | None:
         return None
 
 
+def select_face(photo: Photo, faces: list[FaceDetection], face_index: int = 0) -> FaceDetection:
+    """The face to fit among those :func:`detect_faces` found (largest first).
+
+    Parameters
+    ----------
+    photo : Photo
+        Named in the messages.
+    faces : list[FaceDetection]
+        Largest first.
+    face_index : int
+        0 = the largest, 1 = the next, ...
+
+    Raises
+    ------
+    NoFaceError
+        No face was found, or ``face_index`` is out of range.
+    """
+    if not faces:
+        raise NoFaceError(f"No face was found in '{photo.name}'; use a photo with a clearly visible, "
+                          "roughly frontal face.")
+    if not 0 <= face_index < len(faces):
+        raise NoFaceError(f"'{photo.name}' has {len(faces)} face(s); choose a face index from 0 to "
+                          f"{len(faces) - 1}.")
+    return faces[face_index]
+
+
 def crop_face(photo: Photo, detection: FaceDetection | None = None, *, face_index: int = 0,
               detector: DetectorName = "auto") -> FaceCrop:
     """Detect, crop to 512², find the 478 landmarks and build the masks: everything in one call.
@@ -112,14 +138,7 @@ def crop_face(photo: Photo, detection: FaceDetection | None = None, *, face_inde
         No face found, ``face_index`` out of range, or the face is smaller than :data:`MIN_FACE_PX`.
     """
     if detection is None:
-        faces = detect_faces(photo, detector=detector)
-        if not faces:
-            raise NoFaceError(f"No face was found in '{photo.name}'; use a photo with a clearly visible, "
-                              "roughly frontal face.")
-        if not 0 <= face_index < len(faces):
-            raise NoFaceError(f"'{photo.name}' has {len(faces)} face(s); choose a face index from 0 to "
-                              f"{len(faces) - 1}.")
-        detection = faces[face_index]
+        detection = select_face(photo, detect_faces(photo, detector=detector), face_index)
     if detection.size < MIN_FACE_PX:
         raise NoFaceError(f"The face in '{photo.name}' is only {detection.size:.0f} px wide; use a photo where "
                           f"it is at least {MIN_FACE_PX} px wide.")

@@ -1,9 +1,9 @@
 """Photo intake: read a file or a Blender image's pixels into one canonical RGB image plus its provenance.
 
-Files are read once into memory and decoded with OpenCV (8/16-bit, float, grey, alpha, palette, CMYK JPEG);
-Pillow only reads the EXIF orientation. JPEGs decode lazily at the scale asked for
-(``cv2.IMREAD_REDUCED_COLOR_*``), so a large photo is detected on a cheap reduced decode and only the
-resolution the crop needs is decoded afterwards.
+Files are read once into memory, their size is checked from the header (:mod:`core.imageheader`) and they are
+decoded with OpenCV (8/16-bit, float, grey, alpha, palette, CMYK JPEG); Pillow only reads the EXIF orientation.
+JPEGs decode lazily at the scale asked for (``cv2.IMREAD_REDUCED_COLOR_*``), so a large photo is detected on a
+cheap reduced decode and only the resolution the crop needs is decoded afterwards.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 
 from ..errors import ImageError
+from ..imageheader import MAX_PIXELS, image_size
 
 logger = logging.getLogger(__name__)
 
@@ -261,6 +262,16 @@ def _canonical(decoded: np.ndarray, name: str, notes: list[str]) -> np.ndarray:
     return np.ascontiguousarray(rgb)
 
 
+def _decode(buffer: np.ndarray, flags: int, name: str) -> np.ndarray | None:
+    """``cv2.imdecode``, whose refusal of an image above its pixel limit (``OPENCV_IO_MAX_IMAGE_PIXELS``, which
+    :func:`core.console.cap_image_decoding` sets for the command-line tools) becomes an :class:`ImageError`."""
+    try:
+        return cv2.imdecode(buffer, flags)
+    except cv2.error as exc:
+        raise ImageError(f"The image '{name}' is too large to decode (more than {MAX_PIXELS / 1e6:.0f} megapixels) "
+                         "or damaged; save it as a JPEG or PNG of at most that size and try again.") from exc
+
+
 def load_photo(path: str | Path | np.ndarray) -> Photo:
     """Read an image file into a :class:`Photo` (decoding is deferred until pixels are asked for).
 
@@ -279,7 +290,10 @@ def load_photo(path: str | Path | np.ndarray) -> Photo:
     Raises
     ------
     ImageError
-        The file is missing, empty, not an image, truncated or corrupt.
+        The file is missing, empty, not an image, truncated or corrupt, or its header says it has more than
+        :data:`~core.imageheader.MAX_PIXELS` pixels (checked before anything is decoded, so a decompression bomb
+        costs nothing). Formats whose header :func:`~core.imageheader.image_size` cannot read are left to
+        OpenCV's own limit (``OPENCV_IO_MAX_IMAGE_PIXELS``: 2^30 pixels unless set before OpenCV loads).
     """
     if isinstance(path, np.ndarray):
         return Photo.from_array(path)
@@ -290,6 +304,12 @@ def load_photo(path: str | Path | np.ndarray) -> Photo:
     data = path.read_bytes()
     if not data:
         raise ImageError(f"The image file '{name}' is empty (0 bytes); choose another photo.")
+    stored = image_size(data)
+    if stored is not None and stored[0] * stored[1] > MAX_PIXELS:
+        width, height = stored
+        raise ImageError(f"The image '{name}' is {width} × {height} pixels ({width * height / 1e6:.0f} megapixels), "
+                         f"more than the {MAX_PIXELS / 1e6:.0f} megapixels this add-on reads; scale it down (4000 "
+                         "pixels on the long side are plenty) and try again.")
     orientation, header_size = _exif_orientation(data)
     buffer = np.frombuffer(data, dtype=np.uint8)
     notes: list[str] = []
@@ -313,7 +333,7 @@ def load_photo(path: str | Path | np.ndarray) -> Photo:
                 notes.append("greyscale")
 
         def decode_jpeg(reduction: int) -> np.ndarray:
-            bgr = cv2.imdecode(buffer, _REDUCED_FLAGS[reduction] | cv2.IMREAD_IGNORE_ORIENTATION)
+            bgr = _decode(buffer, _REDUCED_FLAGS[reduction] | cv2.IMREAD_IGNORE_ORIENTATION, name)
             if bgr is None:
                 raise fail()
             return apply_orientation(bgr[:, :, ::-1], orientation)
@@ -325,7 +345,7 @@ def load_photo(path: str | Path | np.ndarray) -> Photo:
         logger.debug("Opened %s lazily: %s, %s", path, size, notes)
         return photo
 
-    decoded = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
+    decoded = _decode(buffer, cv2.IMREAD_UNCHANGED, name)
     if decoded is None:
         raise fail()
     if decoded.size == 0:

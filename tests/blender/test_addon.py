@@ -161,7 +161,7 @@ def test_panel_idle_shows_inputs_and_buttons(prefs):
     assert operators == ["preferences.addon_show", "pixel3dmm.reconstruct_face", "pixel3dmm.export_glb",
                          "pixel3dmm.export_fbx"]
     props = [args[1] for args, _ in layout.calls("prop")]
-    assert props == ["image_source", "quality", "device", "texture_size"]
+    assert props == ["image_source", "quality", "device", "texture_size", "face_index"]
     labels = [kwargs.get("text", "") for _args, kwargs in layout.calls("label")]
     assert any(text.startswith("Missing: FLAME model") for text in labels)
     assert layout.calls("progress") == []
@@ -199,7 +199,7 @@ def test_bridge_passes_settings_and_preference_paths(monkeypatch, tmp_path):
 
     monkeypatch.setattr(core.pipeline, "reconstruct", reconstruct)
     monkeypatch.setenv("PIXEL3DMM_FLAME", str(tmp_path / "from_env.pkl"))
-    request = bridge.ReconstructionRequest("photo.jpg", {"flame": ""}, "best", "cpu", 2048, str(tmp_path))
+    request = bridge.ReconstructionRequest("photo.jpg", {"flame": ""}, "best", "cpu", 2048, str(tmp_path), face_index=1)
     stop = lambda: False  # noqa: E731
     result = bridge.run_reconstruction(request, should_cancel=stop)
     assert result.reconstruction is reconstruction
@@ -208,8 +208,8 @@ def test_bridge_passes_settings_and_preference_paths(monkeypatch, tmp_path):
     assert result.texture.shape == (8, 8, 4) and np.all(result.texture[:, :, 3] == 1.0)
     np.testing.assert_array_equal(result.texture[::-1, :, :3], texture)
     settings = seen["settings"]
-    assert (settings.quality, settings.device, settings.texture_size, settings.cache_dir) == (
-        "best", "cpu", 2048, str(tmp_path))
+    assert (settings.quality, settings.device, settings.texture_size, settings.cache_dir, settings.face_index) == (
+        "best", "cpu", 2048, str(tmp_path), 1)
     assert seen["source"] == "photo.jpg" and seen["cancel"] is stop
     assert seen["assets"].locate("flame") == (None, "not configured")  # preferences only, not the environment
 

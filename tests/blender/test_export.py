@@ -1,7 +1,9 @@
 """GLB and FBX export of a built head: checked with pygltflib, the Khronos glTF validator and re-import."""
 
 import json
+import os
 import shutil
+import stat
 import subprocess
 from pathlib import Path
 from types import SimpleNamespace
@@ -238,3 +240,27 @@ def test_export_operators_find_the_head(head, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.fbx", "b.glb"]
     bpy.data.objects.remove(built.mesh)
     assert not bpy.ops.pixel3dmm.export_glb.poll() and not bpy.ops.pixel3dmm.export_fbx.poll()
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_exports_get_the_users_normal_file_mode(head, tmp_path, umask):
+    """A new file is 0666 less the umask, as any program's; owner-only 0600 would hide it from the team."""
+    _, _, built = head
+    previous = os.umask(umask)
+    try:
+        paths = [export.export_glb(bpy.context, built.mesh, str(tmp_path / "head.glb")),
+                 export.export_fbx(bpy.context, built.mesh, str(tmp_path / "head.fbx"))]
+    finally:
+        os.umask(previous)
+    assert [stat.S_IMODE(p.stat().st_mode) for p in paths] == [0o666 & ~umask] * 2
+
+
+def test_export_into_a_folder_that_cannot_be_written_is_one_sentence(head, tmp_path, monkeypatch):
+    _, _, built = head
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(export.os, "open", refuse)  # as for a folder of another user (the tests run as root)
+    with pytest.raises(export.ExportError, match=r"Cannot write into the folder .* \(Permission denied\); choose"):
+        export.export_glb(bpy.context, built.mesh, str(tmp_path / "head.glb"))

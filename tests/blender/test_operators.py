@@ -78,7 +78,53 @@ def test_execute_builds_the_head_from_a_file(fake_core, photo_file):
     head = settings.head
     assert head is not None and head.users_collection[0].name == "portrait"
     camera = next(o for o in head.users_collection[0].objects if o.type == "CAMERA")
-    assert Path(camera.data.background_images[0].image.filepath) == photo_file
+    photo = camera.data.background_images[0].image
+    assert tuple(photo.size) == (40, 30)
+    # packed like the texture, so the .blend keeps its camera background wherever it goes
+    assert photo.packed_file is not None and photo.packed_file.size == photo_file.stat().st_size
+    assert photo.filepath == "//portrait.png"
+
+
+def test_saved_blend_depends_on_no_outside_file(fake_core, photo_file, tmp_path):
+    settings = bpy.context.scene.p3dmm
+    settings.image_source = "FILE"
+    settings.filepath = str(photo_file)
+    assert bpy.ops.pixel3dmm.reconstruct_face() == {"FINISHED"}
+    saved = tmp_path / "elsewhere" / "scene.blend"
+    saved.parent.mkdir()
+    bpy.ops.wm.save_as_mainfile(filepath=str(saved))
+    photo_file.unlink()
+    bpy.ops.wm.open_mainfile(filepath=str(saved))
+    assert bpy.utils.blend_paths(absolute=True) == []  # packed files are not outside dependencies
+    camera = next(o for o in bpy.data.objects if o.type == "CAMERA")
+    assert tuple(camera.data.background_images[0].image.size) == (40, 30)
+
+
+def test_an_image_datablock_the_user_chose_is_not_packed(fake_core, photo_file):
+    image = bpy.data.images.load(str(photo_file))
+    settings = bpy.context.scene.p3dmm
+    settings.image_source = "IMAGE"
+    settings.image = image
+    assert bpy.ops.pixel3dmm.reconstruct_face() == {"FINISHED"}
+    assert image.packed_file is None and Path(image.filepath) == photo_file
+
+
+def test_face_choice_reaches_the_core(fake_core, photo_file):
+    settings = bpy.context.scene.p3dmm
+    settings.image_source = "FILE"
+    settings.filepath = str(photo_file)
+    settings.face_index = 2
+    assert bpy.ops.pixel3dmm.reconstruct_face() == {"FINISHED"}
+    assert fake_core[0].face_index == 2
+
+
+def test_core_messages_are_warnings(fake_core, reconstruction, photo_file):
+    message = "'group.jpg' shows 3 faces and the largest (face 0) was fitted; choose another face number."
+    noted = replace(reconstruction, reconstruction=SimpleNamespace(**{**vars(reconstruction.reconstruction),
+                                                                      "messages": [message]}))
+    source = operators.PhotoSource(str(photo_file), None, str(photo_file), "group")
+    outcome = operators.build_result(bpy.context, source, noted)
+    assert outcome.reports[0] == ("WARNING", message)
 
 
 def test_photo_blender_cannot_read_still_builds_without_background(fake_core, tmp_path, reconstruction):

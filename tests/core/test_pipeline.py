@@ -1,6 +1,9 @@
 """The whole core pipeline on a real photo with the project's stand-in assets (tiny networks, few steps)."""
 
 import json
+import os
+import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -8,15 +11,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import skimage
+import torch
 
+from core import cli
 from core.assets import AssetRegistry
-from core.errors import AssetInvalidError, FitCancelled, Pixel3DMMError
+from core.cli import RECONSTRUCT_OUTPUTS
+from core.console import STAGE_LABELS
+from core.errors import AssetInvalidError, FitCancelled, NoFaceError, Pixel3DMMError
 from core.flame import write_synthetic_flame
 from core.pipeline import PipelineSettings, reconstruct, write_standin_assets
 
 ROOT = Path(__file__).resolve().parents[2]
 ASTRONAUT = Path(skimage.__file__).parent / "data" / "astronaut.png"
 QUICK = PipelineSettings(quality="fast", device="cpu", texture_size=256, fit_step_scale=0.05)
+_STANDIN_MESSAGES = ["The FLAME model is the project's synthetic stand-in: the head shows that the pipeline runs, not "
+                     "what the method can do."]
 
 
 @pytest.fixture(scope="module")
@@ -136,21 +145,30 @@ def test_missing_assets_and_mismatched_template_are_one_sentence(standins, tmp_p
         PipelineSettings(quality="ultra")
 
 
-def test_cli_reconstruct_writes_results(standins, tmp_path):
+def _cli_env(standins) -> dict[str, str]:
     env_paths = {"PIXEL3DMM_FLAME": standins["flame"], "PIXEL3DMM_UV_TEMPLATE": standins["uv_template"],
-                 "PIXEL3DMM_UV_CKPT": standins["uv_checkpoint"], "PIXEL3DMM_NORMALS_CKPT": standins["normals_checkpoint"]}
-    import os
+                 "PIXEL3DMM_UV_CKPT": standins["uv_checkpoint"],
+                 "PIXEL3DMM_NORMALS_CKPT": standins["normals_checkpoint"]}
+    return dict(os.environ, **{k: str(v) for k, v in env_paths.items()})
 
-    env = dict(os.environ, **{k: str(v) for k, v in env_paths.items()})
+
+def test_cli_reconstruct_writes_results(standins, tmp_path):
     out = tmp_path / "out"
     proc = subprocess.run([sys.executable, "-m", "core", "reconstruct", str(ASTRONAUT), "--out", str(out),
                            "--quality", "fast", "--device", "cpu", "--texture-size", "128", "--fit-step-scale", "0.02"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+                          cwd=ROOT, env=_cli_env(standins), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "100%" in proc.stdout
-    for name in ("fit.json", "fit.npz", "head_posed.obj", "head_neutral.obj", "texture.png", "overlay.png"):
-        assert (out / name).is_file(), name
-    assert "fit (landmarks mode): doubtful" in proc.stdout  # the tiny stand-in networks disagree with the landmarks
+    # mediapipe's C++ logging and libpng's warnings are hidden: only this tool's own lines remain
+    assert proc.stderr == ""
+    lines = proc.stdout.splitlines()
+    progress = [line for line in lines if re.fullmatch(r" *\d+%  \w.*", line)]
+    assert progress[-1] == "100%  baking the texture"
+    assert {line.split("%  ")[1] for line in progress} == set(STAGE_LABELS.values())
+    assert lines[:len(progress)] == progress and _STANDIN_MESSAGES[0] in lines
+    # the tiny stand-in networks disagree with the landmarks
+    assert lines[-3].startswith("fit (landmarks mode): doubtful")
+    assert lines[-2].startswith("timings: load ") and lines[-1] == f"wrote {', '.join(RECONSTRUCT_OUTPUTS)} to {out}"
+    assert sorted(p.name for p in out.iterdir()) == sorted(RECONSTRUCT_OUTPUTS)
     obj = (out / "head_posed.obj").read_text().splitlines()
     assert sum(line.startswith("v ") for line in obj) == 5023 and sum(line.startswith("f ") for line in obj) == 9976
 
@@ -209,3 +227,149 @@ def test_skin_mask_lands_on_the_same_photo_pixels(run):
     assert crop.masks["skin"][idx[:, 1], idx[:, 0]].mean() > 0.97
     expected_area = crop.masks["skin"].sum() * (crop.transform.size / 512) ** 2
     assert abs(photo_mask.sum() / expected_area - 1) < 0.05
+
+
+def test_several_faces_are_reported_and_the_chosen_one_fitted(standins):
+    from core.preprocess import load_photo
+    from core.preprocess.intake import Photo
+
+    astronaut = load_photo(ASTRONAUT).rgb
+    canvas = np.full((512, 900, 3), 0.5, np.float32)
+    canvas[:, :512] = astronaut
+    canvas[64:448, 516:900] = astronaut[::4, ::4].repeat(3, axis=0).repeat(3, axis=1)[:384, :384]
+    photo = Photo.from_array(canvas, "two.png")
+    registry = AssetRegistry(standins, use_environment=False)
+    result = reconstruct(photo, registry, PipelineSettings(**{**vars(QUICK), "face_index": 1}))
+    assert result.crop.transform.x0 > 512   # the smaller face, on the right
+    assert ("'two.png' shows 2 faces and face 1 (0 is the largest) was fitted; choose another face number from 0 "
+            "to 1 to fit a different one.") in result.messages
+    with pytest.raises(NoFaceError, match="'two.png' has 2 face"):
+        reconstruct(photo, registry, PipelineSettings(**{**vars(QUICK), "face_index": 2}))
+
+
+def _main(argv, capfd):
+    try:
+        code = cli.main(argv)
+    except KeyboardInterrupt:
+        pytest.fail("Ctrl-C escaped the command as a KeyboardInterrupt (a traceback for the user)")
+    out, err = capfd.readouterr()
+    return code, out, err
+
+
+@pytest.fixture()
+def cli_reconstruct(monkeypatch, run):
+    """`reconstruct` as the CLI calls it, returning the module's finished reconstruction; records its calls."""
+    import core.pipeline
+
+    calls = []
+
+    def fake(source, registry, settings, on_progress=None, should_cancel=None):
+        calls.append(source)
+        on_progress("fit", 0.5)
+        return run[0]
+
+    monkeypatch.setattr(core.pipeline, "reconstruct", fake)
+    return calls
+
+
+@pytest.mark.parametrize("case", ["under a file", "texture.png is a folder", "folder not writable"])
+def test_cli_checks_the_output_folder_before_reconstructing(cli_reconstruct, tmp_path, monkeypatch, capfd, case):
+    out = tmp_path / "out"
+    if case == "under a file":
+        (tmp_path / "file").write_text("")
+        out = tmp_path / "file" / "out"
+        expected = "error: Cannot write to the output folder"
+    elif case == "texture.png is a folder":
+        (out / "texture.png").mkdir(parents=True)
+        expected = f"error: {out / 'texture.png'} is a folder"
+    else:
+        import core.console
+
+        def refuse(*args, **kwargs):
+            raise PermissionError(13, "Permission denied")
+
+        monkeypatch.setattr(core.console.tempfile, "NamedTemporaryFile", refuse)  # the tests run as root
+        expected = f"error: Cannot write to the output folder {out} (Permission denied); choose a folder"
+    code, _, err = _main(["reconstruct", str(ASTRONAUT), "--out", str(out)], capfd)
+    assert (code, cli_reconstruct) == (2, [])
+    assert err.startswith(expected) and err.count("\n") == 1
+
+
+def test_cli_failed_write_keeps_the_old_results(cli_reconstruct, tmp_path, monkeypatch, capfd):
+    import cv2
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "fit.json").write_text("old")
+    monkeypatch.setattr(cv2, "imwrite", lambda *args, **kwargs: False)   # what OpenCV does instead of raising
+    code, out_text, err = _main(["reconstruct", str(ASTRONAUT), "--out", str(out)], capfd)
+    assert code == 2 and err.startswith("error: Cannot write texture.png;") and err.count("\n") == 1
+    assert "wrote" not in out_text
+    assert [p.name for p in out.iterdir()] == ["fit.json"] and (out / "fit.json").read_text() == "old"
+
+
+def test_cli_ctrl_c_is_one_sentence_and_leaves_nothing(cli_reconstruct, tmp_path, monkeypatch, capfd):
+    import core.pipeline
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(core.pipeline, "reconstruct", interrupted)
+    out = tmp_path / "new" / "out"
+    code, _, err = _main(["reconstruct", str(ASTRONAUT), "--out", str(out)], capfd)
+    assert code == 130 and err == cli.CANCELLED + "\n"
+    assert not out.exists()
+
+
+def test_cli_ctrl_c_during_a_real_run(standins, tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "core", "reconstruct", str(ASTRONAUT), "--out", str(out),
+                             "--quality", "fast", "--device", "cpu", "--texture-size", "128"],
+                            cwd=ROOT, env=_cli_env(standins), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            # a runner started in the background may ignore SIGINT; a child would inherit that
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    for line in proc.stdout:
+        if "fitting" in line:
+            proc.send_signal(signal.SIGINT)
+            break
+    rest, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, rest + err
+    assert err == cli.CANCELLED + "\n"   # one sentence, no traceback
+    assert not out.exists()
+
+
+def test_cli_hides_other_libraries_output_unless_verbose(standins, tmp_path):
+    """mediapipe logs from C++ straight to the file descriptor; -v shows it, the default does not."""
+    blank = tmp_path / "blank.png"
+    import cv2
+
+    cv2.imwrite(str(blank), np.full((300, 400, 3), 128, np.uint8))
+    args = [sys.executable, "-m", "core", "reconstruct", str(blank), "--out", str(tmp_path / "out")]
+    quiet = subprocess.run(args, cwd=ROOT, env=_cli_env(standins), capture_output=True, text=True, timeout=300)
+    verbose = subprocess.run(args + ["-v"], cwd=ROOT, env=_cli_env(standins), capture_output=True, text=True,
+                             timeout=300)
+    assert quiet.returncode == verbose.returncode == 2
+    assert quiet.stderr == "error: No face was found in 'blank.png'; use a photo with a clearly visible, roughly " \
+                           "frontal face.\n"
+    assert "TensorFlow Lite" in verbose.stderr and verbose.stderr.endswith(quiet.stderr)
+
+
+def test_published_size_standins_are_compact_and_leave_no_cache_copy(tmp_path, monkeypatch):
+    """The demo's stand-ins: float16 safetensors, which load without a float32 copy in the cache (a .ckpt
+    leaves one). The published module tree is swapped for the tiny one to keep the test small."""
+    import core.network
+    from core.network import load_network
+
+    real = core.network.write_synthetic_checkpoint
+    monkeypatch.setattr(core.network, "write_synthetic_checkpoint",
+                        lambda path, cfg, **kwargs: real(path, "tiny", **kwargs))
+    paths = write_standin_assets(tmp_path / "standins", network_size="published")
+    assert {paths[k].name for k in ("uv_checkpoint", "normals_checkpoint")} == {
+        "uv-published.safetensors", "normals-published.safetensors"}
+    assert sorted(p.name for p in (tmp_path / "standins").iterdir()) == [
+        "flame", "normals-published.safetensors", "uv-published.safetensors"]   # no .part or .ckpt left
+    cache = tmp_path / "cache"
+    network = load_network(paths["uv_checkpoint"], "cpu", cache_dir=cache)
+    assert next(network.parameters()).dtype == torch.float32
+    assert not cache.exists() or not any(cache.rglob("*.safetensors"))
+    assert write_standin_assets(tmp_path / "standins", network_size="published") == paths   # reused

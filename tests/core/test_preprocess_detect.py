@@ -22,6 +22,7 @@ from core.preprocess import (
     refine_crop_masks,
 )
 from core.preprocess import _mediapipe
+from core.preprocess import detect as detect_module
 from core.preprocess.intake import Photo
 from core.preprocess.masks import masks_from_landmarks
 
@@ -284,3 +285,63 @@ def test_mesh_belongs_to_the_centred_face_when_another_face_intrudes(photo_and_c
     image[128:384, 316:512] = small[:, :196]  # a cut-off neighbour on the right
     landmarks = _mediapipe.face_mesh((image * 255).round().astype(np.uint8))
     np.testing.assert_allclose(landmarks, reference.landmarks / 2 + (60, 128), atol=6)
+
+
+def _small_face_photo(photo_path, face_px: int, at=(900, 600)) -> tuple[Photo, tuple[float, float, float]]:
+    """A 1600×1200 photo: the public-domain portrait scaled so its face box is ``face_px`` wide, pasted on a
+    gradient with its top-left corner ``at``. Returns the photo and the expected face (centre x, centre y,
+    width) in its pixels."""
+    image = load_photo(photo_path).pixels(1)
+    (face,) = detect_faces(Photo.from_array(image))
+    scale = face_px / face.box[2]
+    x, y = at
+    small = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)[:1200 - y, :1600 - x]
+    canvas = np.empty((1200, 1600, 3), np.uint8)
+    canvas[:] = np.linspace(60, 190, 1600).astype(np.uint8)[None, :, None]
+    canvas[y:y + small.shape[0], x:x + small.shape[1]] = small
+    cx, cy = face.center
+    return Photo.from_array(canvas, "wide.png"), (x + cx * scale, y + cy * scale, face_px)
+
+
+@pytest.mark.parametrize("face_px", [83, 60])
+@pytest.mark.parametrize("name", sorted(PHOTOS))
+def test_small_face_in_a_large_photo_is_found(name, face_px):
+    photo, (cx, cy, width) = _small_face_photo(PHOTOS[name](), face_px)
+    (face,) = detect_faces(photo)
+    assert face.detector == "mediapipe" and abs(face.size / width - 1) < 0.15
+    assert np.hypot(face.center[0] - cx, face.center[1] - cy) < 0.2 * width
+    crop = crop_face(photo, face)
+    assert crop.landmarks is not None
+
+
+def _astronaut_in_6000x4000() -> tuple[Photo, tuple[float, float, float]]:
+    """The astronaut photo scaled to 2000 px at the bottom of a 6000×4000 gradient (its face about 400 px)."""
+    image = load_photo(_astronaut()).pixels(1)
+    canvas = np.empty((4000, 6000, 3), np.uint8)
+    canvas[:] = np.linspace(40, 200, 6000).astype(np.uint8)[None, :, None]
+    canvas[2000:, 2000:4000] = cv2.resize(image, (2000, 2000), interpolation=cv2.INTER_AREA)
+    (face,) = detect_faces(Photo.from_array(image))
+    cx, cy = face.center
+    scale = 2000 / 512
+    return Photo.from_array(canvas, "large.png"), (2000 + cx * scale, 2000 + cy * scale, face.size * scale)
+
+
+@pytest.mark.parametrize("case", ["zoomed pass", "preview"])
+def test_no_false_alarm_beside_a_sure_face(case):
+    """The zoomed pass (score 0.61, 0.50 on the second look) or the preview (0.67) also sees a 'face' on the
+    spacesuit's collar; beside the real face, scored 0.92-0.96, it must not count."""
+    if case == "zoomed pass":
+        photo, (cx, cy, width) = _astronaut_in_6000x4000()
+    else:
+        photo, (cx, cy, width) = _small_face_photo(_astronaut(), 83, at=(1166, 791))
+    (face,) = detect_faces(photo)
+    assert np.hypot(face.center[0] - cx, face.center[1] - cy) < 0.2 * width
+
+
+def test_a_large_face_costs_no_zoomed_pass(monkeypatch):
+    def no_zoom(detector, photo):
+        raise AssertionError("zoomed pass run for a face the preview shows well")
+
+    monkeypatch.setattr(detect_module, "_zoomed", no_zoom)
+    for path in PHOTOS.values():
+        assert len(detect_faces(load_photo(path()))) == 1

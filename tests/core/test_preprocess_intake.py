@@ -1,6 +1,13 @@
 """Photo intake: every file kind users load, every bad input, and Blender pixel buffers."""
 
 import io
+import os
+import struct
+import subprocess
+import sys
+import tracemalloc
+import zlib
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -8,7 +15,9 @@ import pytest
 from PIL import Image, ImageOps
 
 from core.errors import ImageError
-from core.preprocess import load_photo, photo_from_pixels
+from core.preprocess import intake, load_photo, photo_from_pixels
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _pattern(h=24, w=40):
@@ -134,6 +143,87 @@ def test_truncated_png(tmp_path):
     (tmp_path / "cut.png").write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
     with pytest.raises(ImageError, match="truncated.*cut.png|cut.png.*truncated"):
         load_photo(tmp_path / "cut.png")
+
+
+def png_bomb(width: int, height: int, rows_per_block: int = 500) -> bytes:
+    """A valid black greyscale PNG of ``width`` × ``height`` pixels that is tiny on disk (0.4 MB for 20000²)."""
+    block = bytes(width + 1) * rows_per_block  # each row: filter byte 0, then black pixels
+    deflate = zlib.compressobj(9)
+    first = deflate.compress(block) + deflate.flush(zlib.Z_FULL_FLUSH)
+    # a full flush resets the compressor, so every later block compresses to the same bytes
+    repeated = deflate.compress(block) + deflate.flush(zlib.Z_FULL_FLUSH)
+    adler = 1
+    for _ in range(height // rows_per_block):
+        adler = zlib.adler32(block, adler)
+    idat = first + repeated * (height // rows_per_block - 1) + b"\x03\x00" + struct.pack(">I", adler)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+
+
+def test_png_bomb_helper_makes_a_valid_png():
+    decoded = cv2.imdecode(np.frombuffer(png_bomb(1500, 1000), np.uint8), cv2.IMREAD_UNCHANGED)
+    assert decoded.shape == (1000, 1500) and decoded.max() == 0
+
+
+def test_decompression_bomb_is_refused_from_its_header(tmp_path, monkeypatch):
+    path = tmp_path / "bomb.png"
+    path.write_bytes(png_bomb(20000, 20000))
+    assert path.stat().st_size < 500_000
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("the bomb was handed to the decoder")
+
+    monkeypatch.setattr(intake.cv2, "imdecode", no_decoding)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ImageError) as info:
+            load_photo(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert str(info.value).startswith("The image 'bomb.png' is 20000 × 20000 pixels (400 megapixels), more than the "
+                                      "160 megapixels")
+    assert peak < 5 * path.stat().st_size  # the file's bytes, nothing decoded
+
+
+def test_a_photo_at_the_limit_is_read(tmp_path, monkeypatch):
+    monkeypatch.setattr(intake, "MAX_PIXELS", 1500 * 1000)
+    path = tmp_path / "large.png"
+    path.write_bytes(png_bomb(1500, 1000))
+    assert load_photo(path).original_size == (1000, 1500)
+    monkeypatch.setattr(intake, "MAX_PIXELS", 1500 * 1000 - 1)
+    with pytest.raises(ImageError, match="1500 × 1000 pixels"):
+        load_photo(path)
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the peak memory from /proc")
+def test_formats_without_a_readable_header_meet_opencvs_own_limit(tmp_path):
+    """The command-line tools set OpenCV's pixel limit before it loads; a bomb whose header this code cannot read
+    (simulated) is then refused by OpenCV itself, as one sentence, without decoding."""
+    path = tmp_path / "bomb.png"
+    path.write_bytes(png_bomb(20000, 20000))
+    script = (
+        "from core.console import cap_image_decoding\n"
+        "cap_image_decoding()\n"
+        "from core.preprocess import intake\n"
+        "intake.image_size = lambda data: None\n"
+        "try:\n"
+        f"    intake.load_photo({str(path)!r})\n"
+        "except intake.ImageError as exc:\n"
+        "    print(exc)\n"
+        "from pathlib import Path\n"
+        "print(next(line.split()[1] for line in Path('/proc/self/status').read_text().splitlines()\n"
+        "           if line.startswith('VmHWM')))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "OPENCV_IO_MAX_IMAGE_PIXELS"}
+    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=120, check=True).stdout.splitlines()
+    assert out[0].startswith("The image 'bomb.png' is too large to decode (more than 160 megapixels)")
+    assert int(out[1]) < 300_000  # kB of peak memory, imports included: the decode alone would take 400 MB
 
 
 def test_blender_pixels_bottom_up_rgba():
