@@ -51,6 +51,7 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
 
     from .assets import AssetRegistry
     from .flame.uv import write_obj
+    from .flame_params import save_flame_params
     from .pipeline import PipelineSettings, reconstruct, write_standin_assets
 
     if args.standins:
@@ -72,6 +73,7 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     result.fit.save(out / "fit")
+    save_flame_params(out / "flame_params.npz", result.fit, result.flame)
     texture = np.clip(result.texture * 255.0 + 0.5, 0, 255).astype(np.uint8)
     cv2.imwrite(str(out / "texture.png"), cv2.cvtColor(texture, cv2.COLOR_RGB2BGR))
     for name, verts in (("head_posed", result.fit.vertices_posed), ("head_neutral", result.fit.vertices_neutral)):
@@ -79,7 +81,7 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
     for message in result.messages:
         print(message)
     print("timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in result.timings.items()))
-    print(f"wrote fit.json, fit.npz, head_posed.obj, head_neutral.obj and texture.png to {out}")
+    print(f"wrote fit.json, fit.npz, flame_params.npz, head_posed.obj, head_neutral.obj and texture.png to {out}")
     return 0
 
 

@@ -178,8 +178,8 @@ def reconstruct(
         messages.append("The FLAME model is the project's synthetic stand-in: the head shows that the pipeline "
                         "runs, not what the method can do.")
     log.info("reconstruction timings: %s", {k: round(v, 2) for k, v in timings.items()})
-    return Reconstruction(photo, crop, prediction, result, baked.image, flame, uv, used_synthetic, messages, timings,
-                          embedding)
+    return Reconstruction(photo, crop, prediction, result, baked.image, flame, uv, used_synthetic, messages,
+                          landmark_embedding=embedding, timings=timings)
 
 
 def _skin_in_photo(crop) -> np.ndarray | None:

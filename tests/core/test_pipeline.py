@@ -42,6 +42,7 @@ def test_reconstruction_has_every_piece(run, standins):
     assert result.texture.shape == (256, 256, 3) and result.texture.dtype == np.float32
     assert 0.0 <= result.texture.min() and result.texture.max() <= 1.0
     assert set(result.timings) == {"load", "detect", "network", "fit", "texture"}
+    assert result.landmark_embedding is None or result.landmark_embedding.kind in ("mediapipe", "68")
 
 
 def test_photo_intrinsics_map_back_through_the_crop(run):
@@ -102,8 +103,11 @@ def test_cli_reconstruct_writes_results(standins, tmp_path):
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "100%" in proc.stdout
-    for name in ("fit.json", "fit.npz", "head_posed.obj", "head_neutral.obj", "texture.png"):
+    for name in ("fit.json", "fit.npz", "flame_params.npz", "head_posed.obj", "head_neutral.obj", "texture.png"):
         assert (out / name).is_file(), name
+    with np.load(out / "fit.npz") as fit, np.load(out / "flame_params.npz") as params:
+        np.testing.assert_allclose(params["expression"][0], fit["expression"], atol=1e-6)
+        np.testing.assert_allclose(params["betas"][0], fit["shape"], atol=1e-6)
     obj = (out / "head_posed.obj").read_text().splitlines()
     assert sum(line.startswith("v ") for line in obj) == 5023 and sum(line.startswith("f ") for line in obj) == 9976
 
