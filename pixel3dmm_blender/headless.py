@@ -14,6 +14,7 @@ Assets come from the add-on preferences when they are complete, otherwise from t
 variables / config file (see ``python -m core assets``); ``--standins`` (and ``--demo`` when nothing is
 configured) uses the project-made stand-ins instead and says so. Writes ``head.blend``, ``head.glb``,
 ``head.fbx`` (with ``--fbx``) and ``preview.png`` (the head rendered through the matching camera over the photo).
+``--livelink TAKE.csv`` keys a Live Link Face take onto the head first, so the files carry its animation.
 """
 
 from __future__ import annotations
@@ -113,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", choices=("auto", "gpu", "cpu"), default=None, help="default: the preferences'")
     parser.add_argument("--standins", type=Path, metavar="FOLDER", help="use (and write) stand-in assets here")
     parser.add_argument("--fbx", action="store_true", help="also export head.fbx")
+    parser.add_argument("--livelink", type=Path, metavar="TAKE.csv", help="animate the head with a Live Link Face take")
     parser.add_argument("--no-preview", action="store_true", help="skip the preview render")
     args = parser.parse_args(argv)
     if args.photo is None and not args.demo:
@@ -144,6 +146,13 @@ def main(argv: list[str] | None = None) -> int:
         _say("reconstruction failed (see the message above)")
         return 1
     t_reconstruct = time.perf_counter() - t0
+    if args.livelink:
+        try:
+            bpy.ops.pixel3dmm.import_livelink(filepath=str(args.livelink.resolve()))
+        except RuntimeError as exc:  # the operator's one-sentence error
+            _say(f"the take was not imported: {exc}")
+            return 1
+        _say(f"keyed the take {args.livelink.name}")
     out.mkdir(parents=True, exist_ok=True)
     head_mesh = bpy.context.scene.p3dmm.head
     bpy.ops.pixel3dmm.export_glb(filepath=str(out / "head.glb"))
