@@ -346,9 +346,10 @@ def shown_parameters(
     Returns
     -------
     :class:`FlameParameters`: the expression (as long as the longest of the fit's and the ARKit keys') and eyelid
-    coefficients sum ``fitted_expression``, FLAME's own keys and the ARKit keys' coefficients, each times its value; a jaw or eye joint's rotation is the bone's rotation
-    after the rotation its ARKit keys state (the sum of their axis-angles times their weights: a baked key acts
-    before skinning, so the bone turns it); the root's rotation about its rest joint joins the head pose.
+    coefficients sum ``fitted_expression``, FLAME's own keys and the ARKit keys' coefficients, each times its
+    value; a jaw or eye joint's rotation is the bone's rotation after the rotation its ARKit keys state (the sum of
+    their axis-angles times their weights: a baked key acts before skinning, so the bone turns it); the root's
+    rotation about its rest joint joins the head pose.
     """
     value = lambda name: float(values.get(name, 0.0))  # noqa: E731
     fitted = value(FITTED_KEY)

@@ -16,8 +16,8 @@ from core.flame import load_flame, load_uv_template, write_synthetic_flame
 from core.flame_params import FlameParameters, load_flame_params, save_flame_params
 from core.livelink import Take, read_take, write_take
 from core.rig import build_rig
-from heads import flame_forward, random_fit, rodrigues, synthetic_head
-from pixel3dmm_blender import animation, bridge, expressions, headless, operators, preferences, scene
+from heads import flame_forward, random_fit, synthetic_head
+from pixel3dmm_blender import animation, bridge, expressions, headless, preferences, scene
 
 C = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]])  # FLAME Y-up -> Blender Z-up
 
@@ -254,10 +254,6 @@ def test_export_without_animation_says_what_to_do(rig, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ FLAME parameters
-def _fit_parameters(fit):
-    return FlameParameters.from_fit(fit)
-
-
 def _close(got, expected, atol):
     for name in ("shape", "expression", "eyelids", "neck_pose", "jaw_pose", "eye_pose_left", "eye_pose_right",
                  "head_rotation", "head_translation", "camera_K"):
@@ -271,7 +267,7 @@ def test_export_parameters_of_the_fitted_head(rig, prefs, model, tmp_path):
     for suffix in (".npz", ".json"):
         path = tmp_path / f"head{suffix}"
         assert bpy.ops.pixel3dmm.export_flame_params(filepath=str(path)) == {"FINISHED"}
-        _close(load_flame_params(path, model.flame), _fit_parameters(fit), atol=1e-5)
+        _close(load_flame_params(path, model.flame), FlameParameters.from_fit(fit), atol=1e-5)
 
 
 def test_export_parameters_follow_sliders_and_bones(rig, prefs, model, tmp_path):
