@@ -53,7 +53,7 @@ class AnimationError(Exception):
     """The head cannot take or give this animation; the message is one sentence for the user."""
 
 
-def head_parts(context) -> tuple[bpy.types.Object, bpy.types.Object, dict]:
+def head_with_record(context) -> tuple[bpy.types.Object, bpy.types.Object, dict]:
     """The head to work on: its mesh, its armature and its record (the core's ``head_record``)."""
     mesh = operators.find_head(context)
     if mesh is None:
@@ -247,7 +247,7 @@ class P3DMM_OT_import_livelink(_HeadOperator, bpy.types.Operator, ImportHelper):
     filter_glob: StringProperty(default="*.csv", options={"HIDDEN"})
 
     def act(self, context):
-        mesh, armature, record = head_parts(context)
+        mesh, armature, record = head_with_record(context)
         _arkit_names(mesh, record)
         take = bridge.read_take_motion(bpy.path.abspath(self.filepath), record)
         apply_take(context, mesh, armature, take)
@@ -267,7 +267,7 @@ class P3DMM_OT_export_livelink(_HeadOperator, bpy.types.Operator, ExportHelper):
     filter_glob: StringProperty(default="*.csv", options={"HIDDEN"})
 
     def act(self, context):
-        mesh, armature, record = head_parts(context)
+        mesh, armature, record = head_with_record(context)
         names = _arkit_names(mesh, record)
         frames, weights, neck, eyes, start = read_take(context, mesh, armature, names)
         path = bpy.path.ensure_ext(bpy.path.abspath(self.filepath), ".csv")
@@ -288,7 +288,7 @@ class P3DMM_OT_export_flame_params(_HeadOperator, bpy.types.Operator, ExportHelp
     filter_glob: StringProperty(default="*.npz;*.json", options={"HIDDEN"})
 
     def act(self, context):
-        mesh, armature, record = head_parts(context)
+        mesh, armature, record = head_with_record(context)
         path = bpy.path.abspath(self.filepath)
         if Path(path).suffix.lower() not in (".npz", ".json"):
             path += ".npz"
@@ -306,7 +306,7 @@ class P3DMM_OT_import_flame_params(_HeadOperator, bpy.types.Operator, ImportHelp
     filter_glob: StringProperty(default="*.npz;*.json", options={"HIDDEN"})
 
     def act(self, context):
-        mesh, armature, record = head_parts(context)
+        mesh, armature, record = head_with_record(context)
         assets, cache_dir = _assets(context)
         path = bpy.path.abspath(self.filepath)
         rig, warnings = bridge.rig_from_parameter_file(path, record, assets, cache_dir)
