@@ -40,12 +40,13 @@ VENV_PYTHON_VERSION = (3, 11)  # bpy 5.0.1 (the test Blender) exists for CPython
 # What `setup` installs into the project venv (versions come from requirements/constraints.txt).
 DEV_PACKAGES = [
     "torch", "torchvision", "numpy", "opencv-python-headless", "timm", "safetensors", "bpy",
-    "pygltflib", "scikit-image", "matplotlib", "pytest",
+    "pygltflib", "scikit-image", "matplotlib", "pytest", "huggingface_hub",
     # mediapipe's runtime needs for the vision solutions (mediapipe itself goes in without deps below)
     "protobuf", "attrs", "absl-py", "flatbuffers",
 ]
 NO_DEPS_PACKAGES = ["mediapipe"]
-SETUP_IMPORT_CHECK = "import torch, torchvision, timm, numpy, cv2, bpy, mediapipe, safetensors, pygltflib, pytest"
+SETUP_IMPORT_CHECK = ("import torch, torchvision, timm, numpy, cv2, bpy, mediapipe, safetensors, pygltflib, pytest, "
+                      "huggingface_hub")
 
 
 class BuildError(Exception):
@@ -175,10 +176,15 @@ PLATFORMS = {
 }
 PYTHONS = {"3.11": "Blender 4.2-5.0", "3.13": "Blender 5.1-5.2"}
 TORCH = ["torch==2.14.1", "torchvision==0.29.1"]
-# timm's own requirements are torch/torchvision (above), safetensors, and huggingface_hub/pyyaml, which it
-# only needs for hub downloads and YAML configs: the extension never downloads, so those are left out.
+# timm's own requirements are torch/torchvision (above), safetensors, and huggingface_hub/pyyaml (below).
 LIBS_NO_DEPS = ["timm==1.0.31"]
 LIBS = ["safetensors==0.8.0", "opencv-python-headless==4.11.0.86"]
+# huggingface_hub downloads the networks (core/network/download.py: its metadata request and resumable HTTP
+# transfer). It goes in with its requirements except three the download never uses: hf-xet (the Rust Xet client;
+# the plain HTTP path resumes a partial file, Xet does not), click (its command line) and fsspec (its file-system
+# layer).
+HUB = ["huggingface_hub==2.4.0"]
+HUB_UNUSED = {"hf-xet", "click", "fsspec"}
 # mediapipe 0.10.21 is the last release that ships the face models; it exists for Python <= 3.12 only.
 # On Python 3.13 (Blender 5.1+) the core falls back to OpenCV's bundled face detector.
 MEDIAPIPE_NO_DEPS = ["mediapipe==0.10.21"]
@@ -223,18 +229,16 @@ def _wheel_requirements(wheel: Path) -> list[str]:
 
 
 def _resolve(py: Path, dest: Path, platform: Platform, python: str, reqs: list[str], *, deps: bool,
-             wheel_dir: Path | None, index_url: str | None = None) -> None:
+             wheel_dir: Path | None, index_url: str | None = None, exclude: frozenset[str] = frozenset()) -> None:
     """Download ``reqs`` and (with ``deps``) their dependencies, evaluating environment markers for the TARGET.
 
     pip evaluates markers such as ``platform_system == "Linux"`` against the machine it runs on even with
     ``--platform``, which drags Linux CUDA wheels into a Windows build; this walk evaluates them for the
     platform being built. Blender's own packages (numpy, ...) are never downloaded; a dependency's numpy
-    range must admit the numpy of the target Blender.
+    range must admit the numpy of the target Blender. Requirements named in ``exclude`` are left out.
     """
     Requirement, canonicalize = _packaging()
-    marker_env = dict(platform.markers, python_version=python, python_full_version=python + ".0",
-                      implementation_name="cpython", platform_python_implementation="CPython", extra="")
-    seen = {canonicalize(Requirement(r).name) for r in reqs}
+    seen = {canonicalize(Requirement(r).name) for r in reqs} | set(exclude)
     pending = list(reqs)
     while pending:
         before = set(dest.glob("*.whl"))
@@ -243,21 +247,35 @@ def _resolve(py: Path, dest: Path, platform: Platform, python: str, reqs: list[s
         if not deps:
             break
         for wheel in sorted(set(dest.glob("*.whl")) - before):
-            for line in _wheel_requirements(wheel):
-                req = Requirement(line)
-                if req.marker is not None and not req.marker.evaluate(marker_env):
-                    continue
-                name = canonicalize(req.name)
-                if name in BLENDER_PROVIDES:
-                    numpy = BLENDER_NUMPY.get(python)
-                    if name == "numpy" and numpy and not req.specifier.contains(numpy, prereleases=True):
-                        raise BuildError(f"{wheel.name} needs numpy {req.specifier}, but Blender with Python "
-                                         f"{python} ships numpy {numpy}; pin an older release of it.")
-                    continue
-                if name not in seen:
-                    seen.add(name)
-                    req.marker = None
-                    pending.append(str(req))
+            pending += new_requirements(_wheel_requirements(wheel), platform, python, seen, wheel.name)
+
+
+def new_requirements(lines: list[str], platform: Platform, python: str, seen: set[str], source: str) -> list[str]:
+    """The requirements among ``lines`` (``Requires-Dist`` values of ``source``) that the target needs next.
+
+    Markers are evaluated for the target platform and Python; packages Blender ships are skipped (after checking
+    that a numpy range admits Blender's numpy); names already in ``seen`` are skipped, new ones are added to it.
+    """
+    Requirement, canonicalize = _packaging()
+    marker_env = dict(platform.markers, python_version=python, python_full_version=python + ".0",
+                      implementation_name="cpython", platform_python_implementation="CPython", extra="")
+    out = []
+    for line in lines:
+        req = Requirement(line)
+        if req.marker is not None and not req.marker.evaluate(marker_env):
+            continue
+        name = canonicalize(req.name)
+        if name in BLENDER_PROVIDES:
+            numpy = BLENDER_NUMPY.get(python)
+            if name == "numpy" and numpy and not req.specifier.contains(numpy, prereleases=True):
+                raise BuildError(f"{source} needs numpy {req.specifier}, but Blender with Python "
+                                 f"{python} ships numpy {numpy}; pin an older release of it.")
+            continue
+        if name not in seen:
+            seen.add(name)
+            req.marker = None
+            out.append(str(req))
+    return out
 
 
 def download_wheels(py: Path, platform: Platform, python: str, torch: str, wheel_dir: Path | None) -> list[Path]:
@@ -272,6 +290,7 @@ def download_wheels(py: Path, platform: Platform, python: str, torch: str, wheel
         _resolve(py, dest, platform, python, TORCH, deps=True, wheel_dir=wheel_dir, index_url=index)
     _resolve(py, dest, platform, python, LIBS_NO_DEPS, deps=False, wheel_dir=wheel_dir)
     _resolve(py, dest, platform, python, LIBS, deps=True, wheel_dir=wheel_dir)
+    _resolve(py, dest, platform, python, HUB, deps=True, wheel_dir=wheel_dir, exclude=frozenset(HUB_UNUSED))
     if python == "3.11":
         _resolve(py, dest, platform, python, MEDIAPIPE_NO_DEPS, deps=False, wheel_dir=wheel_dir)
         _resolve(py, dest, platform, python, MEDIAPIPE_LIBS, deps=True, wheel_dir=wheel_dir)
@@ -323,7 +342,6 @@ def validate_manifest(py: Path, source_dir: Path) -> None:
 
 
 def build(platforms: list[str], pythons: list[str], torch: str, wheel_dir: Path | None, out_dir: Path) -> list[Path]:
-    py = setup()
     for p in platforms:
         if p not in PLATFORMS:
             raise BuildError(f"Unknown platform {p!r}; choose from {', '.join(PLATFORMS)}.")
@@ -332,6 +350,7 @@ def build(platforms: list[str], pythons: list[str], torch: str, wheel_dir: Path 
             raise BuildError(f"Unknown Python {v!r}; choose from {', '.join(PYTHONS)}.")
     if wheel_dir is not None and not wheel_dir.is_dir():
         raise BuildError(f"The wheel directory {wheel_dir} does not exist.")
+    py = setup()  # after the arguments are checked: a typo should not wait for (or create) the environment
     out_dir.mkdir(parents=True, exist_ok=True)
     script = blender_ext_script(py)
     manifest = tomllib.loads(MANIFEST.read_text(encoding="utf-8"))

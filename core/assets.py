@@ -16,21 +16,26 @@ Each path comes from the first source that names it: explicit values (the Blende
 preferences), then environment variables (``PIXEL3DMM_FLAME``, ``PIXEL3DMM_UV_TEMPLATE``,
 ``PIXEL3DMM_UV_CKPT``, ``PIXEL3DMM_NORMALS_CKPT``), then a TOML config file (``PIXEL3DMM_CONFIG`` or
 ``<config dir>/pixel3dmm/assets.toml``) with the keys ``flame``, ``uv_template``, ``uv_checkpoint`` and
-``normals_checkpoint``. The checks here are cheap (existence and file signature: a pickle, a zip, an OBJ,
-not an HTML error page); the loaders in ``core.flame`` and ``core.network`` validate shapes and keys.
+``normals_checkpoint``. The registry's own checks are cheap (existence and file signature: a pickle, a zip, an
+OBJ, not an HTML error page); a registry made with ``validator=`` (``core.validation.validated_registry``, which
+the CLI and the add-on use) also runs the real validation before it reports a file as found.
+
+Also here: the folders for the config and cache, and free-space helpers shared by downloads and conversions.
 """
 
 from __future__ import annotations
 
 import enum
+import errno
 import os
+import shutil
 import sys
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
-from .errors import AssetInvalidError, AssetMissingError
+from .errors import AssetInvalidError, AssetMissingError, DiskFullError
 
 
 class Status(str, enum.Enum):
@@ -48,6 +53,7 @@ class AssetSpec:
     env_var: str
     kinds: tuple[str, ...]  # accepted file kinds, see :func:`sniff_kind`
     where: str
+    page: str  # the web page where the user gets it
 
     def describe_kinds(self) -> str:
         return " or ".join(_KIND_NAMES[k] for k in self.kinds)
@@ -55,7 +61,7 @@ class AssetSpec:
 
 _KIND_NAMES = {
     "pickle": "a Python pickle",
-    "zip": "a PyTorch/zip archive",
+    "zip": "a zip archive",
     "npz": "a NumPy .npz archive",
     "obj": "a Wavefront OBJ mesh",
     "safetensors": "a .safetensors file",
@@ -66,31 +72,37 @@ ASSETS: tuple[AssetSpec, ...] = (
         "flame",
         "FLAME model",
         "PIXEL3DMM_FLAME",
-        ("pickle", "npz"),
-        "register at https://flame.is.tue.mpg.de and download FLAME 2020 (generic_model.pkl), "
-        "FLAME 2023 (flame2023.pkl) or FLAME 2023 Open (flame2023_Open.pkl)",
+        ("pickle", "npz", "zip"),
+        "register at https://flame.is.tue.mpg.de and download FLAME 2020, FLAME 2023 or FLAME 2023 Open (the zip "
+        "or the generic_model.pkl, flame2023.pkl or flame2023_Open.pkl inside it)",
+        "https://flame.is.tue.mpg.de/download.php",
     ),
     AssetSpec(
         "uv_template",
         "FLAME UV template",
         "PIXEL3DMM_UV_TEMPLATE",
-        ("obj",),
+        ("obj", "zip"),
         "download head_template.obj from the FLAME website (texture space) or the Pixel3DMM repository's "
-        "assets folder",
+        "assets folder (a zip holding it works too)",
+        "https://github.com/SimonGiebenhain/pixel3dmm/tree/main/assets",
     ),
     AssetSpec(
         "uv_checkpoint",
         "Pixel3DMM UV network",
         "PIXEL3DMM_UV_CKPT",
         ("zip", "pickle", "safetensors"),
-        "download uv.ckpt from https://huggingface.co/SimonGiebenhain/Pixel3dmm (about 2.2 GB)",
+        "download uv.ckpt from https://huggingface.co/SimonGiebenhain/Pixel3dmm (about 2.2 GB; 'python -m core assets "
+        "--download-networks' or the add-on's Download Networks button fetch both networks)",
+        "https://huggingface.co/SimonGiebenhain/Pixel3dmm",
     ),
     AssetSpec(
         "normals_checkpoint",
         "Pixel3DMM normal network",
         "PIXEL3DMM_NORMALS_CKPT",
         ("zip", "pickle", "safetensors"),
-        "download normals.ckpt from https://huggingface.co/SimonGiebenhain/Pixel3dmm (about 1.5 GB)",
+        "download normals.ckpt from https://huggingface.co/SimonGiebenhain/Pixel3dmm (about 1.5 GB; 'python -m core "
+        "assets --download-networks' or the add-on's Download Networks button fetch both networks)",
+        "https://huggingface.co/SimonGiebenhain/Pixel3dmm",
     ),
 )
 ASSET_KEYS = tuple(spec.key for spec in ASSETS)
@@ -192,17 +204,55 @@ def cache_dir() -> Path:
     return path
 
 
+def format_bytes(n: int | float) -> str:
+    """A byte count for messages: "512 B", "3.4 MB", "2.25 GB"."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.{2 if unit == 'GB' else 1}f} {unit}"
+    return f"{int(n)} B"
+
+
+def free_bytes(folder: str | os.PathLike) -> int:
+    """Free space on the volume of ``folder`` (or of its nearest existing parent)."""
+    path = Path(folder).absolute()
+    while not path.exists() and path.parent != path:
+        path = path.parent
+    return shutil.disk_usage(path).free
+
+
+def require_free_space(folder: str | os.PathLike, needed: int, what: str) -> None:
+    """Raise :class:`DiskFullError` unless ``folder``'s volume has ``needed`` bytes free for ``what``."""
+    free = free_bytes(folder)
+    if free < needed:
+        raise DiskFullError(
+            f"Writing {what} needs {format_bytes(needed)} but {folder} has only {format_bytes(free)} free; free some "
+            "space or choose another folder."
+        )
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` is the operating system saying the disk (or the user's quota) is full."""
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC),
+                                                      errno.EFBIG)
+
+
+def default_download_dir() -> Path:
+    """Where ``python -m core assets --download-networks`` puts the networks by default (a per-user data folder)."""
+    return _user_dir("data") / "networks"
+
+
 def _user_dir(kind: str) -> Path:
+    """The per-user ``kind`` folder ("cache", "config" or "data") of this project on this platform."""
     home = Path.home()
     if sys.platform == "win32":
-        base = os.environ.get("LOCALAPPDATA" if kind == "cache" else "APPDATA") or str(home / "AppData")
+        base = os.environ.get("APPDATA" if kind == "config" else "LOCALAPPDATA") or str(home / "AppData")
         return Path(base) / "pixel3dmm"
     if sys.platform == "darwin":
         sub = "Caches" if kind == "cache" else "Application Support"
         return home / "Library" / sub / "pixel3dmm"
-    var = "XDG_CACHE_HOME" if kind == "cache" else "XDG_CONFIG_HOME"
-    default = home / (".cache" if kind == "cache" else ".config")
-    return Path(os.environ.get(var) or default) / "pixel3dmm"
+    var, default = {"cache": ("XDG_CACHE_HOME", ".cache"), "config": ("XDG_CONFIG_HOME", ".config"),
+                    "data": ("XDG_DATA_HOME", ".local/share")}[kind]
+    return Path(os.environ.get(var) or home / default) / "pixel3dmm"
 
 
 def _read_config(path: Path) -> dict[str, str]:
@@ -221,6 +271,10 @@ def _read_config(path: Path) -> dict[str, str]:
     return {k: str(v) for k, v in section.items()}
 
 
+Validator = Callable[[str, Path, "AssetRegistry"], str]
+"""``validator(key, path, registry) -> description``; raises AssetInvalidError for an unusable file."""
+
+
 class AssetRegistry:
     """Finds and checks the user's asset files.
 
@@ -231,15 +285,20 @@ class AssetRegistry:
     use_environment:
         Also look at the environment variables and the config file (the CLI does, the add-on does not,
         so that Blender preferences are the single source of truth there).
+    validator:
+        ``validator(key, path, registry) -> description`` runs after the cheap checks and raises
+        :class:`~core.errors.AssetInvalidError` for an unusable file (``core.validation.validate_asset``).
     """
 
-    def __init__(self, explicit: Mapping[str, str | os.PathLike | None] | None = None, *, use_environment=True):
+    def __init__(self, explicit: Mapping[str, str | os.PathLike | None] | None = None, *, use_environment=True,
+                 validator: Validator | None = None):
         explicit = dict(explicit or {})
         unknown = sorted(set(explicit) - set(ASSET_KEYS))
         if unknown:
             raise ValueError(f"unknown asset keys {unknown}")
         self._explicit = {k: v for k, v in explicit.items() if v not in (None, "")}
         self._use_environment = use_environment
+        self._validator = validator
 
     def locate(self, key: str) -> tuple[Path | None, str]:
         """Where the asset ``key`` is configured: (path or None, description of the source)."""
@@ -260,7 +319,7 @@ class AssetRegistry:
         return None, "not configured"
 
     def check(self, key: str) -> AssetState:
-        """Cheap validation of one asset."""
+        """Check one asset: cheap checks, then the registry's validator (if any)."""
         spec = _SPECS[key]
         path, source = self.locate(key)
         if path is None:
@@ -286,8 +345,14 @@ class AssetRegistry:
                 spec, Status.INVALID, path, source,
                 f"The file is {found}, but the {spec.title} must be {spec.describe_kinds()}; check the path.",
             )
-        size_mb = path.stat().st_size / 1e6
-        return AssetState(spec, Status.FOUND, path, source, f"{_KIND_NAMES[kind]}, {size_mb:.1f} MB, from {source}.")
+        if self._validator is None:
+            description = f"{_KIND_NAMES[kind]}, {format_bytes(path.stat().st_size)}"
+        else:
+            try:
+                description = self._validator(key, path, self)
+            except AssetInvalidError as exc:
+                return AssetState(spec, Status.INVALID, path, source, str(exc))
+        return AssetState(spec, Status.FOUND, path, source, f"{description}, from {source}.")
 
     def report(self) -> AssetReport:
         return AssetReport(tuple(self.check(spec.key) for spec in ASSETS))

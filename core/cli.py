@@ -13,23 +13,87 @@ from pathlib import Path
 from .errors import Pixel3DMMError
 
 
-def _cmd_assets(args: argparse.Namespace) -> int:
-    from .assets import AssetRegistry
+class _ProgressLine:
+    """Prints ``message percent`` lines: every 5 % and on each new message (never from library code)."""
 
-    report = AssetRegistry().report()
+    def __init__(self) -> None:
+        self._last: tuple[str, int] | None = None
+
+    def __call__(self, message: str, fraction: float) -> None:
+        percent = int(100 * fraction)
+        head = message.split(" (")[0]
+        if self._last is None or self._last[0] != head or percent // 5 != self._last[1] // 5:
+            print(f"{percent:3d}%  {message}", flush=True)
+            self._last = (head, percent)
+
+
+def _cmd_assets(args: argparse.Namespace) -> int:
+    from .validation import validated_registry
+
+    if args.download_networks:
+        return _download_networks(args)
+    report = validated_registry().report()
     print(report.format())
     if report.complete:
-        print("All assets found.")
+        print("All assets found and valid.")
         return 0
     print("Some assets are missing or invalid: real reconstructions need all four (see above).")
     return 1
 
 
+def _ask(question: str) -> bool:
+    try:
+        return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
+    except EOFError:
+        return False
+
+
+def _download_networks(args: argparse.Namespace) -> int:
+    from .assets import config_path, default_download_dir, format_bytes
+    from .network import download
+
+    dest = (args.dest or default_download_dir()).expanduser()
+    files = download.NETWORK_FILES
+    print(download.consent_text(files, download.HF_REPO_ID))
+    print(f"Destination: {dest}")
+    if not args.yes:
+        if not sys.stdin.isatty():
+            print("error: downloading needs your consent to the licence; run again with --yes to accept it.",
+                  file=sys.stderr)
+            return 2
+        if not _ask("Download them?"):
+            print("Nothing was downloaded.")
+            return 1
+    progress = _ProgressLine()
+    try:
+        paths = download.download_networks(dest, files=files, repo_id=download.HF_REPO_ID,
+                                           revision=download.HF_REVISION, on_progress=progress)
+        converted = download.convert_downloads(paths, files, on_progress=progress)
+    except KeyboardInterrupt:
+        print("Stopped; run the same command again to resume where it stopped.", file=sys.stderr)
+        return 130
+    for key, path in converted.items():
+        print(f"wrote {path} ({format_bytes(path.stat().st_size)}, float16)")
+    originals = sum(p.stat().st_size for p in paths.values())
+    if args.delete_originals or (sys.stdin.isatty() and not args.yes and _ask(
+            f"Delete the original checkpoints ({format_bytes(originals)}); the float16 files are all the add-on needs?")):
+        print(f"deleted the original checkpoints ({format_bytes(download.delete_originals(paths))} freed)")
+    else:
+        print(f"kept the original checkpoints in {dest} (delete them to free {format_bytes(originals)})")
+    print(f"To use them, add these lines to {config_path()} (or set PIXEL3DMM_UV_CKPT and PIXEL3DMM_NORMALS_CKPT):")
+    for key, path in converted.items():
+        print(f'{key} = "{path.as_posix()}"')
+    return 0
+
+
 def _cmd_convert(args: argparse.Namespace) -> int:
+    from .assets import format_bytes
     from .network import convert_checkpoint
 
-    out = convert_checkpoint(args.src, args.dst, dtype=args.dtype)
-    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, {args.dtype})")
+    progress = _ProgressLine()
+    out = convert_checkpoint(args.src, args.dst, dtype=args.dtype,
+                             on_progress=lambda fraction: progress(f"converting {args.src.name}", fraction))
+    print(f"wrote {out} ({format_bytes(out.stat().st_size)}, {args.dtype})")
     return 0
 
 
@@ -52,6 +116,7 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
     from .assets import AssetRegistry
     from .flame.uv import write_obj
     from .flame_params import save_flame_params
+    from .overlay import overlay_image
     from .pipeline import PipelineSettings, reconstruct, write_standin_assets
 
     if args.standins:
@@ -59,7 +124,7 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
                                  use_environment=False)
     else:
         registry = AssetRegistry()
-    settings = PipelineSettings(quality=args.quality, device=args.device, texture_size=args.texture_size,
+    settings = PipelineSettings(quality=args.quality, mode=args.mode, device=args.device, texture_size=args.texture_size,
                                 face_index=args.face, fit_step_scale=args.fit_step_scale)
     last = [-1]
 
@@ -78,11 +143,34 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
     cv2.imwrite(str(out / "texture.png"), cv2.cvtColor(texture, cv2.COLOR_RGB2BGR))
     for name, verts in (("head_posed", result.fit.vertices_posed), ("head_neutral", result.fit.vertices_neutral)):
         write_obj(out / f"{name}.obj", dataclasses.replace(result.uv, vertices=np.asarray(verts, dtype=np.float64)))
+    overlay = overlay_image(result.photo.rgb, result.fit, result.uv.faces, *_landmarks_in_photo(result))
+    cv2.imwrite(str(out / "overlay.png"), cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
     for message in result.messages:
         print(message)
+    print(f"fit ({result.fit.info.get('mode', '?')} mode): {result.fit.verdict.summary()}")
     print("timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in result.timings.items()))
-    print(f"wrote fit.json, fit.npz, flame_params.npz, head_posed.obj, head_neutral.obj and texture.png to {out}")
+    print(f"wrote fit.json, fit.npz, flame_params.npz, head_posed.obj, head_neutral.obj, texture.png and "
+          f"overlay.png to {out}")
     return 0
+
+
+def _landmarks_in_photo(result):
+    """The detected landmarks (photo pixels) and the fitted head's same landmarks (world points), or Nones."""
+    import numpy as np
+
+    from .flame.landmarks import group_points
+
+    crop, embedding = result.crop, result.landmark_embedding
+    if crop.landmarks is None:
+        return None, None
+    detected = crop.transform.to_photo(crop.landmarks)
+    if embedding is None:
+        return detected, None
+    points = group_points("static", embedding, result.uv.faces, crop.landmarks)
+    if points is None:
+        return detected, None
+    keep = np.isfinite(points.targets).all(1)
+    return crop.transform.to_photo(points.targets[keep]), points.positions(result.fit.vertices_posed)[keep]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,10 +178,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("assets", help="report where the FLAME model, UV template and checkpoints are")
+    p = sub.add_parser("assets", help="validate the FLAME model, UV template and checkpoints, or download the "
+                                      "networks")
+    p.add_argument("--download-networks", action="store_true",
+                   help="download uv.ckpt and normals.ckpt (about 3.7 GB, CC BY-NC 4.0) from Hugging Face, resuming "
+                        "an interrupted download, and convert them to float16 .safetensors")
+    p.add_argument("--dest", type=Path, help="folder for the downloaded networks (default: a per-user data folder)")
+    p.add_argument("--yes", action="store_true", help="accept the networks' licence without asking")
+    p.add_argument("--delete-originals", action="store_true",
+                   help="delete the downloaded .ckpt files once they are converted")
     p.set_defaults(func=_cmd_assets)
 
-    p = sub.add_parser("convert-checkpoint", help="write a compact .safetensors copy of uv.ckpt or normals.ckpt")
+    p = sub.add_parser("convert-checkpoint", help="stream a compact .safetensors copy of uv.ckpt or normals.ckpt")
     p.add_argument("src", type=Path, help="the Lightning checkpoint")
     p.add_argument("dst", type=Path, nargs="?", help="output file (default: next to the source)")
     p.add_argument("--dtype", choices=("float32", "float16"), default="float16")
@@ -109,6 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("photo", type=Path)
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--quality", choices=("fast", "balanced", "best"), default="balanced")
+    p.add_argument("--mode", choices=("auto", "networks", "landmarks"), default="auto",
+                   help="fit the networks' predictions (and landmarks), the face landmarks alone (needs only the "
+                        "FLAME model), or the networks when configured (auto)")
     p.add_argument("--device", default="auto", help="auto, gpu or cpu")
     p.add_argument("--texture-size", type=int, default=1024)
     p.add_argument("--face", type=int, default=0, help="which face when there are several (0 = largest)")

@@ -29,6 +29,18 @@ class CheckpointError(AssetInvalidError):
     """A network checkpoint cannot be loaded (unsafe pickle, missing or unexpected keys, truncated file)."""
 
 
+class DiskFullError(AssetError):
+    """Not enough free disk space to write a download or a conversion; nothing was left half-written."""
+
+
+class DownloadError(AssetError):
+    """A network download failed (no connection, refused by the server, wrong size or checksum)."""
+
+
+class OperationCancelled(Pixel3DMMError):
+    """The user stopped a download or conversion; no final file was written."""
+
+
 class ImageError(Pixel3DMMError):
     """The input photo cannot be read or used."""
 

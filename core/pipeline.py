@@ -28,6 +28,10 @@ CancelFn = Callable[[], bool]
 # Share of the whole run each stage takes on a CPU (measured with the balanced preset); drives the bar.
 _STAGES = (("load", 0.04), ("detect", 0.03), ("network", 0.25), ("fit", 0.63), ("texture", 0.05))
 QUALITY_PRESETS = tuple(PRESETS)  # the fitting presets are the quality choices
+#: What the head is fitted to: ``"networks"`` (the method: UV and normal predictions, plus landmarks),
+#: ``"landmarks"`` (network-free: the face landmarks alone, needs only the FLAME model) or ``"auto"`` (the
+#: networks when both checkpoints are configured, else the landmarks, saying so).
+MODES = ("auto", "networks", "landmarks")
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,7 @@ class PipelineSettings:
     """User choices for one reconstruction (the add-on's panel mirrors these)."""
 
     quality: str = "balanced"  # fitting preset: fast / balanced / best
+    mode: str = "auto"  # see MODES
     device: str = "auto"  # auto / gpu / cpu
     texture_size: int = 1024
     face_index: int = 0  # which face when the photo shows several (0 = largest)
@@ -46,6 +51,8 @@ class PipelineSettings:
     def __post_init__(self):
         if self.quality not in QUALITY_PRESETS:
             raise Pixel3DMMError(f"Unknown quality preset '{self.quality}'; use one of {', '.join(QUALITY_PRESETS)}.")
+        if self.mode not in MODES:
+            raise Pixel3DMMError(f"Unknown fitting mode '{self.mode}'; use one of {', '.join(MODES)}.")
         if not 64 <= self.texture_size <= 8192:
             raise Pixel3DMMError("The texture size must be between 64 and 8192 pixels.")
 
@@ -109,12 +116,14 @@ def reconstruct(
     source:
         A photo path, an (H, W, 3) float32 sRGB array in [0, 1] (row 0 at the top), or a ``Photo``.
     assets:
-        Where the FLAME model, UV template and both checkpoints are; all four must be usable.
+        Where the FLAME model, UV template and both checkpoints are (the checkpoints only for the networks mode).
     settings, on_progress, should_cancel:
         See :class:`PipelineSettings`; ``on_progress(stage, overall_fraction)``; ``should_cancel()``
         returning True raises :class:`~core.errors.FitCancelled` at the next check.
     """
+    from .errors import AssetError
     from .fit import FitConfig, fit
+    from .fit.verdict import NETWORK_UV_AGREEMENT, uv_agreement
     from .flame import FlameModel, load_flame, load_uv_template
     from .flame.uv import check_topology
     from .landmarks import resolve_embedding
@@ -130,7 +139,18 @@ def reconstruct(
 
     t0 = time.perf_counter()
     progress("load", 0.0)
-    paths = {key: assets.require(key) for key in ("flame", "uv_template", "uv_checkpoint", "normals_checkpoint")}
+    paths = {key: assets.require(key) for key in ("flame", "uv_template")}
+    mode = settings.mode
+    if mode == "auto":
+        try:
+            paths.update({key: assets.require(key) for key in ("uv_checkpoint", "normals_checkpoint")})
+            mode = "networks"
+        except AssetError:
+            mode = "landmarks"
+            messages.append("The Pixel3DMM networks are not configured, so the head was fitted to the face landmarks "
+                            "alone; set uv.ckpt and normals.ckpt for the full method.")
+    elif mode == "networks":
+        paths.update({key: assets.require(key) for key in ("uv_checkpoint", "normals_checkpoint")})
     flame = load_flame(paths["flame"], cache_dir=settings.cache_dir)
     uv = load_uv_template(paths["uv_template"])
     check_topology(uv, flame.faces, flame.n_vertices)  # before the networks run (the fitter checks it again)
@@ -143,26 +163,44 @@ def reconstruct(
     progress("detect", 0.0)
     crop = crop_face(photo, face_index=settings.face_index)
     timings["detect"] = time.perf_counter() - t
+    if crop.landmarks is None or embedding is None:
+        why = "no face landmarks were found" if crop.landmarks is None else embedding_note
+        messages.append(f"The fit ran without landmark terms: {why[0].lower() + why[1:].rstrip('.')}.")
 
+    prediction, doubt = None, None
     try:
-        t = time.perf_counter()
-        progress("network", 0.0)
-        uv_net = load_network(paths["uv_checkpoint"], device, cache_dir=settings.cache_dir)
-        progress("network", 0.25)
-        normal_net = load_network(paths["normals_checkpoint"], device, cache_dir=settings.cache_dir)
-        progress("network", 0.5)
-        prediction = predict(uv_net, normal_net, crop.image, flip_tta=settings.flip_tta)
-        del uv_net, normal_net
-        crop = refine_crop_masks(crop, prediction.mask)
-        timings["network"] = time.perf_counter() - t
+        if mode == "networks":
+            t = time.perf_counter()
+            progress("network", 0.0)
+            uv_net = load_network(paths["uv_checkpoint"], device, cache_dir=settings.cache_dir)
+            progress("network", 0.25)
+            normal_net = load_network(paths["normals_checkpoint"], device, cache_dir=settings.cache_dir)
+            progress("network", 0.5)
+            prediction = predict(uv_net, normal_net, crop.image, flip_tta=settings.flip_tta)
+            del uv_net, normal_net
+            crop = refine_crop_masks(crop, prediction.mask)
+            timings["network"] = time.perf_counter() - t
+            check = uv_agreement(prediction, crop.landmarks, embedding, uv)
+            if check is not None and check[0] < NETWORK_UV_AGREEMENT:
+                mode = "landmarks"
+                doubt = (f"The UV network's prediction disagrees with the face landmarks (agreement {check[0]:.2f}, "
+                         f"median {check[1]:.2f} UV apart), so the head was fitted to the landmarks alone.")
 
         t = time.perf_counter()
         progress("fit", 0.0)
         model = FlameModel(flame).to(device)
+        if mode == "networks":
+            cfg = FitConfig.preset(settings.quality)
+        else:
+            cfg = FitConfig.landmarks_preset(settings.quality)
         result = fit(
-            prediction, crop, model, uv, FitConfig.preset(settings.quality).with_steps(settings.fit_step_scale), device=device, seed=settings.seed,
+            prediction if mode == "networks" else None, crop, model, uv, cfg.with_steps(settings.fit_step_scale),
+            device=device, seed=settings.seed, embedding=embedding,
             on_progress=lambda p: progress("fit", p.fraction), should_cancel=progress.cancelled,
         )
+        if doubt is not None:
+            result.verdict.doubt(doubt)
+        result.info["mode"] = mode
         timings["fit"] = time.perf_counter() - t
     finally:
         release_memory(device)
@@ -177,6 +215,8 @@ def reconstruct(
     if used_synthetic:
         messages.append("The FLAME model is the project's synthetic stand-in: the head shows that the pipeline "
                         "runs, not what the method can do.")
+    if not result.verdict.ok:
+        messages.append("The fit is doubtful: " + " ".join(result.verdict.reasons))
     log.info("reconstruction timings: %s", {k: round(v, 2) for k, v in timings.items()})
     return Reconstruction(photo, crop, prediction, result, baked.image, flame, uv, used_synthetic, messages,
                           landmark_embedding=embedding, timings=timings)

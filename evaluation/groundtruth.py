@@ -52,11 +52,16 @@ class TruthHead:
     expressive: bool
 
 
-def make_head(rng: np.random.Generator, flame: FlameModel, expressive: bool) -> TruthHead:
-    """Random truth: identity N(0, 1) x 0.7, expression N(0, 1) x 0.6 (or zero), jaw, neck, yaw/pitch pose.
+def make_head(
+    rng: np.random.Generator, flame: FlameModel, expressive: bool, *, yaw_deg: float = 35.0, pitch_deg: float = 15.0,
+    neck: float = 0.1, eyes: float = 0.0, eyelids: float = 0.0,
+) -> TruthHead:
+    """Random truth: identity N(0, 1) x 0.7, expression N(0, 1) x 0.6 (or zero), jaw, neck, yaw/pitch pose, and
+    optionally eye rotations and eyelids.
 
-    Draws from ``rng`` in a fixed order (shape, expression, jaw, neck, yaw, pitch, roll, translation), so one
-    seed gives the same sequence of heads on every run.
+    Draws from ``rng`` in a fixed order (shape, expression, jaw, neck, yaw, pitch, roll, translation, then eyes and
+    eyelids when asked for), so one seed gives the same sequence of heads on every run, and the defaults the same
+    heads as before the eye options existed.
 
     Parameters
     ----------
@@ -66,24 +71,49 @@ def make_head(rng: np.random.Generator, flame: FlameModel, expressive: bool) -> 
         Gives the numbers of shape and expression components and the parameters' dtype.
     expressive : bool
         Draw expression and jaw opening (up to 0.2 rad); otherwise both are zero.
+    yaw_deg, pitch_deg : largest head yaw and pitch (uniform in ±)
+    neck : largest neck rotation per axis (radians)
+    eyes : largest eye rotation about x and y (radians; both eyes look the same way); 0: none drawn
+    eyelids : largest eyelid coefficient of expressive heads (uniform in [0, eyelids]); 0: none drawn
 
     Returns
     -------
     TruthHead
-        Yaw in ±35°, pitch ±15°, roll ±5°, neck ±0.1 rad per axis, translation ±2 cm in x and y, ±10 cm in z.
+        Roll ±5°, translation ±2 cm in x and y, ±10 cm in z.
     """
     n_s, n_e = flame.n_shape, flame.n_expr
     shape = rng.normal(size=(1, n_s)) * 0.7
     expr = rng.normal(size=(1, n_e)) * 0.6 if expressive else np.zeros((1, n_e))
     jaw = np.array([[rng.uniform(0.0, 0.2), 0.0, 0.0]]) if expressive else np.zeros((1, 3))
-    neck = rng.uniform(-0.1, 0.1, size=(1, 3))
-    yaw, pitch, roll = np.radians(rng.uniform(-35, 35)), np.radians(rng.uniform(-15, 15)), np.radians(rng.uniform(-5, 5))
+    neck = rng.uniform(-neck, neck, size=(1, 3))
+    yaw = np.radians(rng.uniform(-yaw_deg, yaw_deg))
+    pitch, roll = np.radians(rng.uniform(-pitch_deg, pitch_deg)), np.radians(rng.uniform(-5, 5))
     rot = axis_angle_to_matrix(torch.tensor([pitch, yaw, roll])).numpy().astype(np.float64)
     t = np.array([rng.uniform(-0.02, 0.02), rng.uniform(-0.02, 0.02), rng.uniform(-0.1, 0.1)])
     dtype = flame.v_template.dtype
+    extra = {}
+    if eyes > 0:
+        gaze = torch.tensor([[rng.uniform(-eyes, eyes), rng.uniform(-eyes, eyes), 0.0]], dtype=dtype)
+        extra.update(eye_pose_left=gaze, eye_pose_right=gaze.clone())
+    if eyelids > 0 and flame.has_eyelids:
+        lids = rng.uniform(0.0, eyelids, size=(1, 2)) if expressive else np.zeros((1, 2))
+        extra["eyelids"] = torch.tensor(lids, dtype=dtype)
     params = FlameParams(shape=torch.tensor(shape, dtype=dtype), expression=torch.tensor(expr, dtype=dtype),
-                         jaw_pose=torch.tensor(jaw, dtype=dtype), neck_pose=torch.tensor(neck, dtype=dtype))
+                         jaw_pose=torch.tensor(jaw, dtype=dtype), neck_pose=torch.tensor(neck, dtype=dtype), **extra)
     return TruthHead(params, rot, t, float(np.degrees(yaw)), expressive)
+
+
+def detected_landmarks(
+    vertices: np.ndarray, faces: np.ndarray, embedding, rng: np.random.Generator, noise_px: float, size: int = MAP_SIZE
+) -> np.ndarray:
+    """The 478 MediaPipe landmarks a detector would report for a rendered head: the embedding's points on the posed
+    mesh ``vertices`` (V, 3) projected with the reference camera at ``size``, plus Gaussian noise of ``noise_px``
+    pixels; (478, 2), NaN where the embedding has no point."""
+    points = np.einsum("lk,lkc->lc", embedding.bary, np.asarray(vertices, dtype=np.float64)[faces[embedding.face_idx]])
+    xy, _ = Camera.of(size=size).project(world_to_camera(torch.tensor(points)[None]))
+    out = np.full((478, 2), np.nan)
+    out[embedding.landmark_indices] = xy[0].numpy() + rng.normal(scale=noise_px, size=(len(points), 2))
+    return out
 
 
 def render_truth(

@@ -1,11 +1,12 @@
 """The add-on's only door into ``core`` (imported lazily, on first use, never at registration).
 
 In the built extension ``core`` is vendored as the subpackage ``pixel3dmm_blender.core``; in the development
-checkout it is the top-level package ``core``. Each of the four functions below imports one group of core
-modules from whichever is present, once: the panel and preferences need only the light group (no torch, no
-OpenCV), a photo from an image datablock the intake, only the worker thread (or a headless run) the
-reconstruction group, which loads torch, and the animation operators (takes, FLAME parameter files) the
-animation group. Nothing here touches bpy, so the worker thread may call :func:`run_reconstruction`.
+checkout it is the top-level package ``core``. Each of the ``_core_*`` functions imports one group of core
+modules from whichever is present, once: the panel needs only the light group (no torch, no OpenCV), a photo
+from an image datablock the intake, the worker thread (or a headless run) the reconstruction group, the
+preferences' validated asset rows and the network download the asset tools, and the animation operators (takes,
+FLAME parameter files) the animation group; the last three load torch. Nothing here touches bpy, so the worker
+thread may call :func:`run_reconstruction`.
 """
 
 from __future__ import annotations
@@ -297,3 +298,89 @@ def error_message(exc: BaseException, doing: str = "Reconstruction") -> str:
     if is_core_error(exc):
         return str(exc)
     return f"{doing} failed with an unexpected {type(exc).__name__} ({exc}); please report this as a bug."
+
+
+# --- asset validation and the network download (preferences.py, downloads.py) -------------------------------------
+@functools.cache
+def _core_asset_tools() -> SimpleNamespace:
+    """core's asset validation and network download (they read checkpoints, so they import torch: seconds, once)."""
+    try:
+        from .core import validation
+        from .core.network import download
+    except ModuleNotFoundError as exc:
+        if exc.name != _VENDORED_CORE:
+            raise
+        from core import validation
+        from core.network import download
+    return SimpleNamespace(validation=validation, download=download)
+
+
+def validated_asset_report(paths: dict[str, str]):
+    """The core's ``AssetReport`` for the preference paths, each file validated the way a reconstruction loads it
+    (cached by path, size and modification time, so redrawing the preferences reads nothing again)."""
+    return _core_asset_tools().validation.validated_registry(paths, use_environment=False).report()
+
+
+def asset_pages() -> dict[str, str]:
+    """The web page where the user gets each asset, by asset key."""
+    return {spec.key: spec.page for spec in _core_basics().assets.ASSETS}
+
+
+def default_download_folder() -> str:
+    """Where the CLI puts downloaded networks (the add-on uses its extension folder when installed)."""
+    return str(_core_basics().assets.default_download_dir())
+
+
+def download_terms() -> dict[str, str]:
+    """What the consent dialog shows: ``consent`` (one sentence), ``size``, ``licence``, ``licence_url``, ``page``."""
+    download = _core_asset_tools().download
+    return {
+        "consent": download.consent_text(download.NETWORK_FILES, download.HF_REPO_ID),
+        "size": _core_basics().assets.format_bytes(download.total_size(download.NETWORK_FILES)),
+        "licence": download.LICENCE,
+        "licence_url": download.LICENCE_URL,
+        "page": download.REPO_URL,
+    }
+
+
+def download_networks(dest: str, on_progress: Callable[[str, float], None] | None = None,
+                      should_cancel: Callable[[], bool] | None = None) -> tuple[dict[str, str], dict[str, str]]:
+    """Download the published networks into ``dest`` (resuming a partial download) and convert them to float16.
+
+    Runs on the worker thread (no bpy). ``on_progress(message, fraction)`` spans both steps (the download takes
+    the first 85 %). Returns (downloaded checkpoints, converted files), each by asset key. Raises the core's
+    errors (``DownloadError``, ``DiskFullError``, ``CheckpointError``, ``OperationCancelled``) unchanged.
+    """
+    download = _core_asset_tools().download
+    report = on_progress or (lambda message, fraction: None)
+    paths = download.download_networks(
+        dest, files=download.NETWORK_FILES, repo_id=download.HF_REPO_ID, revision=download.HF_REVISION,
+        on_progress=lambda message, fraction: report(message, 0.85 * fraction), should_cancel=should_cancel)
+    converted = download.convert_downloads(
+        paths, download.NETWORK_FILES, on_progress=lambda message, fraction: report(message, 0.85 + 0.15 * fraction),
+        should_cancel=should_cancel)
+    return {k: str(v) for k, v in paths.items()}, {k: str(v) for k, v in converted.items()}
+
+
+def delete_files(paths: list[str]) -> int:
+    """Delete downloaded checkpoints once converted; returns the bytes freed."""
+    from pathlib import Path
+
+    return _core_asset_tools().download.delete_originals({str(i): Path(p) for i, p in enumerate(paths)})
+
+
+def format_bytes(n: int) -> str:
+    """A byte count for the user ("3.72 GB")."""
+    return _core_basics().assets.format_bytes(n)
+
+
+def is_download_cancellation(exc: BaseException) -> bool:
+    """True when ``exc`` is the core's "the user stopped the download or conversion" error."""
+    return isinstance(exc, _core_basics().errors.OperationCancelled)
+
+
+def download_error_message(exc: BaseException) -> str:
+    """One sentence for the user: the core's own message, or a generic one naming an unexpected error."""
+    if isinstance(exc, _core_basics().errors.Pixel3DMMError):
+        return str(exc)
+    return f"The download failed with an unexpected {type(exc).__name__} ({exc}); please report this as a bug."

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 __all__ = [
-    "StageSpec", "FitConfig", "PARAM_GROUPS", "LOSS_TERMS", "PRESETS", "SHAPE_PRIORS", "SHAPE_LR", "REFERENCE_SHAPE_LR",
+    "StageSpec", "FitConfig", "PARAM_GROUPS", "LOSS_TERMS", "PRESETS", "LANDMARK_PRESETS", "LANDMARK_WEIGHTS",
+    "LANDMARK_ONLY_WEIGHTS", "BOUNDS", "BOUNDS_WEIGHT", "SHAPE_PRIORS", "SHAPE_LR", "REFERENCE_SHAPE_LR",
     "DENSE_UV_MAX", "CAMERA_ACCEPT_QUANTILE", "REFINE_PRIOR_SCALE", "PRIOR_TERMS",
 ]
 
@@ -30,10 +31,33 @@ LOSS_TERMS = (
     "uv_dense",  # dense predicted vs rendered UV (loss/uv_pixel)
     "normal",  # predicted vs rendered canonical normals (loss/normal)
     "sil",  # rendered face region on background / neck pixels (loss/sil)
-    "lmk_iris",  # iris centres vs FLAME iris vertices, when landmarks exist
+    # Landmarks (MediaPipe's face mesh through the landmark embedding, see core.flame.landmarks):
+    "lmk_static",  # the reference's 68 landmarks without the contour (iBUG 17-67), camera stage
+    "lmk_eye",  # eye contours, iBUG 36-47 (reference lmk_eye2)
+    "lmk_lid",  # eyelid closure: upper minus lower lid points (reference lmk_eye)
+    "lmk_iris",  # iris centres (MediaPipe 468 / 473, reference WFLW 96 / 97)
+    "lmk_mouth",  # lips, iBUG 48-67 (off by default, as in the reference)
+    "lmk_mouth_lid",  # lip closure: upper minus lower inner-lip points (off by default)
+    "lmk_contour",  # face contour, iBUG 0-16 (off by default)
+    "lmk_dense",  # every other MediaPipe face point (the network-free mode)
     "reg_expression", "reg_shape", "reg_shape_general", "reg_jaw", "reg_neck", "reg_eyes", "reg_eye_sym",
     "reg_mirror", "reg_pp",
+    "reg_bounds",  # plausibility bounds (BOUNDS)
 )
+
+#: Landmark weights of the reference (``tracking.yaml``): w_lmks 1000 times 5 for the eye contours, 500 for the lid
+#: closure and 50 for each iris; its camera stage weighs the 68 landmarks 3000; mouth (w_lmks_mouth) and contour
+#: are off. (The reference's two iris terms are one here, a mean over both eyes.)
+LANDMARK_WEIGHTS = {"lmk_eye": 1000.0 * 5.0, "lmk_lid": 1000.0 * 500.0, "lmk_iris": 1000.0 * 50.0}
+#: Human and photographic ranges (this project's choice; the reference has none): jaw opening about x and
+#: sideways rotations (radians), neck and eye rotations per axis (radians), identity coefficients (standard
+#: deviations), the normalised focal (field of view 4.8-53 degrees) and the head's distance from the camera (metres).
+BOUNDS = {
+    "jaw_open": (-0.1, 0.6), "jaw_side": 0.2, "neck": 0.6, "eyes": 0.6, "shape": 3.0, "focal": (1.0, 12.0),
+    "distance": (0.2, 5.0),
+}
+#: Weight of the squared excess beyond :data:`BOUNDS` in every stage.
+BOUNDS_WEIGHT = 1.0e4
 
 _REG_WEIGHTS = {
     "reg_expression": 0.05,
@@ -118,14 +142,15 @@ class StageSpec:
 
 
 def _camera_stage(steps: int = 500) -> StageSpec:
-    # Reference: Adam t 1e-3, R 5e-3, fl 2e-2, pp 1e-4, StepLR at 375 (x0.1); UV correspondence L1 x1000 and
-    # pp regulariser. Deviation: the reference spends steps 0-250 on 68 landmarks (x3000); here the pose is
-    # initialised by PnP on the UV correspondences, so the whole stage uses them (iris landmarks when present).
+    # Reference: Adam t 1e-3, R 5e-3, fl 2e-2, pp 1e-4, StepLR at 375 (x0.1); 68 landmarks x3000 for steps 0-250,
+    # then UV correspondence L1 x1000; pp regulariser. Here the pose is initialised by PnP, and the whole stage uses
+    # both the correspondences and the landmarks (without the contour, whose points depend on the view).
     return StageSpec(
         name="camera",
         steps=steps,
         lr={"translation": 1e-3, "rotation": 5e-3, "focal": 2e-2, "principal_point": 1e-4},
-        weights={"uv_corr_l1": 1000.0, "lmk_iris": 1000.0 * 50.0, "reg_pp": 1.0},
+        weights={"uv_corr_l1": 1000.0, "lmk_static": 3000.0, "lmk_iris": LANDMARK_WEIGHTS["lmk_iris"], "reg_pp": 1.0,
+                 "reg_bounds": BOUNDS_WEIGHT},
         lr_decay_at=int(round(steps * 0.75)),
     )
 
@@ -139,8 +164,9 @@ def _image_stage(steps: int = 800, shape_prior: str = "no_mica", shape_lr: float
         "uv_dense": 100.0 * 2000.0,
         "normal": 1000.0,
         "sil": 500.0 / 10.0,  # sil_super / 10 on the first frame's own stage
-        "lmk_iris": 1000.0 * 50.0,
+        "reg_bounds": BOUNDS_WEIGHT,
     }
+    weights.update(LANDMARK_WEIGHTS)
     weights.update(_REG_WEIGHTS)
     weights["reg_shape"], weights["reg_shape_general"] = SHAPE_PRIORS[shape_prior]
     return StageSpec(
@@ -239,6 +265,24 @@ class FitConfig:
         object.__setattr__(self, "stages", tuple(self.stages))
 
     @classmethod
+    def landmarks_preset(cls, name: str) -> "FitConfig":
+        """The network-free mode: FLAME fitted to the landmarks alone, with the same priors and bounds, by
+        Levenberg-Marquardt (pose first, then everything); ``name`` as in :meth:`preset` (:data:`LANDMARK_PRESETS`).
+        The focal stays at its default: landmarks hardly tell it from the head's distance."""
+        if name not in LANDMARK_PRESETS:
+            raise ValueError(f"Unknown preset {name!r}; choose one of {sorted(LANDMARK_PRESETS)}.")
+        pose_steps, steps = LANDMARK_PRESETS[name]
+        image = _image_stage(1)
+        weights = {k: v for k, v in image.weights.items() if k.startswith("reg_")}
+        weights.update(LANDMARK_ONLY_WEIGHTS)
+        pose = StageSpec(
+            "camera", pose_steps, {"translation": 0.0, "rotation": 0.0},
+            {k: weights[k] for k in ("lmk_static", "lmk_iris", "reg_bounds")}, method="lm",
+        )
+        full = StageSpec("landmarks", steps, {g: 0.0 for g in image.lr}, weights, method="lm")
+        return cls(stages=(pose, full), pose_frame=POSE_FRAME, fit_focal=False)
+
+    @classmethod
     def preset(
         cls, name: str, *, shape_prior: str = "no_mica", shape_lr: float = SHAPE_LR,
         refine_prior_scale: float = REFINE_PRIOR_SCALE,
@@ -330,4 +374,12 @@ PRESETS: dict[str, tuple[int, int, int]] = {
     "fast": (150, 250, 0),
     "balanced": (250, 250, 6),
     "best": (250, 500, 10),
+}
+#: preset name -> (pose iterations, full iterations) of the network-free mode (:meth:`FitConfig.landmarks_preset`).
+LANDMARK_PRESETS: dict[str, tuple[int, int]] = {"fast": (2, 4), "balanced": (3, 6), "best": (4, 10)}
+#: Landmark weights of the network-free mode (every group on; this project's choice, see docs/PERFORMANCE.md).
+LANDMARK_ONLY_WEIGHTS = {
+    "lmk_static": 3000.0, "lmk_dense": 3000.0, "lmk_eye": LANDMARK_WEIGHTS["lmk_eye"],
+    "lmk_lid": LANDMARK_WEIGHTS["lmk_lid"], "lmk_iris": LANDMARK_WEIGHTS["lmk_iris"], "lmk_mouth": 3000.0,
+    "lmk_mouth_lid": 3000.0, "lmk_contour": 0.0,
 }

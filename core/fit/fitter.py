@@ -17,17 +17,19 @@ import numpy as np
 import torch
 
 from ..device import deterministic_kernels
-from ..errors import FitCancelled
+from ..errors import FitCancelled, NoFaceError
 from ..flame.data import NECK
+from ..flame.io import LandmarkEmbedding
 from ..flame.model import FlameModel, FlameParams
 from ..flame.rotation import matrix_to_axis_angle, rotation_6d_to_matrix
 from ..flame.uv import UVTemplate
 from ..render.camera import DEFAULT_FOCAL, Camera, crop_to_photo_intrinsics
 from .config import FitConfig, StageSpec
-from .init import PoseInit, frontal_pose, initial_pose
-from .objective import FitData, Geometry, Objective, Params
+from .init import PoseInit, frontal_pose, initial_pose, pose_from_points
+from .objective import Bounds, FitData, Geometry, Objective, Params
 from .refine import gauss_newton_curvature, lm_step
 from .result import FitResult
+from .verdict import judge
 
 __all__ = ["fit", "FitProgress"]
 
@@ -147,7 +149,8 @@ class _LevenbergMarquardt:
         def residuals(y: torch.Tensor) -> torch.Tensor:
             return self.objective.residuals(self.p.with_flat(self.groups, y), lin)
 
-        curvature = gauss_newton_curvature(residuals, x)
+        curvature = gauss_newton_curvature(residuals, x, self.objective.jacobian_chunk)
+        curvature = curvature + self.objective.constant_curvature(self.p, self.groups)
         x, self.damping, _, accepted = lm_step(x, value, gradient, curvature, self._loss, self.damping)
         if not accepted:
             log.debug("%s step %d: no Levenberg-Marquardt step lowered the loss (damping now %.2g).", self.stage.name, step, self.damping)
@@ -169,13 +172,15 @@ def fit(
     init_pose: PoseInit | None = None,
     init_flame: FlameParams | None = None,
     deterministic: bool = True,
+    embedding: LandmarkEmbedding | None = None,
 ) -> FitResult:
     """Fit FLAME and the camera to one image's predicted UV and normal maps.
 
     Parameters
     ----------
-    prediction : Prediction
-        ``uv`` (H, W, 2), ``normals`` (H, W, 3), ``mask`` (H, W) at the crop resolution (512).
+    prediction : Prediction or None
+        ``uv`` (H, W, 2), ``normals`` (H, W, 3), ``mask`` (H, W) at the crop resolution (512); None for the
+        network-free mode (:meth:`FitConfig.landmarks_preset`), which needs ``crop.landmarks`` and ``embedding``.
     crop : FaceCrop or None
         Masks, landmarks and the crop transform; None fits with the prediction mask only and reports
         photo intrinsics equal to the crop intrinsics.
@@ -194,10 +199,12 @@ def fit(
     init_flame : start the head's FLAME parameters from these (batch 1; rotations in any form FLAME takes;
         the head pose is ``init_pose``'s, so ``global_pose`` and ``translation`` must be None) instead of the mean
         head: a warm start, e.g. from the truth in the ground-truth benchmark
+    embedding : where the landmarks sit on the mesh (:mod:`core.landmarks`); None fits without landmark terms
+        (except the iris on real FLAME)
 
     Returns
     -------
-    FitResult
+    FitResult, with its :class:`~.verdict.Verdict`
     """
     cfg = cfg or FitConfig.preset("balanced")
     if init_flame is not None and (init_flame.global_pose is not None or init_flame.translation is not None):
@@ -205,27 +212,43 @@ def fit(
     if device is not None:
         flame = flame.to(device)
     with deterministic_kernels(flame.v_template.device, deterministic):
-        return _fit(prediction, crop, flame, uv_template, cfg, on_progress, should_cancel, seed, init_pose, init_flame)
+        return _fit(prediction, crop, flame, uv_template, cfg, on_progress, should_cancel, seed, init_pose, init_flame,
+                    embedding)
+
+
+def _initial_pose(data: FitData, cfg: FitConfig, seed: int) -> PoseInit:
+    """PnP on the UV correspondences when there is a prediction, else on the landmarks; or the frontal pose."""
+    if cfg.init != "pnp":
+        return frontal_pose()
+    flame, t = data.flame, data.targets
+    camera = Camera.of(DEFAULT_FOCAL, (0.0, 0.0), cfg.resolution)
+    threshold = cfg.pnp_reprojection_px * cfg.resolution / 256.0
+    with torch.no_grad():
+        neutral = flame.neutral()[0]
+    if t.has_maps:
+        return initial_pose(neutral[data.valid], data.vertex_uv, t.uv, t.uv_mask, camera, cfg.delta_uv, threshold, seed)
+    groups = [data.landmarks[k] for k in ("lmk_static", "lmk_dense") if k in data.landmarks]
+    if not groups:
+        return frontal_pose()
+    obj = torch.cat([(neutral[g.corners] * g.weights[..., None]).sum(1)[g.detected] for g in groups])
+    img = torch.cat([g.targets[g.detected] for g in groups])
+    return pose_from_points(obj.cpu().double().numpy(), img.cpu().double().numpy(), camera.intrinsics(), threshold, seed)
 
 
 def _fit(prediction, crop, flame: FlameModel, uv_template: UVTemplate, cfg: FitConfig, on_progress, should_cancel,
-         seed: int, init_pose: PoseInit | None, init_flame: FlameParams | None) -> FitResult:
+         seed: int, init_pose: PoseInit | None, init_flame: FlameParams | None, embedding) -> FitResult:
     """:func:`fit` on ``flame``'s device, its arguments checked."""
     flame = flame.component_major()
     torch.manual_seed(seed)
-    data = FitData(prediction, crop, flame, uv_template, cfg)
+    data = FitData(prediction, crop, flame, uv_template, cfg, embedding)
+    if prediction is None and not data.landmarks:
+        raise NoFaceError(
+            "Without the networks the fit needs face landmarks, and none were found; use a photo with a clearly "
+            "visible face (and mediapipe installed) or configure the Pixel3DMM networks."
+        )
     ref = flame.v_template
-    t = data.targets
     if init_pose is None:
-        if cfg.init == "pnp":
-            with torch.no_grad():
-                neutral = flame.neutral()[0][data.valid]
-            init_pose = initial_pose(
-                neutral, data.vertex_uv, t.uv, t.uv_mask, Camera.of(DEFAULT_FOCAL, (0.0, 0.0), cfg.resolution),
-                cfg.delta_uv, cfg.pnp_reprojection_px * cfg.resolution / 256.0, seed,
-            )
-        else:
-            init_pose = frontal_pose()
+        init_pose = _initial_pose(data, cfg, seed)
     log.info("Initial pose: %s (%d pairs, %d inliers).", init_pose.method, init_pose.pairs, init_pose.inliers)
     p = Params(flame, init_pose, ref, flame.has_eyelids, init_flame)
     if cfg.pose_frame == "neck":
@@ -259,12 +282,17 @@ def _fit(prediction, crop, flame: FlameModel, uv_template: UVTemplate, cfg: FitC
                 on_progress(FitProgress(stage.name, step + 1, stage.steps, done / max(total_work, 1), values))
     if skipped:
         log.warning("%d fitting steps were skipped because of non-finite values.", skipped)
-    return _result(data, p, prediction, crop, init_pose, history, cfg, skipped)
+    steps = sum(s.steps for s in cfg.stages)
+    return _result(data, p, crop, init_pose, history, cfg, skipped, steps)
 
 
-def _result(data: FitData, p: Params, prediction, crop, init_pose: PoseInit, history, cfg: FitConfig, skipped: int) -> FitResult:
+def _result(data: FitData, p: Params, crop, init_pose: PoseInit, history, cfg: FitConfig, skipped: int,
+            steps: int) -> FitResult:
     flame = data.flame
     with torch.no_grad():
+        view = Objective(data, StageSpec("verdict", 0, {}, {})).view(p)
+        view.rasterize(differentiable=False)
+        verdict = judge(data, view, Bounds(data).excess(p), skipped, steps)
         out = flame(p.flame_params())
         rot, trans = (x.detach() for x in data.head_pose(p, out.joint_transforms[0, NECK]))
         world = out.vertices[0] @ rot.T + trans
@@ -276,7 +304,7 @@ def _result(data: FitData, p: Params, prediction, crop, init_pose: PoseInit, his
         camera = p.camera(cfg.resolution).detach()
         focal = float(camera.focal.reshape(-1)[0])
         pp = camera.principal_point[0].cpu().double().numpy()
-    crop_size = int(np.asarray(prediction.mask).shape[1])
+    crop_size = data.targets.crop_size
     k_crop = camera.intrinsics(crop_size)
     transform = getattr(crop, "transform", None)
     k_photo = crop_to_photo_intrinsics(k_crop, transform) if transform is not None else k_crop.copy()
@@ -300,6 +328,7 @@ def _result(data: FitData, p: Params, prediction, crop, init_pose: PoseInit, his
         vertices_posed=world.cpu().numpy().astype(np.float32),
         vertices_neutral=neutral.cpu().numpy().astype(np.float32),
         loss_history=history,
+        verdict=verdict,
         info={
             "init": init_pose.method,
             "pnp_pairs": init_pose.pairs,

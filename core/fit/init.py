@@ -1,4 +1,4 @@
-"""Initial head pose from the UV correspondences: nearest predicted pixel per vertex, then robust PnP.
+"""Initial head pose from the UV correspondences (nearest predicted pixel per vertex) or the landmarks, by robust PnP.
 
 Each UV-valid vertex of the neutral head is matched to the predicted pixel nearest in UV space; pairs within the
 UV distance threshold go to OpenCV's ``solvePnPRansac`` with the reference intrinsics. When there are too few
@@ -18,7 +18,7 @@ import torch
 from ..render.camera import Camera, opencv_pose_to_world
 from .losses import match_uv
 
-__all__ = ["PoseInit", "initial_pose", "frontal_pose"]
+__all__ = ["PoseInit", "initial_pose", "pose_from_points", "frontal_pose"]
 
 log = logging.getLogger(__name__)
 
@@ -78,13 +78,25 @@ def initial_pose(
     size = pred_uv.shape[0]
     xy, sq = match_uv(vertex_uv, pred_uv, uv_mask)
     ok = (sq < delta_uv).cpu().numpy()
-    pairs = int(ok.sum())
-    if pairs < _MIN_PAIRS:
-        log.info("Only %d UV correspondences for PnP; starting from the frontal pose.", pairs)
-        return frontal_pose(pairs)
     obj = vertices.detach().cpu().double().numpy()[ok]
     img = xy.detach().cpu().double().numpy()[ok]
-    k = camera.intrinsics(size)
+    return pose_from_points(obj, img, camera.intrinsics(size), reprojection_px, seed)
+
+
+def pose_from_points(obj: np.ndarray, img: np.ndarray, k: np.ndarray, reprojection_px: float, seed: int) -> PoseInit:
+    """Robust PnP (EPnP in RANSAC, then iterative refinement on the inliers) of 3D points on the neutral head and
+    their pixels; the frontal pose when there are too few pairs or inliers, or the pose is implausible.
+
+    Parameters
+    ----------
+    obj : (N, 3) canonical points; img : (N, 2) their pixels; k : (3, 3) intrinsics of those pixels
+    reprojection_px : RANSAC inlier threshold in pixels
+    seed : OpenCV RNG seed (RANSAC sampling), for deterministic runs
+    """
+    pairs = len(obj)
+    if pairs < _MIN_PAIRS:
+        log.info("Only %d correspondences for PnP; starting from the frontal pose.", pairs)
+        return frontal_pose(pairs)
     cv2.setRNGSeed(int(seed))
     try:
         success, rvec, tvec, inliers = cv2.solvePnPRansac(

@@ -31,23 +31,31 @@ import numpy as np
 import torch
 
 from ..flame.data import NECK
+from ..flame.io import LandmarkEmbedding
+from ..flame.landmarks import GROUPS, LID_PAIRS, MOUTH_PAIRS, LandmarkPoints, group_points, pair_points
 from ..flame.model import FlameModel, FlameParams
 from ..flame.rotation import as_rotation_matrix, matrix_to_rotation_6d, rotation_6d_to_matrix
 from ..flame.uv import UVTemplate, check_topology
 from ..render.camera import DEFAULT_FOCAL, Camera, world_to_camera
 from ..render.raster import Rasterization, antialias, interpolate, interpolate_covered, pixel_barycentrics, rasterize
 from . import losses as L
-from .config import FitConfig, StageSpec
+from .config import BOUNDS, FitConfig, StageSpec
 from .init import PoseInit
 from .maps import corner_uv_tensor, vertex_normals
 from .regions import derive_regions
 from .targets import build_targets
 
-__all__ = ["Params", "FitData", "View", "Objective", "Linearisation", "IDENTITY_6D", "IRIS_VERTICES"]
+__all__ = ["Params", "FitData", "View", "Objective", "Linearisation", "LandmarkTargets", "IDENTITY_6D", "IRIS_VERTICES"]
 
 IDENTITY_6D = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
-#: FLAME vertices at the iris centres used by the reference (sorted by x: the subject's right eye first).
+#: FLAME vertices at the iris centres used by the reference (sorted by x: the subject's right eye first); the iris
+#: term uses them on real FLAME when the landmark embedding has no iris points.
 IRIS_VERTICES = (4051, 4597)
+#: The landmark terms and the landmark group (or closure pairs) each compares.
+LANDMARK_TERMS = {
+    "lmk_static": "static", "lmk_eye": "eye", "lmk_iris": "iris", "lmk_mouth": "mouth", "lmk_contour": "contour",
+    "lmk_dense": "dense", "lmk_lid": LID_PAIRS, "lmk_mouth_lid": MOUTH_PAIRS,
+}
 #: Smallest residual (per component) in the L1 reweighting; bounds the weight of samples that already fit.
 IRLS_FLOOR = 1e-3
 
@@ -179,7 +187,10 @@ class Geometry:
 class FitData:
     """Everything constant during a fit: the targets, vertex sets, topology, UVs and the UV matches of a stage."""
 
-    def __init__(self, prediction, crop, flame: FlameModel, uv_template: UVTemplate, cfg: FitConfig) -> None:
+    def __init__(
+        self, prediction, crop, flame: FlameModel, uv_template: UVTemplate, cfg: FitConfig,
+        embedding: LandmarkEmbedding | None = None,
+    ) -> None:
         ref = flame.v_template
         check_topology(uv_template, flame.faces, ref.shape[0])
         self.flame = flame
@@ -200,18 +211,48 @@ class FitData:
         self.uv_tri = torch.arange(n_faces * 3, device=ref.device).view(n_faces, 3)
         self.mirror = torch.as_tensor(uv_template.mirror_index, device=ref.device)
         self.targets = build_targets(prediction, crop, self.size, ref)
-        self.iris_vertices = None
-        if self.targets.iris is not None and flame.release != "synthetic" and ref.shape[0] > max(IRIS_VERTICES):
-            ids = sorted(IRIS_VERTICES, key=lambda i: float(ref[i, 0]))
-            self.iris_vertices = torch.as_tensor(ids, device=ref.device)
+        self.landmarks = self._landmarks(getattr(crop, "landmarks", None), embedding, flame, ref)
         self.max_px = cfg.dist_uv * self.size / 256.0
         self.ident6 = torch.tensor([IDENTITY_6D], dtype=ref.dtype, device=ref.device)
         self.target_xy = None
         self.matched = None
 
+    def _landmarks(self, detected, embedding: LandmarkEmbedding | None, flame: FlameModel, ref: torch.Tensor) -> dict:
+        """The landmark targets per landmark term (see :data:`LANDMARK_TERMS`), for the groups the embedding places."""
+        self.landmark_ids: dict[str, list[int]] = {}
+        if detected is None:
+            return {}
+        faces = flame.faces.cpu().numpy()
+        found: dict[str, LandmarkPoints | tuple[LandmarkPoints, LandmarkPoints]] = {}
+        if embedding is not None:
+            for term, group in LANDMARK_TERMS.items():
+                points = (pair_points(group, embedding, faces, detected) if isinstance(group, tuple)
+                          else group_points(group, embedding, faces, detected))
+                if points is not None:
+                    found[term] = points
+        if "lmk_iris" not in found and flame.release != "synthetic" and ref.shape[0] > max(IRIS_VERTICES):
+            # the reference's iris vertices, sorted by x (the subject's right eye first, as MediaPipe's 468, 473)
+            ids = sorted(IRIS_VERTICES, key=lambda i: float(ref[i, 0]))
+            iris = np.asarray(detected, dtype=np.float64)[[468, 473]] if len(detected) > 473 else np.full((2, 2), np.nan)
+            found["lmk_iris"] = LandmarkPoints(np.array([468, 473]), np.array(ids)[:, None], np.ones((2, 1)), iris)
+        scale = self.size / float(self.targets.crop_size)
+
+        def convert(points: LandmarkPoints) -> LandmarkTargets:
+            targets = torch.as_tensor(np.nan_to_num(points.targets) * scale, dtype=ref.dtype, device=ref.device)
+            return LandmarkTargets(
+                torch.as_tensor(points.corners, device=ref.device), torch.as_tensor(points.weights, dtype=ref.dtype, device=ref.device),
+                targets, torch.as_tensor(np.isfinite(points.targets).all(1), device=ref.device),
+            )
+
+        self.landmark_ids = {k: v.ids.tolist() for k, v in found.items() if not isinstance(v, tuple)}
+        return {k: tuple(convert(p) for p in v) if isinstance(v, tuple) else convert(v) for k, v in found.items()}
+
     def match(self) -> int:
-        """Nearest-pixel matching in UV space (once per stage, as in the reference); returns the matches."""
+        """Nearest-pixel matching in UV space (once per stage, as in the reference); returns the matches (0 without
+        a prediction)."""
         t = self.targets
+        if not t.has_maps:
+            return 0
         self.target_xy, sq = L.match_uv(self.vertex_uv, t.uv, t.uv_mask)
         self.matched = sq < self.cfg.delta_uv
         return int(self.matched.sum())
@@ -287,10 +328,11 @@ class View:
     (a restricted model, the pixels fixed at the linearisation point) serves the residuals.
     """
 
-    def __init__(self, data: FitData, p: Params, geometry: Geometry, local: torch.Tensor | None) -> None:
+    def __init__(self, data: FitData, p: Params, geometry: Geometry | None, local: torch.Tensor | None) -> None:
         self.data, self.p, self.geometry, self.local = data, p, geometry, local
         self.camera = p.camera(data.size)
-        self.cam = world_to_camera(data.world(p, geometry))
+        # (no geometry: a view of the parameters alone, for the priors)
+        self.cam = None if geometry is None else world_to_camera(data.world(p, geometry))
         self.pixels: PixelSamples | None = None
         self.rast: Rasterization | None = None
         self._clip: torch.Tensor | None = None
@@ -304,7 +346,7 @@ class View:
 
     def shaped_full(self) -> torch.Tensor:
         """(V, 3) the full model's unposed shape + expression mesh."""
-        if self.local is None:
+        if self.local is None and self.geometry is not None:
             return self.geometry.shaped
         return self.data.flame.shaped(self.p.flame_params())[0]
 
@@ -393,6 +435,9 @@ class VertexCandidates:
     ids: torch.Tensor
     targets: torch.Tensor
 
+    def vertex_ids(self) -> torch.Tensor:
+        return self.ids
+
 
 class UVCorrespondence(Term):
     """UV -> 2D vertex correspondences (reference ``loss/uv``): each UV-valid vertex against the pixel whose
@@ -429,23 +474,87 @@ class UVCorrespondence(Term):
         return Acceptance(accepted, accepted.to(residual.dtype))
 
 
-class IrisLandmarks(Term):
-    """Iris centres (MediaPipe 468 / 473) against FLAME's iris vertices, offsets divided by the image size."""
+@dataclass
+class LandmarkTargets:
+    """Landmarks as points on the mesh with their detected positions, on the fitting device.
 
-    name = "lmk_iris"
+    Attributes
+    ----------
+    corners : (L, K) long vertex indices of the full model; weights : (L, K) their weights (rows sum to 1)
+    targets : (L, 2) detected positions in pixels at the fitting resolution (0 where not detected)
+    detected : (L,) bool
+    """
 
-    def __init__(self, data: FitData) -> None:
-        self.data = data
+    corners: torch.Tensor
+    weights: torch.Tensor
+    targets: torch.Tensor
+    detected: torch.Tensor
+
+    def vertex_ids(self) -> torch.Tensor:
+        return self.corners.reshape(-1)
+
+
+def _landmark_points(view: View, lm: LandmarkTargets) -> torch.Tensor:
+    """(L, 3) camera-space points of the landmarks at ``view``."""
+    rows = lm.corners if view.local is None else view.local[lm.corners]
+    return (view.cam[0].index_select(0, rows.reshape(-1)).view(*rows.shape, 3) * lm.weights[..., None]).sum(1)
+
+
+def _facing(view: View, lm: LandmarkTargets) -> torch.Tensor:
+    """(L,) bool: the triangle under each landmark (its first one) faces the camera at ``view``."""
+    rows = lm.corners[:, :3] if view.local is None else view.local[lm.corners[:, :3]]
+    c = view.cam[0].detach().index_select(0, rows.reshape(-1)).view(-1, 3, 3)
+    normal = torch.linalg.cross(c[:, 1] - c[:, 0], c[:, 2] - c[:, 0], dim=-1)
+    return (normal * c.mean(1)).sum(-1) < 0.0  # the camera looks down -z from the origin
+
+
+class Landmarks(Term):
+    """Detected landmarks against their points on the mesh (the reference's 68-landmark, eye-contour, mouth and iris
+    terms): pixel offsets divided by the image size. Accepted where detected and where the landmark's triangle faces
+    the camera. Normaliser: two coordinates per landmark of the group."""
+
+    def __init__(self, data: FitData, name: str) -> None:
+        self.data, self.name = data, name
+        self.points: LandmarkTargets = data.landmarks[name]
 
     def normaliser(self) -> float:
-        return 4.0
+        return 2.0 * self.points.targets.shape[0]
 
-    def candidates(self, view: View) -> VertexCandidates:
-        return VertexCandidates(self.data.iris_vertices, self.data.targets.iris)
+    def candidates(self, view: View) -> LandmarkTargets:
+        return self.points
 
-    def residual(self, view: View, cand: VertexCandidates) -> torch.Tensor:
-        xy, _ = view.project(cand.ids)
-        return (xy - cand.targets) / self.data.size
+    def residual(self, view: View, cand: LandmarkTargets) -> torch.Tensor:
+        xy, _ = view.camera.project(_landmark_points(view, cand)[None])
+        return (xy[0] - cand.targets) / self.data.size
+
+    def accept(self, view: View, cand: LandmarkTargets, residual: torch.Tensor) -> Acceptance:
+        accepted = cand.detected & _facing(view, cand)
+        return Acceptance(accepted, accepted.to(residual.dtype))
+
+
+class Closure(Term):
+    """Lid (or lip) closure (the reference's ``lmk_eye`` term): the image offset from each lower to its upper point
+    against the detected one, divided by the image size. Normaliser: two coordinates per pair."""
+
+    def __init__(self, data: FitData, name: str) -> None:
+        self.data, self.name = data, name
+        self.upper, self.lower = data.landmarks[name]
+
+    def normaliser(self) -> float:
+        return 2.0 * self.upper.targets.shape[0]
+
+    def candidates(self, view: View) -> tuple[LandmarkTargets, LandmarkTargets]:
+        return self.upper, self.lower
+
+    def residual(self, view: View, cand) -> torch.Tensor:
+        upper, lower = cand
+        xy, _ = view.camera.project(torch.stack([_landmark_points(view, upper), _landmark_points(view, lower)]))
+        return ((xy[0] - xy[1]) - (upper.targets - lower.targets)) / self.data.size
+
+    def accept(self, view: View, cand, residual: torch.Tensor) -> Acceptance:
+        upper, lower = cand
+        accepted = upper.detected & lower.detected & _facing(view, upper)
+        return Acceptance(accepted, accepted.to(residual.dtype))
 
 
 class DenseUV(Term):
@@ -530,7 +639,14 @@ class Silhouette(Term):
 
 
 class Prior(Term):
-    """A regulariser: a residual vector of the parameters (or of the unposed mesh), squared and summed."""
+    """A regulariser: a residual vector of the parameters (or of the unposed mesh), squared and summed.
+
+    ``linear``: the residual is linear in the free parameters (every prior of the reference is: coefficients, 6D
+    rotations, the mirror offsets of the blendshape mesh), so its Gauss-Newton curvature is the same everywhere and
+    Levenberg-Marquardt forms it once per stage (:meth:`Objective.constant_curvature`) instead of at every iteration.
+    """
+
+    linear = True
 
     def __init__(self, name: str, residual: Callable[[View], torch.Tensor]) -> None:
         self.name, self._residual = name, residual
@@ -540,6 +656,42 @@ class Prior(Term):
 
     def residual(self, view: View, cand) -> torch.Tensor:
         return self._residual(view).reshape(-1, 1)
+
+
+class Bounds(Prior):
+    """Plausibility bounds (:data:`.config.BOUNDS`): how far the jaw, neck and eye rotations, the identity
+    coefficients, the normalised focal and the head's distance from the camera (metres) are beyond human or
+    photographic ranges; zero inside them. A rotation's extent about each axis is read as the sine of its angle
+    there (the skew part of its matrix, ``sin(angle) * axis``), so a bound of ``a`` radians is ``sin(a)``: exact for
+    rotations about one axis, cheap and smooth under the Levenberg-Marquardt Jacobian."""
+
+    linear = False
+
+    def __init__(self, data: FitData) -> None:
+        super().__init__("reg_bounds", lambda view: torch.cat([e.reshape(-1) for e in self.excess(view.p).values()]))
+        self.data = data
+
+    def excess(self, p: Params) -> dict[str, torch.Tensor]:
+        """Each bounded quantity's distance beyond its range (zero inside), by name."""
+        b = BOUNDS
+
+        def sines(r6: torch.Tensor) -> torch.Tensor:  # (N, 6) -> (N, 3): sin(angle) * axis
+            m = rotation_6d_to_matrix(r6)
+            return 0.5 * torch.stack([m[:, 2, 1] - m[:, 1, 2], m[:, 0, 2] - m[:, 2, 0], m[:, 1, 0] - m[:, 0, 1]], -1)
+
+        eyes = p.groups["eyes"]
+        jaw = sines(p.jaw)[0]
+        lo, hi = math.sin(b["jaw_open"][0]), math.sin(b["jaw_open"][1])
+        distance = 1.0 - p.translation[0, 2:3]  # the camera sits at z = 1
+        return {
+            "jaw opening": (lo - jaw[:1]).clamp(min=0.0) + (jaw[:1] - hi).clamp(min=0.0),
+            "jaw sideways": (jaw[1:].abs() - math.sin(b["jaw_side"])).clamp(min=0.0),
+            "neck rotation": (sines(p.neck)[0].abs() - math.sin(b["neck"])).clamp(min=0.0),
+            "eye rotation": (sines(torch.cat([eyes[0], eyes[1]])).abs().reshape(-1) - math.sin(b["eyes"])).clamp(min=0.0),
+            "identity (head size and shape)": (p.shape[0].abs() - b["shape"]).clamp(min=0.0),
+            "focal length": (b["focal"][0] - p.focal.reshape(-1)).clamp(min=0.0) + (p.focal.reshape(-1) - b["focal"][1]).clamp(min=0.0),
+            "distance": (b["distance"][0] - distance).clamp(min=0.0) + (distance - b["distance"][1]).clamp(min=0.0),
+        }
 
 
 def _priors(data: FitData, weights: dict[str, float]) -> list[tuple[Term, float]]:
@@ -611,14 +763,20 @@ class Objective:
         for cls in (DenseUV, Normals, Silhouette):
             if cls.name in w:
                 terms.append((cls(data), w[cls.name]))
-        if "lmk_iris" in w and data.iris_vertices is not None:
-            terms.append((IrisLandmarks(data), w["lmk_iris"]))
+        for name, group in LANDMARK_TERMS.items():
+            if name in w and name in data.landmarks:
+                terms.append(((Closure if isinstance(group, tuple) else Landmarks)(data, name), w[name]))
         terms.extend(_priors(data, w))
+        if "reg_bounds" in w:
+            terms.append((Bounds(data), w["reg_bounds"]))
         self.terms = terms
         names = {t.name for t, _ in terms}
         self.need_normals = "normal" in names
         self.need_pixels = any(t.pixels or isinstance(t, Silhouette) for t, _ in terms)
         self.need_raster = self.need_pixels or any(isinstance(t, UVCorrespondence) for t, _ in terms)
+        #: Tangents per forward-mode pass of the Jacobian: few with pixel terms (tens of thousands of residuals each,
+        #: memory), many without (the landmarks' few thousand; fewer passes, less Python overhead).
+        self.jacobian_chunk = 64 if self.need_pixels else 512
 
     # -------------------------------------------------------------------------------------------- the loss
     def view(self, p: Params, frozen: Geometry | None = None) -> View:
@@ -666,7 +824,7 @@ class Objective:
             if view.rast is not None:
                 sub = torch.arange(0, view.rast.pid.numel(), stride, device=view.rast.pid.device)
             for term, weight in self.terms:
-                if not term.linearised:
+                if not term.linearised or getattr(term, "linear", False):
                     continue
                 cand = term.candidates(view)
                 r = term.residual(view, cand)
@@ -677,8 +835,9 @@ class Objective:
                 if term.robust == "l1":
                     scale = scale / (2.0 * r.abs().clamp(min=IRLS_FLOOR))
                 parts.append((term, cand, (scale * (weight / term.normaliser())).sqrt()))
-                if isinstance(cand, VertexCandidates):
-                    wanted.append(cand.ids)
+                for c in cand if isinstance(cand, tuple) else (cand,):
+                    if c is not None:
+                        wanted.append(c.vertex_ids())
             tid = view.rast.tid.index_select(0, sub) if sub is not None else data.faces.new_zeros(0)
             corners = data.faces.index_select(0, tid)
             around = torch.isin(data.faces, corners).any(1)
@@ -689,6 +848,25 @@ class Objective:
             pid = view.rast.pid.index_select(0, sub) if sub is not None else tid
             depth = view.rast.depth.index_select(0, sub) if sub is not None else corners.new_zeros(0, dtype=p.focal.dtype)
         return Linearisation(flame, local, local[data.faces[around]], pid, local[corners], data.uv_tri.index_select(0, tid), depth, parts)
+
+    def constant_curvature(self, p: Params, groups: list[str]) -> torch.Tensor:
+        """The Gauss-Newton curvature (P, P) float64 of the linear priors over the free ``groups`` (constant: their
+        residuals are linear in the parameters), formed on the first call and kept (one objective per stage)."""
+        if getattr(self, "_constant", None) is None:
+            from .refine import gauss_newton_curvature
+
+            linear = [(t, w) for t, w in self.terms if getattr(t, "linear", False)]
+            x = p.flat(groups)
+
+            def residuals(y: torch.Tensor) -> torch.Tensor:
+                view = View(self.data, p.with_flat(groups, y), None, None)
+                return torch.cat([(t.residual(view, None) * math.sqrt(w / t.normaliser())).reshape(-1) for t, w in linear])
+
+            if linear:
+                self._constant = gauss_newton_curvature(residuals, x)
+            else:
+                self._constant = torch.zeros(x.numel(), x.numel(), dtype=torch.float64)
+        return self._constant
 
     def residuals(self, p: Params, lin: Linearisation) -> torch.Tensor:
         """The residual vector at ``p`` whose squared norm is the loss around ``lin``'s point (L1 terms reweighted);

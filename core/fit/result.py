@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import AssetInvalidError, AssetMissingError
+from .verdict import Verdict
 
 __all__ = ["FitResult"]
 
@@ -43,6 +44,7 @@ class FitResult:
     vertices_posed : (V, 3) world-space posed vertices (R v + t)
     vertices_neutral : (V, 3) identity only, canonical pose
     loss_history : term -> per-step values, one list per term and stage (keys ``"<stage>/<term>"``)
+    verdict : ok or doubtful, with reasons and figures (:class:`~.verdict.Verdict`)
     info : small JSON-friendly diagnostics (initialisation method, PnP inliers, steps, device)
     """
 
@@ -63,6 +65,7 @@ class FitResult:
     vertices_posed: np.ndarray
     vertices_neutral: np.ndarray
     loss_history: dict[str, list[float]] = field(default_factory=dict)
+    verdict: Verdict = field(default_factory=Verdict)
     info: dict[str, Any] = field(default_factory=dict)
 
     def save(self, prefix: str | Path) -> tuple[Path, Path]:
@@ -77,6 +80,7 @@ class FitResult:
             "focal": float(self.focal),
             "photo_size": [int(s) for s in self.photo_size],
             "loss_history": {k: [float(x) for x in v] for k, v in self.loss_history.items()},
+            "verdict": self.verdict.to_dict(),
             "info": self.info,
             "arrays": npz_path.name,
         }
@@ -104,5 +108,6 @@ class FitResult:
             focal=float(meta["focal"]),
             photo_size=tuple(int(s) for s in meta["photo_size"]),
             loss_history={k: list(v) for k, v in meta["loss_history"].items()},
+            verdict=Verdict.from_dict(meta.get("verdict", {})),
             info=dict(meta.get("info", {})),
         )

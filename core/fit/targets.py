@@ -9,7 +9,8 @@ Masks follow the reference tracker (``pixel3dmm.md`` 2.3), translated to the Fac
 * ``valid_bg``: background (reference: background or neck).
 
 A mask missing from ``crop.masks`` counts as empty; when none of a union's masks exist the prediction mask is
-used instead, so the fit also runs on a bare prediction.
+used instead, so the fit also runs on a bare prediction. Without a prediction (the network-free mode) there are no
+maps; the landmarks (:mod:`.objective`) are then the only data.
 """
 
 from __future__ import annotations
@@ -20,10 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["FitTargets", "build_targets", "IRIS_LANDMARKS"]
-
-#: MediaPipe face-mesh iris centres (478-point model).
-IRIS_LANDMARKS = (468, 473)
+__all__ = ["FitTargets", "build_targets"]
 
 _UV_PARTS = ("skin", "brows", "nose", "lips")
 _NORMAL_PARTS = ("skin", "brows", "nose", "lips", "mouth")
@@ -37,23 +35,30 @@ class FitTargets:
     Attributes
     ----------
     size : S
-    uv : (S, S, 2) predicted UV (network convention), zero outside ``uv_mask``
-    uv_mask : (S, S) bool
-    normals : (S, S, 3) predicted unit normals (FLAME canonical frame)
-    normal_mask : (S, S) float
-    fg_mask : (S, S) float
-    valid_bg : (S, S) float
-    iris : (2, 2) iris centres in pixels at S, ordered by increasing image x (subject's right eye first), or None
+    uv : (S, S, 2) predicted UV (network convention), zero outside ``uv_mask``, or None without a prediction
+    uv_mask : (S, S) bool, or None
+    normals : (S, S, 3) predicted unit normals (FLAME canonical frame), or None
+    normal_mask : (S, S) float, or None
+    fg_mask : (S, S) float, or None
+    valid_bg : (S, S) float, or None
+    crop_size : size of the crop the prediction and the landmarks are given in (512)
+    face_mask : (S, S) bool, the crop's face region when it comes from landmarks (not a rough guess), or None
     """
 
     size: int
-    uv: torch.Tensor
-    uv_mask: torch.Tensor
-    normals: torch.Tensor
-    normal_mask: torch.Tensor
-    fg_mask: torch.Tensor
-    valid_bg: torch.Tensor
-    iris: torch.Tensor | None
+    uv: torch.Tensor | None
+    uv_mask: torch.Tensor | None
+    normals: torch.Tensor | None
+    normal_mask: torch.Tensor | None
+    fg_mask: torch.Tensor | None
+    valid_bg: torch.Tensor | None
+    crop_size: int
+    face_mask: torch.Tensor | None = None
+
+    @property
+    def has_maps(self) -> bool:
+        """True when there is a prediction to fit."""
+        return self.uv is not None
 
 
 def _union(masks: dict, names: tuple[str, ...], shape: tuple[int, int]) -> np.ndarray | None:
@@ -84,10 +89,11 @@ def build_targets(prediction, crop, size: int, like: torch.Tensor) -> FitTargets
 
     Parameters
     ----------
-    prediction : Prediction
-        ``uv`` (H, W, 2), ``normals`` (H, W, 3), ``mask`` (H, W) bool at the crop resolution.
+    prediction : Prediction or None
+        ``uv`` (H, W, 2), ``normals`` (H, W, 3), ``mask`` (H, W) bool at the crop resolution; None: no maps.
     crop : FaceCrop or None
-        Supplies ``masks`` and ``landmarks`` (crop pixels); None means no masks and no landmarks.
+        Supplies ``masks`` (and, with ``transform``, the crop size when there is no prediction); None means no
+        masks.
     size : fitting resolution S
     like : tensor giving the device and dtype
 
@@ -95,6 +101,11 @@ def build_targets(prediction, crop, size: int, like: torch.Tensor) -> FitTargets
     -------
     FitTargets
     """
+    face = _face_mask(crop, size, like)
+    if prediction is None:
+        transform = getattr(crop, "transform", None)
+        crop_size = int(getattr(transform, "out_size", 512))
+        return FitTargets(size, None, None, None, None, None, None, crop_size, face)
     uv = np.asarray(prediction.uv, dtype=np.float32)
     normals = np.asarray(prediction.normals, dtype=np.float32)
     pmask = np.asarray(prediction.mask, dtype=bool)
@@ -122,14 +133,6 @@ def build_targets(prediction, crop, size: int, like: torch.Tensor) -> FitTargets
     nw = _resize(n_m.astype(np.float32), size, like)
     n_t = F.normalize(_resize(normals * n_m[..., None], size, like), dim=-1, eps=1e-12)
     normal_mask = (nw > 0.5).to(like.dtype)
-    iris = None
-    lmk = getattr(crop, "landmarks", None)
-    if lmk is not None:
-        lmk = np.asarray(lmk, dtype=np.float64)
-        if lmk.ndim == 2 and lmk.shape[0] > max(IRIS_LANDMARKS) and np.isfinite(lmk[list(IRIS_LANDMARKS)]).all():
-            pts = lmk[list(IRIS_LANDMARKS)] * (size / float(w))
-            pts = pts[np.argsort(pts[:, 0])]
-            iris = torch.as_tensor(pts, dtype=like.dtype, device=like.device)
     return FitTargets(
         size=size,
         uv=uv_t,
@@ -138,5 +141,15 @@ def build_targets(prediction, crop, size: int, like: torch.Tensor) -> FitTargets
         normal_mask=normal_mask,
         fg_mask=(_resize(fg.astype(np.float32), size, like) > 0.5).to(like.dtype),
         valid_bg=(_resize(bg.astype(np.float32), size, like) > 0.5).to(like.dtype),
-        iris=iris,
+        crop_size=w,
+        face_mask=face,
     )
+
+
+def _face_mask(crop, size: int, like: torch.Tensor) -> torch.Tensor | None:
+    """The crop's ``face`` mask at S (bool), unless missing or a rough guess."""
+    masks = getattr(crop, "masks", None) or {}
+    face = masks.get("face")
+    if face is None or "face" in set(getattr(crop, "approximate_masks", ()) or ()):
+        return None
+    return _resize(np.asarray(face, dtype=np.float32), size, like) > 0.5

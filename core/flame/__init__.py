@@ -16,6 +16,7 @@ from .io import (
     load_eyelids,
     load_flame,
     load_landmark_embedding,
+    read_flame,
     write_flame_pickle,
 )
 from .lbs import batch_rigid_transform, blend_shapes, lbs, vertices2joints, vertices2landmarks
@@ -48,6 +49,7 @@ __all__ = [
     "load_flame",
     "load_landmark_embedding",
     "load_uv_template",
+    "read_flame",
     "matrix_to_axis_angle",
     "matrix_to_rotation_6d",
     "mirror_vertex_index",

@@ -3,6 +3,16 @@
 FLAME 2020 and 2023 pickles reference ``chumpy.ch.Ch`` and ``scipy.sparse`` CSC matrices; FLAME 2023 Open only
 the latter. A restricted unpickler maps exactly those classes (and numpy's array reconstruction) to small
 stand-ins and refuses every other global, because unpickling an arbitrary file can run code.
+
+The FLAME site hands out zips; :func:`load_flame` reads the model straight out of them (nothing is extracted to
+disk), choosing the member by :data:`ZIP_MEMBERS`:
+
+- ``FLAME2020.zip`` holds ``generic_model.pkl``, ``female_model.pkl`` and ``male_model.pkl``: the generic model;
+- ``FLAME2023.zip`` holds ``flame2023.pkl`` and ``flame2023_no_jaw.pkl``: ``flame2023.pkl``. The add-on rigs and
+  fits a jaw joint, and only this variant's pose correctives and expression space are meant for a rotating jaw;
+  the no-jaw variant (which Pixel3DMM's tracker uses) folds jaw opening into the expression space, where a jaw
+  bone would double it. Choose ``flame2023_no_jaw.pkl`` explicitly (extracted) to use it anyway;
+- ``FLAME2023Open.zip`` holds ``flame2023_Open.pkl``.
 """
 
 from __future__ import annotations
@@ -35,6 +45,11 @@ _N_EXPR_DEFAULT = 100
 _SYNTHETIC_KEY = "pixel3dmm_synthetic"
 _REQUIRED = ("v_template", "f", "shapedirs", "posedirs", "J_regressor", "weights", "kintree_table")
 _ARRAY_FIELDS = ("v_template", "faces", "shapedirs", "exprdirs", "posedirs", "J_regressor", "weights", "parents")
+#: FLAME pickles looked for inside a zip, in the order of preference (see the module docstring).
+ZIP_MEMBERS = ("generic_model.pkl", "flame2023.pkl", "flame2023_open.pkl", "flame2023_no_jaw.pkl",
+               "female_model.pkl", "male_model.pkl")
+_MAX_MEMBER_BYTES = 1 << 30  # the largest FLAME pickle is about 0.1 GB
+FLAME_SITE = "https://flame.is.tue.mpg.de"
 
 
 class _ChumpyStandIn:
@@ -267,10 +282,12 @@ def source_key(path: Path) -> str:
     return f"v{CACHE_FORMAT}-{stat.st_size}-{stat.st_mtime_ns}-{h.hexdigest()}"
 
 
-def cache_path(path: Path, folder: Path) -> Path:
-    """Where the converted .npz of ``path`` lives inside ``folder`` (one file per source path)."""
-    tag = hashlib.sha256(str(path.resolve()).encode("utf-8")).hexdigest()[:16]
-    return folder / "flame" / f"{path.stem}-{tag}.npz"
+def cache_path(path: Path, folder: Path, member: str | None = None) -> Path:
+    """Where the converted .npz of ``path`` (or of its zip ``member``) lives inside ``folder``."""
+    source = str(path.resolve()) + (f"|{member}" if member else "")
+    tag = hashlib.sha256(source.encode("utf-8")).hexdigest()[:16]
+    stem = path.stem + (f"-{Path(member).stem}" if member else "")
+    return folder / "flame" / f"{stem}-{tag}.npz"
 
 
 def _read_npz(path: Path, expect_key: str | None) -> FlameData | None:
@@ -308,19 +325,103 @@ def save_npz(data: FlameData, path: Path, key: str = "") -> Path:
     return path
 
 
+def _zip_member(path: Path) -> str | None:
+    """The zip member to read: None for a converted .npz, else the FLAME pickle chosen by :data:`ZIP_MEMBERS`.
+
+    Raises
+    ------
+    AssetInvalidError : a damaged zip, or one without a FLAME pickle.
+    """
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = [n for n in zf.namelist() if not n.startswith("__MACOSX/") and not n.endswith("/")]
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise AssetInvalidError(f"{path} is a damaged or incomplete zip archive; download it again.") from exc
+    if "source_key.npy" in names or all(f"{k}.npy" in names for k in _ARRAY_FIELDS):
+        return None
+    by_name = {}
+    for name in sorted(names, key=lambda n: (n.count("/"), n)):
+        by_name.setdefault(name.rsplit("/", 1)[-1].lower(), name)
+    for wanted in ZIP_MEMBERS:
+        if wanted in by_name:
+            return by_name[wanted]
+    raise AssetInvalidError(
+        f"The zip {path.name} holds no FLAME model (.pkl); download FLAME 2020, FLAME 2023 or FLAME 2023 Open from "
+        f"{FLAME_SITE} and choose that zip or the .pkl inside it."
+    )
+
+
+def _read_source(path: Path, member: str | None) -> FlameData:
+    """Unpickle and convert a FLAME pickle (a file, or ``member`` of the zip ``path``)."""
+    if member is None:
+        content, label = path.read_bytes(), path
+    else:
+        label = path / member
+        try:
+            with zipfile.ZipFile(path) as zf:
+                info = zf.getinfo(member)
+                if info.file_size > _MAX_MEMBER_BYTES:
+                    raise AssetInvalidError(f"{label} is {info.file_size} bytes, far more than any FLAME model; "
+                                            "choose the FLAME download.")
+                content = zf.read(info)
+        except (zipfile.BadZipFile, OSError) as exc:
+            raise AssetInvalidError(f"{path} is a damaged or incomplete zip archive; download it again.") from exc
+    return flame_data_from_dict(unpickle_bytes(content, label), label, hashlib.sha256(content).hexdigest())
+
+
+def _check_exists(path: Path) -> None:
+    if not path.is_file():
+        raise AssetMissingError(
+            f"The FLAME model {path} does not exist; download it from {FLAME_SITE} and choose the .pkl file or the "
+            "downloaded zip."
+        )
+
+
+def _read_converted(path: Path) -> FlameData:
+    data = _read_npz(path, None)
+    if data is None:
+        raise AssetInvalidError(f"{path} is a damaged converted FLAME model; delete it and choose the FLAME .pkl.")
+    return data
+
+
+def _is_zip(path: Path) -> bool:
+    with path.open("rb") as f:
+        return f.read(4) == b"PK\x03\x04"
+
+
+def read_flame(path: str | Path) -> FlameData:
+    """Read and validate a FLAME model with the checks :func:`load_flame` applies, without any cache.
+
+    Accepts what :func:`load_flame` accepts (a FLAME pickle, a FLAME download zip, a converted .npz); the asset
+    check uses it so that what it reports as found is what a reconstruction can load.
+
+    Raises
+    ------
+    AssetMissingError, AssetInvalidError.
+    """
+    path = Path(path)
+    _check_exists(path)
+    zipped = _is_zip(path)
+    member = _zip_member(path) if zipped else None
+    if zipped and member is None:
+        return _read_converted(path)
+    return _read_source(path, member)
+
+
 def load_flame(
     path: str | Path,
     cache_dir: str | Path | None = None,
     eyelids: tuple[str | Path, str | Path] | None = None,
 ) -> FlameData:
-    """Load a FLAME model: FLAME 2020, 2023, 2023 Open, a synthetic head, or a converted .npz.
+    """Load a FLAME model: FLAME 2020, 2023, 2023 Open (a .pkl or the downloaded zip), a synthetic head, or a
+    converted .npz.
 
     The first load of a pickle converts it to ``<cache_dir>/flame/<name>-<hash>.npz``; later loads read that file
     while the source's size, modification time and first/last MiB are unchanged.
 
     Parameters
     ----------
-    path : the .pkl (or a converted .npz).
+    path : the .pkl, a FLAME zip (see :data:`ZIP_MEMBERS`), or a converted .npz.
     cache_dir : folder for converted files; default :func:`core.assets.cache_dir`.
     eyelids : optional (left, right) paths of ``l_eyelid.npy`` / ``r_eyelid.npy``, each (V, 3).
 
@@ -333,33 +434,22 @@ def load_flame(
     AssetMissingError, AssetInvalidError.
     """
     path = Path(path)
-    if not path.is_file():
-        raise AssetMissingError(
-            f"The FLAME model {path} does not exist; download it from https://flame.is.tue.mpg.de and choose "
-            "the .pkl file."
-        )
-    with path.open("rb") as f:
-        magic = f.read(4)
-    if magic == b"PK\x03\x04":
-        data = _read_npz(path, None)
-        if data is None:
-            raise AssetInvalidError(
-                f"{path} is a zip archive but not a converted FLAME model; if it is the FLAME download, unzip it "
-                "and choose the .pkl inside."
-            )
-        hit = True
+    _check_exists(path)
+    zipped = _is_zip(path)
+    member = _zip_member(path) if zipped else None
+    if zipped and member is None:
+        data, hit = _read_converted(path), True
     else:
         if cache_dir is None:
             from ..assets import cache_dir as default_cache_dir
 
             cache_dir = default_cache_dir()
-        key = source_key(path)
-        target = cache_path(path, Path(cache_dir))
+        key = source_key(path) + (f"-{member}" if member else "")
+        target = cache_path(path, Path(cache_dir), member)
         data = _read_npz(target, key) if target.is_file() else None
         hit = data is not None
         if data is None:
-            content = path.read_bytes()
-            data = flame_data_from_dict(unpickle_bytes(content, path), path, hashlib.sha256(content).hexdigest())
+            data = _read_source(path, member)
             try:
                 save_npz(data, target, key)
             except OSError as exc:

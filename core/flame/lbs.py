@@ -102,7 +102,8 @@ def lbs(
     v_template: torch.Tensor,
     dirs: torch.Tensor,
     posedirs: torch.Tensor,
-    j_regressor: torch.Tensor,
+    j_template: torch.Tensor,
+    j_dirs: torch.Tensor,
     parents: Sequence[int],
     weights: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -115,7 +116,9 @@ def lbs(
     v_template : (V, 3) template vertices.
     dirs : (V, 3, K) identity and expression blendshapes.
     posedirs : (V, 3, 9 * (J - 1)) pose correctives.
-    j_regressor : (J, V) joint regressor.
+    j_template : (J, 3) the joint regressor applied to the template; j_dirs : (J, 3, K) applied to the blendshapes
+        (so the joints need no vertices: ``J_regressor @ (v_template + dirs @ coeffs)`` regressed in advance, as
+        smplx does).
     parents : length-J parent indices (``-1`` for the root).
     weights : (V, J) skinning weights.
 
@@ -129,7 +132,7 @@ def lbs(
     """
     v_shaped = v_template + blend_shapes(coeffs, dirs)
     # Coefficients with batch 1 serve every pose in the batch: the blendshapes are formed once.
-    rest_joints = vertices2joints(j_regressor, v_shaped).expand(rot_mats.shape[0], -1, -1)
+    rest_joints = (j_template + blend_shapes(coeffs, j_dirs)).expand(rot_mats.shape[0], -1, -1)
     v_posed = v_shaped + blend_shapes(pose_feature(rot_mats), posedirs)
     world, skinning = batch_rigid_transform(rot_mats, rest_joints, parents)
     # Blend the 3x4 joint transforms per vertex with one 2-D matmul, component-major so that each of the 12

@@ -15,7 +15,9 @@ from .rotation import as_rotation_matrix
 _ROTATION_FIELDS = ("global_pose", "neck_pose", "jaw_pose", "eye_pose_left", "eye_pose_right")
 _IDENTITY_6D = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 #: The model's buffers, in registration order.
-_BUFFERS = ("v_template", "dirs", "posedirs", "J_regressor", "lbs_weights", "eyelids", "faces", "parents")
+_BUFFERS = (
+    "v_template", "dirs", "posedirs", "J_regressor", "j_template", "j_dirs", "lbs_weights", "eyelids", "faces", "parents",
+)
 
 
 #: FlameParams fields that may have batch 1 next to a batch of poses.
@@ -128,8 +130,10 @@ class FlameModel(nn.Module):
     """FLAME as a module that holds only buffers (they follow ``.to(device, dtype)``).
 
     Buffers: ``v_template`` (V,3), ``dirs`` (V,3,Ns+Ne) identity then expression blendshapes, ``posedirs``
-    (V,3,36), ``J_regressor`` (J,V), ``lbs_weights`` (V,J), ``faces`` (F,3) int64, ``parents`` (J,) int64 and
-    ``eyelids`` (2,V,3) or None. Joint order: 0 root, 1 neck, 2 jaw, 3 left eye, 4 right eye.
+    (V,3,36), ``J_regressor`` (J,V) (None on a :meth:`restricted` copy), ``j_template`` (J,3) and ``j_dirs``
+    (J,3,Ns+Ne) (the regressor applied to the template and the blendshapes: the joints without the vertices),
+    ``lbs_weights`` (V,J), ``faces`` (F,3) int64, ``parents`` (J,) int64 and ``eyelids`` (2,V,3) or None. Joint
+    order: 0 root, 1 neck, 2 jaw, 3 left eye, 4 right eye.
     """
 
     def __init__(
@@ -155,6 +159,7 @@ class FlameModel(nn.Module):
         dirs = np.concatenate((data.shapedirs[..., : self.n_shape], data.exprdirs[..., : self.n_expr]), axis=2)
         arrays = {
             "v_template": data.v_template, "dirs": dirs, "posedirs": data.posedirs, "J_regressor": data.J_regressor,
+            "j_template": data.J_regressor @ data.v_template, "j_dirs": np.einsum("jv,vck->jck", data.J_regressor, dirs),
             "lbs_weights": data.weights, "eyelids": data.eyelids, "faces": data.faces, "parents": data.parents,
         }
         for name in _BUFFERS:
@@ -170,7 +175,7 @@ class FlameModel(nn.Module):
         new.n_shape, new.n_expr, new.release, new._parents = self.n_shape, self.n_expr, self.release, self._parents
         new.vertex_ids = vertex_ids
         for name in _BUFFERS:
-            new.register_buffer(name, replaced.get(name, getattr(self, name)), persistent=False)
+            new.register_buffer(name, replaced[name] if name in replaced else getattr(self, name), persistent=False)
         return new
 
     def component_major(self) -> FlameModel:
@@ -253,7 +258,8 @@ class FlameModel(nn.Module):
             self.v_template,
             self.dirs,
             self.posedirs,
-            self.J_regressor,
+            self.j_template,
+            self.j_dirs,
             self._parents,
             self.lbs_weights,
         )
@@ -295,10 +301,10 @@ class FlameModel(nn.Module):
     def restricted(self, vertex_ids: torch.Tensor) -> FlameModel:
         """A copy that evaluates only some vertices, exactly as the full model does.
 
-        The copy keeps the given vertices plus those the joint regressor reads (so that the joints, and with
-        them every posed vertex, are unchanged), in increasing order, listed in its ``vertex_ids``; its
-        ``faces`` are the triangles whose corners it all keeps, renumbered. Buffers are slices (copies) of this
-        model's; nothing else is shared.
+        The copy keeps the given vertices, in increasing order, listed in its ``vertex_ids``; its ``faces`` are the
+        triangles whose corners it all keeps, renumbered. Its joints are exact without the other vertices: they come
+        from ``j_template`` and ``j_dirs`` (shared); it has no ``J_regressor``. The vertex buffers are slices
+        (copies) of this model's.
 
         Parameters
         ----------
@@ -313,13 +319,12 @@ class FlameModel(nn.Module):
         ids = torch.as_tensor(vertex_ids, device=self.v_template.device).long().reshape(-1)
         if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= n_vert):
             raise ValueError(f"vertex_ids must lie in [0, {n_vert}).")
-        regressed = (self.J_regressor != 0).any(0).nonzero().squeeze(1)
-        ids = torch.unique(torch.cat([ids, regressed]))
+        ids = torch.unique(ids)
         local = torch.full((n_vert,), -1, dtype=torch.long, device=ids.device)
         local[ids] = torch.arange(ids.numel(), device=ids.device)
         kept = (local[self.faces] >= 0).all(1)
         replaced = {name: getattr(self, name).index_select(0, ids) for name in ("v_template", "dirs", "posedirs", "lbs_weights")}
-        replaced["J_regressor"] = self.J_regressor.index_select(1, ids)
+        replaced["J_regressor"] = None
         if self.eyelids is not None:
             replaced["eyelids"] = self.eyelids.index_select(1, ids)
         replaced["faces"] = local[self.faces[kept]]

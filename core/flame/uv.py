@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -131,21 +132,67 @@ def mirror_vertex_index(vertices: np.ndarray) -> tuple[np.ndarray, float]:
     return index, float(best.max(initial=0.0))
 
 
+#: OBJ names looked for inside a zip (the FLAME texture-space download or a zip of the Pixel3DMM repository,
+#: whose ``assets/`` folder holds ``head_template.obj``), in the order of preference.
+ZIP_MEMBERS = ("head_template.obj", "head_template_mesh.obj")
+_MAX_OBJ_BYTES = 64 << 20  # head_template.obj is 0.56 MB
+
+
+def _zip_member(path: Path) -> str:
+    """The UV template OBJ inside the zip ``path`` (shallowest, preferring ``assets/``), or a one-sentence error."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = [n for n in zf.namelist() if not n.startswith("__MACOSX/")]
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise AssetInvalidError(f"The UV template zip {path} is damaged or incomplete; download it again.") from exc
+    for wanted in ZIP_MEMBERS:
+        found = [n for n in names if n.rsplit("/", 1)[-1].lower() == wanted]
+        if found:
+            return min(found, key=lambda n: ("/assets/" not in f"/{n}", n.count("/"), n))
+    raise AssetInvalidError(
+        f"The zip {path.name} holds no head_template.obj; choose the FLAME texture-space download or the Pixel3DMM "
+        "repository's assets/head_template.obj."
+    )
+
+
+def _read_text(path: Path) -> tuple[str, str]:
+    """The OBJ text of ``path`` (a file, or the template inside a zip) and the name to use in messages."""
+    with path.open("rb") as f:
+        zipped = f.read(4) == b"PK\x03\x04"
+    label = str(path)
+    try:
+        if zipped:
+            member = _zip_member(path)
+            label = f"{path}/{member}"
+            with zipfile.ZipFile(path) as zf:
+                info = zf.getinfo(member)
+                if info.file_size > _MAX_OBJ_BYTES:
+                    raise AssetInvalidError(f"The UV template {label} is far larger than head_template.obj; "
+                                            "choose head_template.obj.")
+                raw = zf.read(info)
+        else:
+            raw = path.read_bytes()
+        return raw.decode("utf-8", errors="strict"), label
+    except UnicodeDecodeError as exc:
+        raise AssetInvalidError(f"The UV template {label} is not a text OBJ file; choose head_template.obj.") from exc
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise AssetInvalidError(f"The UV template zip {path} is damaged or incomplete; download it again.") from exc
+
+
 def load_uv_template(path: str | Path) -> UVTemplate:
     """Read a FLAME UV template OBJ (``head_template.obj``: ``v``, ``vt`` and ``f v/vt`` triangles).
+
+    ``path`` may also be a zip holding it (see :data:`ZIP_MEMBERS`); it is read without extracting anything.
 
     Raises
     ------
     AssetMissingError : the file does not exist.
-    AssetInvalidError : not a triangulated OBJ with UVs.
+    AssetInvalidError : not a triangulated OBJ with UVs, or a zip without one.
     """
     path = Path(path)
     if not path.is_file():
         raise AssetMissingError(f"The UV template {path} does not exist; choose the FLAME head_template.obj.")
-    try:
-        text = path.read_text(encoding="utf-8", errors="strict")
-    except UnicodeDecodeError as exc:
-        raise AssetInvalidError(f"The UV template {path} is not a text OBJ file; choose head_template.obj.") from exc
+    text, label = _read_text(path)
     verts: list[list[float]] = []
     uvs: list[list[float]] = []
     tris: list[list[int]] = []
@@ -168,19 +215,19 @@ def load_uv_template(path: str | Path) -> UVTemplate:
                 uv_tris.append([int(c[1]) for c in corners])
     except (ValueError, IndexError) as exc:
         raise AssetInvalidError(
-            f"The UV template {path} is not a triangulated OBJ with UVs ({exc}); choose head_template.obj."
+            f"The UV template {label} is not a triangulated OBJ with UVs ({exc}); choose head_template.obj."
         ) from exc
     if not verts or not uvs or not tris or any(len(x) != 3 for x in verts) or any(len(x) != 2 for x in uvs):
-        raise AssetInvalidError(f"The UV template {path} lacks vertices, UVs or faces; choose head_template.obj.")
+        raise AssetInvalidError(f"The UV template {label} lacks vertices, UVs or faces; choose head_template.obj.")
     faces = np.asarray(tris, dtype=np.int64)
     uv_faces = np.asarray(uv_tris, dtype=np.int64)
     # OBJ indices are 1-based; negative ones count from the end.
     faces = np.where(faces < 0, faces + len(verts), faces - 1)
     uv_faces = np.where(uv_faces < 0, uv_faces + len(uvs), uv_faces - 1)
-    template = UVTemplate.from_arrays(np.asarray(verts), faces, np.asarray(uvs), uv_faces, str(path))
+    template = UVTemplate.from_arrays(np.asarray(verts), faces, np.asarray(uvs), uv_faces, label)
     log.info(
         "UV template %s: %d vertices, %d UVs, %d faces, mirror residual %.2e m, UV mirror axis %.4f",
-        path, len(verts), len(uvs), len(tris), template.mirror_residual, template.uv_mirror_axis,
+        label, len(verts), len(uvs), len(tris), template.mirror_residual, template.uv_mirror_axis,
     )
     return template
 

@@ -1,22 +1,27 @@
-"""Safe loading, strict matching, conversion and caching of Pixel3DMM network checkpoints.
+"""Safe, tolerant reading, strict matching, streaming conversion and caching of Pixel3DMM network checkpoints.
 
-Published checkpoints are PyTorch Lightning files: a zip with a pickle that holds ``state_dict`` (network keys
-prefixed ``net.``, plus the training-only buffer ``vertex_weight_mask``), ``hyper_parameters["cfg"]`` (an
-OmegaConf DictConfig) and Lightning's training state. Pickles can run code, so they are only ever read with
-torch's weights-only unpickler. The few OmegaConf classes the configuration needs are mapped to inert stand-in
-classes below (nothing from omegaconf is imported or executed) and turned into plain dicts and lists. Any other
-global referenced by the file (``os.system``, ``builtins.eval``, ...) is refused before loading, with a
-:class:`CheckpointError`.
+Published checkpoints are PyTorch Lightning files: a ``torch.save`` zip whose pickle holds ``state_dict``
+(network keys prefixed ``net.``, plus training-only entries such as the buffer ``vertex_weight_mask``),
+``hyper_parameters["cfg"]`` (an OmegaConf DictConfig) and Lightning's training state (optimizer and scheduler
+state, loops, callbacks with numpy values and ``pathlib`` paths, ...). Pickles can run code, so the file is only
+ever read by :mod:`.torchzip`, which calls nothing from it: tensors become references to their bytes, the
+OmegaConf classes map to the inert stand-ins below (turned into plain dicts and lists), every other object graph
+becomes inert placeholders, and a pickle that names a code entry point (``os.system``, ``builtins.eval``, ...) is
+refused with a :class:`CheckpointError`. Only the ``net.*`` tensors and the cfg are used; every other
+``state_dict`` key is ignored and named in the log, and the ``net.*`` keys must match the network the cfg
+describes exactly.
 
-:func:`convert_checkpoint` writes a compact ``.safetensors`` file (float32 or float16 weights without the
-``net.`` prefix; the :class:`NetworkCfg` as JSON in the file's metadata). :func:`load_network` accepts both forms
-and, for ``.ckpt`` files, caches a float32 conversion under :func:`core.assets.cache_dir` so the add-on's later
-loads skip the 1.5-2.3 GB pickle.
+:func:`convert_checkpoint` streams a compact ``.safetensors`` file (float16 or float32 weights without the
+``net.`` prefix; the :class:`NetworkCfg` as JSON in the file's metadata) one tensor at a time, so converting a
+2.25 GB checkpoint needs memory for one tensor, not for the network. :func:`inspect_network_file` validates
+either form from its cfg and tensor shapes without reading the weights. :func:`load_network` accepts both forms
+and, for ``.ckpt`` files, caches a float32 conversion under :func:`core.assets.cache_dir` so later loads skip the
+1.5-2.3 GB checkpoint.
 """
 
 from __future__ import annotations
 
-import collections
+import functools
 import hashlib
 import json
 import logging
@@ -25,8 +30,9 @@ import pickle
 import re
 import time
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import safetensors
 import safetensors.torch
@@ -34,20 +40,23 @@ import torch
 
 from ..assets import cache_dir, sniff_kind
 from ..device import is_gpu, is_out_of_memory, meta_device, release_memory, resolve_device
-from ..errors import CheckpointError
+from ..errors import CheckpointError, DiskFullError
 from .config import NetworkCfg
 from .model import PixelNetwork
+from .streaming import DTYPE_CODES, Entry, write_safetensors
+from .torchzip import Archive, NotATorchArchive, Placeholder, TensorRef, UnsafePickleError, open_archive
 
 logger = logging.getLogger(__name__)
 
 #: Prefix of the network's keys inside the Lightning system's state dict.
 NET_PREFIX = "net."
-#: Buffers of the Lightning system that only training uses; they are dropped on load.
-TRAINING_BUFFERS = frozenset({"vertex_weight_mask"})
 #: Marker in a converted file's metadata.
 FORMAT_NAME = "pixel3dmm-network"
 FORMAT_VERSION = "1"
 _DTYPES = {"float32": torch.float32, "float16": torch.float16}
+_CODE_DTYPES = {code: dtype for dtype, code in DTYPE_CODES.items()}
+ProgressFn = Callable[[float], None]
+CancelFn = Callable[[], bool]
 
 
 # --- OmegaConf stand-ins -------------------------------------------------------------------------------------
@@ -79,7 +88,7 @@ class AnyTypeStandIn:
     """Stands for ``typing.Any`` inside OmegaConf metadata."""
 
 
-#: Fully qualified names the weights-only unpickler may resolve, mapped to what it gets instead.
+#: Fully qualified OmegaConf names, mapped to the stand-in the reader builds instead.
 OMEGACONF_STANDINS: dict[str, type] = {
     "omegaconf.dictconfig.DictConfig": DictConfigStandIn,
     "omegaconf.listconfig.ListConfig": ListConfigStandIn,
@@ -87,32 +96,25 @@ OMEGACONF_STANDINS: dict[str, type] = {
     "omegaconf.base.Metadata": MetadataStandIn,
     **{
         f"omegaconf.nodes.{name}": ValueNodeStandIn
-        for name in ("AnyNode", "StringNode", "IntegerNode", "FloatNode", "BooleanNode", "BytesNode", "PathNode")
+        for name in ("AnyNode", "StringNode", "IntegerNode", "FloatNode", "BooleanNode", "BytesNode", "PathNode",
+                     "EnumNode")
     },
     "typing.Any": AnyTypeStandIn,
 }
-#: Harmless real globals an OmegaConf state refers to (types as metadata values, ``defaultdict(dict)``).
-_PLAIN_GLOBALS: dict[str, Any] = {
-    f"builtins.{t.__name__}": t for t in (dict, list, tuple, set, int, float, str, bool, bytes)
-} | {"collections.defaultdict": collections.defaultdict, "collections.OrderedDict": collections.OrderedDict}
-
-
-def _safe_globals() -> list:
-    entries: list = [(cls, name) for name, cls in OMEGACONF_STANDINS.items()]
-    entries += [(obj, name) for name, obj in _PLAIN_GLOBALS.items()]
-    return entries
-
-
-def _allowed_global_names() -> frozenset[str]:
-    return frozenset(OMEGACONF_STANDINS) | frozenset(_PLAIN_GLOBALS)
 
 
 def to_plain(obj: Any) -> Any:
-    """Turn unpickled OmegaConf stand-ins (and containers holding them) into plain dicts, lists and values."""
+    """Turn unpickled OmegaConf stand-ins (and containers holding them) into plain dicts, lists and values.
+
+    A placeholder that was filled like a dict (a ``dict`` subclass such as Lightning's ``AttributeDict``)
+    becomes a dict of its items; other placeholders stay as they are.
+    """
     if isinstance(obj, (DictConfigStandIn, ListConfigStandIn)):
         return to_plain(obj.__dict__.get("_content"))
     if isinstance(obj, ValueNodeStandIn):
         return to_plain(obj.__dict__.get("_val"))
+    if isinstance(obj, Placeholder) and obj.items:
+        return {key: to_plain(value) for key, value in obj.items.items()}
     if isinstance(obj, Mapping):
         return {key: to_plain(value) for key, value in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -152,7 +154,7 @@ def _describe(path: Path) -> str:
 
 
 def _check_readable(path: Path) -> str:
-    """Return the file kind or raise a one-sentence :class:`CheckpointError` for unusable files."""
+    """Return the file kind ("zip" or "safetensors") or raise a one-sentence :class:`CheckpointError`."""
     if not path.is_file():
         raise CheckpointError(f"The network checkpoint {path} does not exist; check the path in the settings.")
     kind = sniff_kind(path)
@@ -183,27 +185,104 @@ def _zip_head(path: Path) -> bool:
         return f.read(4) == b"PK\x03\x04"
 
 
-def _refuse_unsafe_globals(path: Path) -> None:
+def _damaged(path: Path) -> CheckpointError:
+    return CheckpointError(f"The checkpoint {_describe(path)} is damaged and cannot be read; download it again.")
+
+
+def _open_lightning(path: Path) -> Archive:
+    """Open a Lightning ``.ckpt`` with the inert reader, mapping every failure to one sentence."""
     try:
-        names = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
-    except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError, zipfile.BadZipFile) as exc:
+        return open_archive(path, OMEGACONF_STANDINS)
+    except UnsafePickleError as exc:
         raise CheckpointError(
-            f"The checkpoint {_describe(path)} is damaged and cannot be read; download it again."
+            f"The checkpoint {_describe(path)} refers to code ({exc.name}) that a safe load refuses to run; use only "
+            "the official uv.ckpt and normals.ckpt files."
+        ) from None
+    except NotATorchArchive as exc:
+        raise CheckpointError(
+            f"The file {_describe(path)} is a zip archive but not a PyTorch checkpoint ({exc}); use the published "
+            "uv.ckpt or normals.ckpt."
+        ) from None
+    except zipfile.BadZipFile as exc:
+        raise CheckpointError(
+            f"The checkpoint {_describe(path)} is incomplete or damaged ({exc}); download it again."
         ) from exc
-    unsafe = sorted(set(names) - _allowed_global_names())
-    if unsafe:
-        shown = ", ".join(unsafe[:3]) + (", ..." if len(unsafe) > 3 else "")
+    except OSError:
+        raise
+    except Exception as exc:  # a damaged pickle can raise nearly anything; nothing of it ran code
+        raise _damaged(path) from exc
+
+
+def _as_mapping(obj: Any) -> Mapping | None:
+    if isinstance(obj, Mapping):
+        return obj
+    if isinstance(obj, Placeholder) and obj.items:
+        return obj.items
+    return None
+
+
+@dataclass(frozen=True)
+class LightningContents:
+    """What a Lightning checkpoint holds for this add-on, before any weight is read.
+
+    Attributes
+    ----------
+    cfg : the network configuration from ``hyper_parameters["cfg"]``.
+    tensors : the ``net.*`` entries without the prefix, as references into the file.
+    ignored : ``state_dict`` keys outside ``net.`` (training-only state), sorted.
+    """
+
+    cfg: NetworkCfg
+    tensors: dict[str, TensorRef]
+    ignored: tuple[str, ...]
+
+
+def _contents(archive: Archive) -> LightningContents:
+    path = archive.path
+    ckpt = _as_mapping(archive.tree)
+    state = _as_mapping(ckpt.get("state_dict")) if ckpt is not None else None
+    if state is None:
         raise CheckpointError(
-            f"The checkpoint {_describe(path)} refers to code ({shown}) that a safe load refuses to run; use only the "
-            "official uv.ckpt and normals.ckpt files."
+            f"The file {_describe(path)} is a PyTorch file but not a Lightning checkpoint; use the published "
+            "uv.ckpt or normals.ckpt."
         )
+    try:
+        hparams = to_plain(ckpt.get("hyper_parameters"))
+    except RecursionError as exc:
+        raise _damaged(path) from exc
+    if not isinstance(hparams, Mapping):
+        raise CheckpointError(
+            f"The checkpoint {_describe(path)} stores no hyper-parameters, so its network cannot be rebuilt; use the "
+            "published uv.ckpt or normals.ckpt."
+        )
+    # save_hyperparameters() on `system(cfg)` stores {"cfg": DictConfig}; accept a bare cfg as well.
+    cfg = NetworkCfg.from_lightning_cfg(resolve_interpolations(hparams.get("cfg", hparams)))
+    tensors: dict[str, TensorRef] = {}
+    ignored = []
+    for key, value in state.items():
+        if not isinstance(key, str) or not key.startswith(NET_PREFIX):
+            ignored.append(str(key))
+            continue
+        if not isinstance(value, TensorRef):
+            shown = getattr(value, "global_name", type(value).__name__)
+            raise CheckpointError(
+                f"The checkpoint {_describe(path)} stores {key} as {shown} instead of a tensor; download it again."
+            )
+        tensors[key[len(NET_PREFIX):]] = value
+    ignored.sort()
+    if ignored:
+        logger.info("%s: ignoring %d state_dict entries outside %s*: %s", path.name, len(ignored), NET_PREFIX,
+                    ", ".join(ignored))
+    if archive.placeholder_names:
+        logger.info("%s: read as inert data: %s", path.name, ", ".join(sorted(archive.placeholder_names)))
+    return LightningContents(cfg, tensors, tuple(ignored))
 
 
 def read_lightning_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], NetworkCfg]:
     """Read a Lightning ``.ckpt`` safely and return its network state dict and configuration.
 
-    The file is memory-mapped (no second in-memory copy of the weights); Lightning's optimizer and loop state
-    are never touched.
+    Only the ``net.*`` tensors are read from the file (each exactly once, checked against its CRC-32);
+    optimizer, scheduler and loop state are never materialised.
 
     Parameters
     ----------
@@ -213,8 +292,7 @@ def read_lightning_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.
     Returns
     -------
     state : dict[str, torch.Tensor]
-        Network weights with the ``net.`` prefix removed and training buffers dropped (see
-        :func:`filter_state_dict`).
+        Network weights with the ``net.`` prefix removed, in their stored dtype.
     cfg : NetworkCfg
         The architecture read from ``hyper_parameters["cfg"]``.
     """
@@ -224,58 +302,36 @@ def read_lightning_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.
             f"The file {_describe(path)} is a converted network, not a Lightning checkpoint; load it with "
             "load_network instead."
         )
-    _refuse_unsafe_globals(path)
+    with _open_lightning(path) as archive:
+        contents = _contents(archive)
+        return {key: _read_tensor(archive, key, ref) for key, ref in contents.tensors.items()}, contents.cfg
+
+
+def _read_tensor(archive: Archive, key: str, ref: TensorRef) -> torch.Tensor:
     try:
-        with torch.serialization.safe_globals(_safe_globals()):
-            ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError, zipfile.BadZipFile) as exc:
+        return archive.read(ref)
+    except (zipfile.BadZipFile, OSError, RuntimeError, ValueError) as exc:
         raise CheckpointError(
-            f"The checkpoint {_describe(path)} is damaged and cannot be read; download it again."
+            f"The checkpoint {_describe(archive.path)} is damaged ({NET_PREFIX}{key}: {exc}); download it again."
         ) from exc
-    if not isinstance(ckpt, Mapping) or not isinstance(ckpt.get("state_dict"), Mapping):
-        raise CheckpointError(
-            f"The file {_describe(path)} is a PyTorch file but not a Lightning checkpoint; use the published "
-            "uv.ckpt or normals.ckpt."
-        )
-    hparams = to_plain(ckpt.get("hyper_parameters"))
-    if not isinstance(hparams, Mapping):
-        raise CheckpointError(
-            f"The checkpoint {_describe(path)} stores no hyper-parameters, so its network cannot be rebuilt; use the "
-            "published uv.ckpt or normals.ckpt."
-        )
-    # save_hyperparameters() on `system(cfg)` stores {"cfg": DictConfig}; accept a bare cfg as well.
-    cfg_tree = hparams.get("cfg", hparams)
-    cfg = NetworkCfg.from_lightning_cfg(resolve_interpolations(cfg_tree))
-    return filter_state_dict(ckpt["state_dict"]), cfg
-
-
-def filter_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Strip the Lightning ``net.`` prefix and drop the training-only buffers.
-
-    Keys that are neither under ``net.`` nor known training buffers are kept unchanged, so the strict
-    comparison in :func:`load_state_strict` reports them as unexpected instead of silently ignoring them.
-    """
-    out: dict[str, torch.Tensor] = {}
-    for key, value in state.items():
-        if key in TRAINING_BUFFERS:
-            continue
-        out[key[len(NET_PREFIX):] if key.startswith(NET_PREFIX) else key] = value
-    return out
 
 
 def _key_list(keys: list[str]) -> str:
     return ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
 
 
-def load_state_strict(model: PixelNetwork, state: Mapping[str, torch.Tensor], source: str = "checkpoint") -> None:
-    """Load ``state`` into ``model`` with strict key and shape matching; mismatches raise :class:`CheckpointError`.
+@functools.lru_cache(maxsize=8)
+def expected_shapes(cfg: NetworkCfg) -> dict[str, tuple[int, ...]]:
+    """Name and shape of every state-dict entry of the network ``cfg`` describes (built on the meta device)."""
+    with meta_device():
+        model = PixelNetwork(cfg)
+    return {key: tuple(value.shape) for key, value in model.state_dict().items()}
 
-    The loaded tensors replace the model's parameters (``assign=True``), so no second copy of the weights is
-    kept; the model is then converted to float32.
-    """
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
+
+def check_shapes(expected: Mapping[str, tuple[int, ...]], found: Mapping[str, tuple[int, ...]], source: str) -> None:
+    """Raise :class:`CheckpointError` unless ``found`` has exactly the keys and shapes of ``expected``."""
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
     if missing or unexpected:
         parts = ([f"missing {_key_list(missing)}"] if missing else []) + (
             [f"unexpected {_key_list(unexpected)}"] if unexpected else []
@@ -284,29 +340,29 @@ def load_state_strict(model: PixelNetwork, state: Mapping[str, torch.Tensor], so
             f"The {source} does not match the network its configuration describes ({'; '.join(parts)}); download it "
             "again or report the file to the add-on's authors."
         )
-    wrong = [k for k in expected if tuple(expected[k].shape) != tuple(state[k].shape)]
+    wrong = [k for k in expected if tuple(expected[k]) != tuple(found[k])]
     if wrong:
         key = wrong[0]
         raise CheckpointError(
             f"The {source} does not match the network its configuration describes ({key} has shape "
-            f"{tuple(state[key].shape)}, expected {tuple(expected[key].shape)}); download it again or report the file "
+            f"{tuple(found[key])}, expected {tuple(expected[key])}); download it again or report the file "
             "to the add-on's authors."
         )
+
+
+def load_state_strict(model: PixelNetwork, state: Mapping[str, torch.Tensor], source: str = "checkpoint") -> None:
+    """Load ``state`` into ``model`` with strict key and shape matching; mismatches raise :class:`CheckpointError`.
+
+    The loaded tensors replace the model's parameters (``assign=True``), so no second copy of the weights is
+    kept; the model is then converted to float32.
+    """
+    expected = {key: tuple(value.shape) for key, value in model.state_dict().items()}
+    check_shapes(expected, {key: tuple(value.shape) for key, value in state.items()}, source)
     model.load_state_dict(dict(state), strict=True, assign=True)
     model.float()
 
 
-def read_converted(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], NetworkCfg]:
-    """Read a file written by :func:`convert_checkpoint` and return its weights and configuration."""
-    path = Path(path)
-    try:
-        with safetensors.safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-        state = safetensors.torch.load_file(str(path))
-    except (safetensors.SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(
-            f"The converted network {_describe(path)} is damaged; convert the checkpoint again."
-        ) from exc
+def _converted_metadata(path: Path, meta: Mapping[str, str]) -> NetworkCfg:
     if meta.get("format") != FORMAT_NAME or "network_cfg" not in meta:
         raise CheckpointError(
             f"The file {_describe(path)} is a safetensors file but not a converted Pixel3DMM network; convert uv.ckpt "
@@ -318,7 +374,22 @@ def read_converted(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], Ne
         raise CheckpointError(
             f"The converted network {_describe(path)} has an unreadable configuration; convert the checkpoint again."
         ) from exc
-    return state, NetworkCfg.from_dict(cfg_dict)
+    return NetworkCfg.from_dict(cfg_dict)
+
+
+def read_converted(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], NetworkCfg]:
+    """Read a file written by :func:`convert_checkpoint` and return its weights and configuration."""
+    path = Path(path)
+    try:
+        with safetensors.safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        cfg = _converted_metadata(path, meta)
+        state = safetensors.torch.load_file(str(path))
+    except (safetensors.SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(
+            f"The converted network {_describe(path)} is damaged; convert the checkpoint again."
+        ) from exc
+    return state, cfg
 
 
 def read_network_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], NetworkCfg]:
@@ -327,6 +398,70 @@ def read_network_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor],
     if _check_readable(path) == "safetensors":
         return read_converted(path)
     return read_lightning_checkpoint(path)
+
+
+@dataclass(frozen=True)
+class NetworkFileInfo:
+    """A validated network file, described without reading its weights.
+
+    Attributes
+    ----------
+    kind : "lightning" (a ``.ckpt``) or "converted" (a ``.safetensors`` written by :func:`convert_checkpoint`).
+    cfg : the network configuration.
+    shapes, dtypes : per network key (no ``net.`` prefix), as stored.
+    ignored : ``state_dict`` keys outside ``net.`` (Lightning files only).
+    """
+
+    kind: str
+    cfg: NetworkCfg
+    shapes: dict[str, tuple[int, ...]]
+    dtypes: dict[str, torch.dtype]
+    ignored: tuple[str, ...]
+
+    @property
+    def float32_bytes(self) -> int:
+        """Size of the network's weights in float32."""
+        return 4 * sum(int(torch.Size(shape).numel()) for shape in self.shapes.values())
+
+
+def inspect_network_file(path: str | os.PathLike) -> NetworkFileInfo:
+    """Validate a ``.ckpt`` or converted ``.safetensors`` from its configuration and tensor shapes.
+
+    Reads the pickle (or the safetensors header) only, not the weights, so it takes a fraction of a second even
+    for the 2.25 GB ``uv.ckpt``. The keys and shapes must match the network the configuration describes exactly.
+
+    Raises
+    ------
+    CheckpointError : one sentence saying what is wrong and what to do.
+    """
+    path = Path(path)
+    if _check_readable(path) == "zip":
+        with _open_lightning(path) as archive:
+            return _lightning_info(path, _contents(archive))
+    else:
+        try:
+            with safetensors.safe_open(str(path), framework="pt") as f:
+                cfg = _converted_metadata(path, f.metadata() or {})
+                shapes, dtypes = {}, {}
+                for key in f.keys():
+                    view = f.get_slice(key)
+                    shapes[key] = tuple(view.get_shape())
+                    dtypes[key] = _CODE_DTYPES.get(view.get_dtype(), torch.uint8)
+        except (safetensors.SafetensorError, OSError, ValueError) as exc:
+            raise CheckpointError(
+                f"The converted network {_describe(path)} is damaged; convert the checkpoint again."
+            ) from exc
+        info = NetworkFileInfo("converted", cfg, shapes, dtypes, ())
+    check_shapes(expected_shapes(info.cfg), info.shapes, f"checkpoint {_describe(path)}")
+    return info
+
+
+def _lightning_info(path: Path, contents: LightningContents) -> NetworkFileInfo:
+    """The validated description of an opened Lightning checkpoint (see :func:`inspect_network_file`)."""
+    shapes = {key: ref.shape for key, ref in contents.tensors.items()}
+    dtypes = {key: ref.dtype for key, ref in contents.tensors.items()}
+    check_shapes(expected_shapes(contents.cfg), shapes, f"checkpoint {_describe(path)}")
+    return NetworkFileInfo("lightning", contents.cfg, shapes, dtypes, contents.ignored)
 
 
 # --- building, converting, caching -----------------------------------------------------------------------------
@@ -346,25 +481,35 @@ def build_from_state(state: Mapping[str, torch.Tensor], cfg: NetworkCfg, source:
     return model.eval()
 
 
-def _write_converted(model: PixelNetwork, dst: Path, dtype: str, source_name: str) -> None:
-    tensors = {k: v.detach().to(_DTYPES[dtype]).contiguous() for k, v in model.state_dict().items()}
-    meta = {
+def _metadata(cfg: NetworkCfg, dtype: str, source_name: str) -> dict[str, str]:
+    return {
         "format": FORMAT_NAME,
         "version": FORMAT_VERSION,
-        "network_cfg": json.dumps(model.cfg.to_dict(), sort_keys=True),
+        "network_cfg": json.dumps(cfg.to_dict(), sort_keys=True),
         "dtype": dtype,
         "source": source_name,
     }
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(dst.name + ".partial")
-    safetensors.torch.save_file(tensors, str(tmp), metadata=meta)
-    os.replace(tmp, dst)
 
 
-def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike | None = None, dtype: str = "float16") -> Path:
-    """Write a compact weights-only ``.safetensors`` file for a Lightning checkpoint.
+def _write_converted(model: PixelNetwork, dst: Path, dtype: str, source_name: str) -> None:
+    """Write a loaded network's weights as a converted file (the cache of :func:`load_network`)."""
+    state = model.state_dict()
+    target = _DTYPES[dtype]
+    entries = [Entry(key, target if value.is_floating_point() else value.dtype, tuple(value.shape))
+               for key, value in sorted(state.items())]
+    write_safetensors(dst, entries, lambda entry: state[entry.name].to(entry.dtype),
+                      _metadata(model.cfg, dtype, source_name), what=f"the converted network {dst.name}")
 
-    The network is rebuilt and strictly loaded first, so a broken checkpoint is never converted.
+
+def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike | None = None, dtype: str = "float16", *,
+                       on_progress: ProgressFn | None = None, should_cancel: CancelFn | None = None) -> Path:
+    """Stream a compact weights-only ``.safetensors`` file out of a Lightning checkpoint, one tensor at a time.
+
+    The checkpoint's keys and shapes are validated against the network its configuration describes before
+    anything is written, and every storage read is checked against its CRC-32, so a broken checkpoint is never
+    converted. Memory use is one tensor (plus its converted copy), not the network: the 2.25 GB ``uv.ckpt``
+    converts within a few hundred MB. The free disk space is checked first; on any failure, including a full disk
+    or a cancellation, nothing is left at ``dst``.
 
     Parameters
     ----------
@@ -374,7 +519,12 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike | None = N
         Output path; defaults to ``src`` with the suffix ``.safetensors`` (``.<dtype>.safetensors`` when ``src``
         already is a safetensors file).
     dtype : {"float16", "float32"}
-        Storage precision. float32 gives bit-identical predictions; float16 halves the size.
+        Storage precision of floating-point weights. float32 gives bit-identical predictions; float16 halves the
+        size.
+    on_progress : callable, optional
+        Called with the written fraction in [0, 1] after each tensor.
+    should_cancel : callable, optional
+        Polled before each tensor; returning True stops with :class:`~core.errors.OperationCancelled`.
 
     Returns
     -------
@@ -384,16 +534,35 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike | None = N
     if dtype not in _DTYPES:
         raise CheckpointError(f"Unknown dtype '{dtype}' for the converted network; choose float16 or float32.")
     src = Path(src)
-    state, cfg = read_network_file(src)
-    model = build_from_state(state, cfg, f"checkpoint {_describe(src)}")
-    del state
     if dst is None:
         dst = src.with_suffix(f".{dtype}.safetensors" if src.suffix == ".safetensors" else ".safetensors")
     dst = Path(dst)
     if dst.resolve() == src.resolve():
         raise CheckpointError("The converted file would overwrite its source; choose another output path.")
-    _write_converted(model, dst, dtype, src.name)
-    logger.info("converted %s to %s (%s)", src, dst, dtype)
+    start = time.perf_counter()
+
+    def stream(info: NetworkFileInfo, read: Callable[[str], torch.Tensor]) -> None:
+        target = _DTYPES[dtype]
+        entries = [Entry(key, target if info.dtypes[key].is_floating_point else info.dtypes[key], info.shapes[key])
+                   for key in sorted(info.shapes)]
+        write_safetensors(dst, entries, lambda entry: read(entry.name).to(entry.dtype),
+                          _metadata(info.cfg, dtype, src.name), what=f"the converted network {dst.name}",
+                          on_progress=on_progress, should_cancel=should_cancel)
+
+    if _check_readable(src) == "zip":
+        with _open_lightning(src) as archive:
+            contents = _contents(archive)
+            stream(_lightning_info(src, contents), lambda key: _read_tensor(archive, key, contents.tensors[key]))
+    else:
+        info = inspect_network_file(src)
+        try:
+            with safetensors.safe_open(str(src), framework="pt") as f:
+                stream(info, f.get_tensor)
+        except safetensors.SafetensorError as exc:
+            raise CheckpointError(
+                f"The converted network {_describe(src)} is damaged; convert the checkpoint again."
+            ) from exc
+    logger.info("converted %s to %s (%s) in %.1f s", src, dst, dtype, time.perf_counter() - start)
     return dst
 
 
@@ -456,7 +625,7 @@ def load_network(path: str | os.PathLike, device: str | torch.device | None = No
     if cached is not None:
         try:
             _write_converted(model, cached, "float32", path.name)
-        except OSError as exc:
+        except (OSError, DiskFullError) as exc:
             logger.warning("could not cache the converted network at %s: %s", cached, exc)
     logger.info("loaded %s in %.1f s", path.name, time.perf_counter() - start)
     return _move(model, target)
@@ -475,7 +644,8 @@ def _move(model: PixelNetwork, target: torch.device) -> PixelNetwork:
 
 
 __all__ = [
-    "OMEGACONF_STANDINS", "convert_checkpoint", "cached_conversion_path", "filter_state_dict", "load_network",
+    "LightningContents", "NetworkFileInfo", "OMEGACONF_STANDINS", "check_shapes", "convert_checkpoint",
+    "cached_conversion_path", "expected_shapes", "inspect_network_file", "load_network",
     "load_state_strict", "read_converted", "read_lightning_checkpoint", "read_network_file", "to_plain",
     "resolve_interpolations",
 ]

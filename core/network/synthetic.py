@@ -2,8 +2,11 @@
 
 They have the published layout: a zip written by ``torch.save`` holding ``state_dict`` (network keys under
 ``net.`` plus the training buffer ``vertex_weight_mask`` of shape (1, 5023, 3)), ``hyper_parameters["cfg"]`` and
-Lightning's bookkeeping (``epoch``, ``global_step``, ``pytorch-lightning_version``, ``optimizer_states``,
-``lr_schedulers``, ``callbacks``, ``loops``, ``hparams_name``).
+Lightning's training state as a training run leaves it (``epoch``, ``global_step``, ``pytorch-lightning_version``,
+Adam ``optimizer_states``, ``lr_schedulers``, ``loops``, ``hparams_name`` and ``callbacks`` whose
+ModelCheckpoint state holds numpy scalars and arrays, ``pathlib`` paths and a ``datetime``; the hyper-parameters
+also carry a ``functools.partial`` and an object of Lightning's ``ModelCheckpoint`` class). Those objects are
+pickled under their real names, so a reader meets the same globals as in a real training checkpoint.
 
 The configuration is pickled with the same class references and object state as a real OmegaConf DictConfig
 (``omegaconf.dictconfig.DictConfig`` with ``_metadata`` / ``_parent`` / ``_content``, ``omegaconf.base``
@@ -14,12 +17,16 @@ writes the stand-in classes of :mod:`.checkpoint` under the OmegaConf names.
 from __future__ import annotations
 
 import collections
+import datetime
+import functools
 import os
+import pathlib
 import pickle
 import types
 from pathlib import Path
 from typing import Any, Mapping
 
+import numpy as np
 import torch
 
 from .checkpoint import (
@@ -29,8 +36,21 @@ from .checkpoint import (
 from .config import NetworkCfg, get_config
 from .model import PixelNetwork
 
-#: Names the stand-in classes are written under (those of a real OmegaConf dump).
+class LightningModelCheckpoint:
+    """Written as ``pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint`` (a class this project lacks)."""
+
+    def __init__(self, dirpath: pathlib.PurePath, monitor: str) -> None:
+        self.dirpath, self.monitor, self.save_top_k, self.best_model_score = dirpath, monitor, 3, np.float64(0.125)
+
+
+class TorchAdamW:
+    """Written as ``torch.optim.adamw.AdamW``: the optimizer class a ``functools.partial`` in hparams names."""
+
+
+#: Names the stand-in classes are written under (those of a real OmegaConf dump and of Lightning's classes).
 _WRITE_NAMES = {
+    LightningModelCheckpoint: "pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint",
+    TorchAdamW: "torch.optim.adamw.AdamW",
     DictConfigStandIn: "omegaconf.dictconfig.DictConfig",
     ListConfigStandIn: "omegaconf.listconfig.ListConfig",
     ContainerMetadataStandIn: "omegaconf.base.ContainerMetadata",
@@ -43,19 +63,34 @@ _VERTEX_WEIGHT_VALUES = (0.01, 1.0, 150.0)
 
 
 class _OmegaConfPickler(pickle._Pickler):
-    """Pure-Python pickler that writes the stand-in classes as OmegaConf globals."""
+    """Pure-Python pickler that writes the stand-in classes under their foreign names.
+
+    ``module_renames`` maps a module prefix to the one written instead (e.g. numpy 1's ``numpy.core`` to numpy 2's
+    ``numpy._core``), so either numpy's pickles can be produced.
+    """
+
+    module_renames: dict[str, str] = {}
 
     def save_global(self, obj, name=None):  # noqa: D102 - pickle API
         qualified = _WRITE_NAMES.get(obj) if isinstance(obj, type) else None
-        if qualified is None:
-            return super().save_global(obj, name)
-        module, _, attr = qualified.rpartition(".")
+        if qualified is not None:
+            module, _, attr = qualified.rpartition(".")
+        else:
+            attr = name or obj.__qualname__
+            module = pickle.whichmodule(obj, attr)
+            rename = next(((old, new) for old, new in self.module_renames.items()
+                           if module == old or module.startswith(old + ".")), None)
+            if rename is None:
+                return super().save_global(obj, name)
+            module = rename[1] + module[len(rename[0]):]
         self.write(pickle.GLOBAL + module.encode() + b"\n" + attr.encode() + b"\n")
         self.memoize(obj)
         return None
 
 
-_PICKLE_MODULE = types.SimpleNamespace(Pickler=_OmegaConfPickler, __name__="pickle")
+def _pickle_module(module_renames: Mapping[str, str] | None) -> types.SimpleNamespace:
+    pickler = type("Pickler", (_OmegaConfPickler,), {"module_renames": dict(module_renames or {})})
+    return types.SimpleNamespace(Pickler=pickler, __name__="pickle")
 
 
 def _metadata(cls: type, key: Any, **extra: Any) -> Any:
@@ -117,39 +152,81 @@ def synthetic_system_state(cfg: NetworkCfg, seed: int = 0) -> dict[str, torch.Te
     return state
 
 
+def _adam_state(state_dict: Mapping[str, torch.Tensor], full: bool, step: int) -> dict[int, dict[str, Any]]:
+    """Adam's per-parameter state: every ``net.*`` tensor (``full``) or only the first one."""
+    params = [v for k, v in state_dict.items() if k.startswith(NET_PREFIX)]
+    return {
+        i: {"step": torch.tensor(float(step)), "exp_avg": torch.zeros_like(v), "exp_avg_sq": torch.zeros_like(v)}
+        for i, v in enumerate(params if full else params[:1])
+    }
+
+
+def _callbacks(epoch: int) -> dict[str, Any]:
+    """Callback state as Lightning saves it: numpy scalars and arrays, ``pathlib`` paths, a ``datetime``."""
+    dirpath = pathlib.PurePosixPath("/runs/pixel3dmm/uv/checkpoints")
+    best = dirpath / f"epoch={epoch - 1}.ckpt"
+    return {
+        "ModelCheckpoint{'monitor': 'val/loss', 'mode': 'min', 'every_n_train_steps': 0}": {
+            "monitor": "val/loss", "best_model_score": np.float64(0.125), "best_model_path": best,
+            "current_score": np.float32(0.13), "dirpath": pathlib.PosixPath(str(dirpath)),
+            "best_k_models": {best: np.float64(0.125), dirpath / f"epoch={epoch - 3}.ckpt": np.float64(0.131)},
+            "kth_best_model_path": str(best), "kth_value": np.array(0.131), "last_model_path": str(dirpath / "last.ckpt"),
+            "history": np.linspace(0.5, 0.125, 4, dtype=np.float32),
+        },
+        "Timer": {"time_elapsed": {"train": 86400.5, "validate": 3600.0, "test": 0.0},
+                  "started": datetime.datetime(2025, 3, 1, 12, 30, 5)},
+    }
+
+
 def write_lightning_checkpoint(path: str | os.PathLike, state_dict: Mapping[str, torch.Tensor],
-                               cfg_tree: Mapping[str, Any], *, epoch: int = 41) -> Path:
-    """Write ``state_dict`` and ``cfg_tree`` (a plain dict, stored as a DictConfig) in the Lightning layout."""
-    first = next(iter(state_dict.values()))
+                               cfg_tree: Mapping[str, Any], *, epoch: int = 41, full_optimizer_state: bool = False,
+                               module_renames: Mapping[str, str] | None = None) -> Path:
+    """Write ``state_dict`` and ``cfg_tree`` (a plain dict, stored as a DictConfig) in the Lightning layout.
+
+    Parameters
+    ----------
+    path : output ``.ckpt``.
+    state_dict : the system's state dict (``net.*`` keys and any training-only entries).
+    cfg_tree : the plain configuration, written as an OmegaConf DictConfig.
+    epoch : recorded epoch.
+    full_optimizer_state : store Adam's ``exp_avg`` and ``exp_avg_sq`` for every ``net.*`` tensor, tripling the
+        file as in a real training checkpoint (default: for the first tensor only, to keep test files small).
+    module_renames : module prefixes written under another name, e.g. ``{"numpy.core": "numpy._core"}`` for the
+        names numpy 2 pickles under.
+    """
+    step = 1000 * (epoch + 1)
+    optimizer_state = _adam_state(state_dict, full_optimizer_state, step)
     ckpt = {
         "epoch": epoch,
-        "global_step": 1000 * (epoch + 1),
+        "global_step": step,
         "pytorch-lightning_version": "2.2.1",
         "state_dict": dict(state_dict),
         "loops": {"fit_loop": {"state_dict": {}, "epoch_progress": {"total": {"ready": epoch + 1, "completed": epoch}},
-                               "epoch_loop.state_dict": {"_batches_that_stepped": 1000 * (epoch + 1)}}},
-        "callbacks": {"ModelCheckpoint{'monitor': None, 'mode': 'min'}": {
-            "best_model_score": torch.tensor(0.125), "best_model_path": "/ckpts/last.ckpt", "dirpath": "/ckpts",
-            "best_k_models": {}, "kth_best_model_path": "", "kth_value": torch.tensor(float("inf")),
-            "last_model_path": "/ckpts/last.ckpt"}},
+                               "epoch_loop.state_dict": {"_batches_that_stepped": step},
+                               "epoch_loop.batch_progress": collections.defaultdict(int, ready=step)}},
+        "callbacks": _callbacks(epoch),
         "optimizer_states": [{
-            "state": {0: {"step": torch.tensor(1000.0), "exp_avg": torch.zeros_like(first),
-                          "exp_avg_sq": torch.zeros_like(first)}},
-            "param_groups": [{"lr": 4e-4, "betas": (0.9, 0.95), "weight_decay": 0.05, "eps": 1e-8, "params": [0]}],
+            "state": optimizer_state,
+            "param_groups": [{"lr": 4e-4, "betas": (0.9, 0.95), "weight_decay": 0.05, "eps": 1e-8,
+                              "amsgrad": False, "params": list(range(len(optimizer_state)))}],
         }],
-        "lr_schedulers": [{"base_lrs": [4e-4], "last_epoch": 1000, "_step_count": 1001, "_last_lr": [4e-4],
-                           "lr_lambdas": [None]}],
+        "lr_schedulers": [{"base_lrs": [4e-4], "last_epoch": step, "_step_count": step + 1, "_last_lr": [4e-4],
+                           "verbose": False, "lr_lambdas": [None]}],
         "hparams_name": "kwargs",
-        "hyper_parameters": {"cfg": to_dictconfig(cfg_tree)},
+        "hyper_parameters": {
+            "cfg": to_dictconfig(cfg_tree),
+            "optimizer": functools.partial(TorchAdamW, lr=4e-4, betas=(0.9, 0.95)),
+            "checkpoint_callback": LightningModelCheckpoint(pathlib.PosixPath("/runs/pixel3dmm/uv"), "val/loss"),
+        },
     }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(ckpt, path, pickle_module=_PICKLE_MODULE, pickle_protocol=2)
+    torch.save(ckpt, path, pickle_module=_pickle_module(module_renames), pickle_protocol=2)
     return path
 
 
 def write_synthetic_checkpoint(path: str | os.PathLike, cfg_name: str | NetworkCfg = "tiny", seed: int = 0,
-                               prediction_type: str | None = None) -> Path:
+                               prediction_type: str | None = None, *, full_optimizer_state: bool = False) -> Path:
     """Write a Lightning-format stand-in checkpoint with random weights.
 
     Parameters
@@ -162,13 +239,16 @@ def write_synthetic_checkpoint(path: str | os.PathLike, cfg_name: str | NetworkC
         Seed of the random weights (the global RNG state is left untouched).
     prediction_type : {"uv_map", "normals"}, optional
         Overrides the configuration's prediction type.
+    full_optimizer_state : bool
+        Adam state for every tensor, as in a real training checkpoint (three times the network's size).
 
     Returns
     -------
     Path
-        ``path``. A full-size (``uv``/``normals``) file is about 0.4 GB.
+        ``path``. A full-size (``uv``/``normals``) file is about 0.4 GB (1.2 GB with ``full_optimizer_state``).
     """
     cfg = cfg_name if isinstance(cfg_name, NetworkCfg) else get_config(cfg_name)
     if prediction_type is not None:
         cfg = NetworkCfg.from_dict({**cfg.to_dict(), "prediction_type": prediction_type})
-    return write_lightning_checkpoint(path, synthetic_system_state(cfg, seed), lightning_cfg_tree(cfg))
+    return write_lightning_checkpoint(path, synthetic_system_state(cfg, seed), lightning_cfg_tree(cfg),
+                                      full_optimizer_state=full_optimizer_state)

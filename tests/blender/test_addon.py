@@ -1,6 +1,7 @@
 """Registration, preferences and asset status, the panel's drawing, the bridge, and the code rules."""
 
 import ast
+import os
 import re
 import subprocess
 import sys
@@ -49,17 +50,17 @@ def draw_panel():
 
 
 def write_assets(folder: Path) -> dict[str, Path]:
-    files = {
-        "flame_model": folder / "generic_model.pkl",
-        "uv_template": folder / "head_template.obj",
-        "uv_checkpoint": folder / "uv.ckpt",
-        "normals_checkpoint": folder / "normals.ckpt",
+    """Valid stand-ins for the four assets (a small synthetic FLAME head, tiny Lightning checkpoints)."""
+    from core.flame import write_synthetic_flame
+    from core.network import write_synthetic_checkpoint
+
+    flame = write_synthetic_flame(folder, size="small", seed=0)
+    return {
+        "flame_model": flame["plain"],
+        "uv_template": flame["obj"],
+        "uv_checkpoint": write_synthetic_checkpoint(folder / "uv.ckpt", "tiny", prediction_type="uv_map"),
+        "normals_checkpoint": write_synthetic_checkpoint(folder / "normals.ckpt", "tiny", prediction_type="normals"),
     }
-    files["flame_model"].write_bytes(b"\x80\x02}q\x00.")
-    files["uv_template"].write_text("v 0 0 0\nvt 0 0\nf 1/1 1/1 1/1\n")
-    files["uv_checkpoint"].write_bytes(b"PK\x03\x04" + b"\x00" * 64)
-    files["normals_checkpoint"].write_bytes(b"PK\x03\x04" + b"\x00" * 64)
-    return files
 
 
 @pytest.fixture()
@@ -93,27 +94,65 @@ def test_unregister_is_symmetric():
 
 
 def test_asset_status_follows_the_files(prefs, tmp_path):
-    report = preferences.asset_report(prefs)
+    report = preferences.validated_report(prefs)
     assert not report.complete and all(s.status.value == "missing" for s in report.states)
+    assert preferences.asset_report(prefs) == report  # the panel's cheap report agrees on missing files
     files = write_assets(tmp_path)
     for prop, path in files.items():
         setattr(prefs, prop, str(path))
-    assert preferences.asset_report(prefs).complete
+    assert preferences.validated_report(prefs).complete
     files["uv_checkpoint"].write_text("<!DOCTYPE html><html>login</html>")
-    state = preferences.asset_report(prefs)["uv_checkpoint"]
+    state = preferences.validated_report(prefs)["uv_checkpoint"]
     assert state.status.value == "invalid" and "web page" in state.message
+    prefs.uv_checkpoint = str(files["normals_checkpoint"])  # the other network in the UV slot
+    state = preferences.validated_report(prefs)["uv_checkpoint"]
+    assert state.status.value == "invalid" and "holds the normal network" in state.message
+    files["flame_model"].write_bytes(files["flame_model"].read_bytes()[:3000])  # a truncated FLAME pickle
+    state = preferences.validated_report(prefs)["flame"]
+    assert state.status.value == "invalid" and "truncated" in state.message
+    assert preferences.asset_report(prefs)["flame"].ok  # only a signature check: the panel's summary misses it
 
 
-def test_preferences_draw_each_asset_with_its_status(prefs, tmp_path):
-    prefs.uv_template = str(write_assets(tmp_path)["uv_template"])
+def test_asset_report_is_cached_until_a_file_changes(prefs, tmp_path, monkeypatch):
+    files = write_assets(tmp_path)
+    for prop, path in files.items():
+        setattr(prefs, prop, str(path))
+    calls = []
+    real = bridge.validated_asset_report
+    monkeypatch.setattr(bridge, "validated_asset_report", lambda paths: calls.append(paths) or real(paths))
+    monkeypatch.setattr(preferences, "_report_cache", {})
+    for _ in range(5):
+        assert preferences.validated_report(prefs).complete
+    assert len(calls) == 1
+    os.utime(files["uv_template"], ns=(0, files["uv_template"].stat().st_mtime_ns + 10**9))
+    assert preferences.validated_report(prefs).complete and len(calls) == 2
+
+
+def _draw_preferences(prefs):
     layout = Recorder()
     values = {prop: getattr(prefs, prop) for _key, prop, _label in preferences.ASSET_PROPERTIES}
-    prefs_self = type("P", (), {"layout": layout, **values})()
+    prefs_self = type("P", (), {"layout": layout, "download_folder": prefs.download_folder, **values})()
     preferences.P3DMM_AddonPreferences.draw(prefs_self, bpy.context)
-    icons = [kwargs.get("icon") for _args, kwargs in layout.calls("label")]
-    assert icons == ["ERROR", "CHECKMARK", "ERROR", "ERROR"]
+    return layout
+
+
+def test_preferences_draw_each_asset_with_its_state_and_page(prefs, tmp_path):
+    files = write_assets(tmp_path)
+    prefs.uv_template = str(files["uv_template"])
+    prefs.uv_checkpoint = str(files["normals_checkpoint"])
+    layout = _draw_preferences(prefs)
+    states = [(kwargs.get("icon"), kwargs["text"].split(":")[0]) for _args, kwargs in layout.calls("label")
+              if kwargs.get("icon") in preferences.STATE_ICONS.values()]
+    assert states == [("QUESTION", "Missing"), ("CHECKMARK", "Found"), ("ERROR", "Invalid"), ("QUESTION", "Missing")]
     assert [args[1] for args, _ in layout.calls("prop")] == ["flame_model", "uv_template", "uv_checkpoint",
-                                                             "normals_checkpoint", "device"]
+                                                             "normals_checkpoint", "download_folder", "device"]
+    urls = [args[0] for n, args, _ in layout.log if n == "set url"]
+    assert [args[0] for args, _ in layout.calls("operator")][:4] == ["wm.url_open"] * 4
+    assert urls == [core.assets.ASSETS[i].page for i in range(4)]
+    assert urls[0].startswith("https://flame.is.tue.mpg.de") and "huggingface.co" in urls[2]
+    downloads = [kwargs.get("text", "") for args, kwargs in layout.calls("operator")
+                 if args[0] == "pixel3dmm.download_networks"]
+    assert downloads == ["Download Networks (3.72 GB, CC BY-NC 4.0)"]
 
 
 def test_panel_idle_shows_inputs_and_buttons(prefs):
@@ -221,6 +260,30 @@ def test_only_the_bridge_imports_core_and_only_lazily():
         vendored = sorted(a.name for _n, node in core_imports if node.level == 1 for a in node.names)
         checkout = sorted(a.name for _n, node in core_imports if node.level == 0 for a in node.names)
         assert vendored == checkout and {"assets", "errors", "pipeline", "rig", "texture"} <= set(vendored)
+
+
+def test_drawing_the_panel_imports_no_torch(tmp_path):
+    """The sidebar's asset summary is the cheap report: drawing the panel never loads torch (the preferences'
+    validated rows do, once)."""
+    flame = tmp_path / "generic_model.pkl"
+    flame.write_bytes(b"\x80\x02}q\x00.")
+    script = (
+        "import sys, bpy, addon_utils\n"
+        "addon_utils.enable('pixel3dmm_blender', default_set=True, handle_error=lambda e: sys.exit(repr(e)))\n"
+        "from pixel3dmm_blender import panels, preferences\n"
+        "prefs = preferences.get_preferences(bpy.context)\n"
+        f"prefs.flame_model = {str(flame)!r}\n"
+        "class Layout:\n"
+        "    def __getattr__(self, name):\n"
+        "        return lambda *a, **k: Layout()\n"
+        "    def __setattr__(self, name, value):\n"
+        "        pass\n"
+        "panels.draw_assets(Layout(), prefs)\n"
+        "print(preferences.asset_report(prefs)['flame'].status.value, 'torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], cwd=PACKAGE.parent, check=True, capture_output=True,
+                         text=True, timeout=120)
+    assert out.stdout.strip().splitlines()[-1] == "found False"
 
 
 def test_registering_the_addon_imports_no_core():

@@ -42,14 +42,16 @@ INSTALL_SCRIPT = textwrap.dedent(
     out["operator"] = hasattr(bpy.ops.pixel3dmm, "reconstruct_face")
     out["label"] = bpy.ops.pixel3dmm.reconstruct_face.get_rna_type().name if out["operator"] else None
     # Blender's own Python has none of these: hide the test venv's copies (torch and numpy stay, as the
-    # zip was built with --torch none and numpy is Blender's) so that only the bundled wheels can serve.
-    import numpy, torch, torchvision
+    # zip was built with --torch none and numpy is Blender's; so do idna and certifi, which Blender ships for
+    # its requests) so that only the bundled wheels can serve.
+    import numpy, torch, torchvision, idna, certifi
     venv_site = str(Path(torch.__file__).parents[1])
     sys.path[:] = [p for p in sys.path if p != venv_site]
-    for name in [m for m in sys.modules if m.split(".")[0] in ("cv2", "timm", "mediapipe", "safetensors")]:
+    bundled = ("cv2", "timm", "mediapipe", "safetensors", "huggingface_hub", "httpx2", "httpcore2", "yaml")
+    for name in [m for m in sys.modules if m.split(".")[0] in bundled]:
         del sys.modules[name]
-    import timm, cv2, mediapipe, safetensors
-    out["modules"] = {m.__name__: m.__file__ for m in (timm, cv2, mediapipe, safetensors)}
+    import timm, cv2, mediapipe, safetensors, huggingface_hub.file_download, httpx2
+    out["modules"] = {m.__name__: m.__file__ for m in (timm, cv2, mediapipe, safetensors, huggingface_hub, httpx2)}
     out["site"] = str(Path(bpy.utils.user_resource("EXTENSIONS")) / ".local")
     out["top_level_core"] = importlib.util.find_spec("core") is not None
     assets = importlib.import_module(name + ".core.assets")
@@ -82,7 +84,7 @@ INSTALL_SCRIPT = textwrap.dedent(
 def offline_wheels() -> Path:
     """The linux-x64 cp311 runtime wheels (minus torch), fetched once into an ignored folder."""
     cache = build.WHEELS / "_offline" / "linux-x64-cp311"
-    if not any(cache.glob("mediapipe-*.whl")):
+    if not (any(cache.glob("mediapipe-*.whl")) and any(cache.glob("huggingface_hub-*.whl"))):
         fetched = build.download_wheels(build.venv_python(), build.PLATFORMS["linux-x64"], "3.11", "none", None)
         cache.mkdir(parents=True, exist_ok=True)
         for wheel in fetched:
@@ -109,6 +111,9 @@ def test_zip_layout(built_zip):
         "evaluation code must not ship"
     assert not any(n.startswith("wheels/numpy-") for n in names), "numpy must never be bundled"
     assert any(n.startswith("wheels/mediapipe-0.10.21-cp311") for n in names)
+    assert any(n.startswith("wheels/huggingface_hub-") for n in names)
+    assert not any(n.startswith(("wheels/hf_xet-", "wheels/click-", "wheels/fsspec-")) for n in names)
+    assert "network = " in manifest
     assert 'platforms = ["linux-x64"]' in manifest
 
 

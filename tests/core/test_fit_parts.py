@@ -288,19 +288,21 @@ def test_targets_masks_and_resize():
     mask[4:28, 6:26] = True
     skin = np.zeros((h, h), bool)
     skin[8:24, 8:24] = True
-    lmk = np.zeros((478, 2))
-    lmk[468] = (20.0, 10.0)
-    lmk[473] = (12.0, 10.0)
-    crop = SimpleNamespace(masks={"skin": skin, "background": ~mask}, landmarks=lmk)
+    crop = SimpleNamespace(masks={"skin": skin, "background": ~mask})
     t = build_targets(SimpleNamespace(uv=uv, normals=n, mask=mask), crop, 16, torch.zeros((), dtype=torch.float64))
     assert t.uv.shape == (16, 16, 2) and t.normals.shape == (16, 16, 3)
     np.testing.assert_array_equal(t.uv_mask.numpy(), skin[::2, ::2])
     np.testing.assert_allclose(t.uv[5, 6].numpy(), uv[10:12, 12:14].reshape(-1, 2).mean(0), rtol=1e-6)
     np.testing.assert_array_equal(t.valid_bg.numpy() > 0, (~mask)[::2, ::2])
-    np.testing.assert_allclose(t.iris.numpy(), [[6.0, 5.0], [10.0, 5.0]])  # sorted by x, scaled to 16
+    assert t.crop_size == h and t.face_mask is None  # no face mask given
     bare = build_targets(SimpleNamespace(uv=uv, normals=n, mask=mask), None, 16, torch.zeros(()))
-    assert bare.iris is None
     np.testing.assert_array_equal(bare.uv_mask.numpy(), mask[::2, ::2])
+    face = np.zeros((h, h), bool)
+    face[4:20, 4:20] = True
+    with_face = SimpleNamespace(masks={"face": face}, approximate_masks=frozenset())
+    np.testing.assert_array_equal(build_targets(None, with_face, 16, torch.zeros(())).face_mask.numpy(), face[::2, ::2])
+    guessed = SimpleNamespace(masks={"face": face}, approximate_masks=frozenset({"face"}))
+    assert build_targets(None, guessed, 16, torch.zeros(())).face_mask is None  # a rough guess is not a reference
 
 
 def test_target_masks_follow_the_reference_label_sets():

@@ -142,13 +142,63 @@ def test_bad_files_get_one_clear_message(files, reference, tmp_path):
         with pytest.raises(AssetInvalidError, match=message) as info:
             load_flame(path, cache_dir=tmp_path / "c")
         assert str(info.value).count(". ") == 0 and str(info.value).endswith(".")
-    archive = tmp_path / "FLAME2020.zip"
-    with zipfile.ZipFile(archive, "w") as z:
-        z.writestr("generic_model.pkl", b"not here")
-    with pytest.raises(AssetInvalidError, match="unzip"):
-        load_flame(archive, cache_dir=tmp_path / "c")
     with pytest.raises(AssetMissingError):
         load_flame(tmp_path / "missing.pkl", cache_dir=tmp_path / "c")
+
+
+def _zip(path, members: dict[str, bytes]):
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+    return path
+
+
+@pytest.mark.parametrize("layout, chosen", [
+    ({"FLAME2020/generic_model.pkl": "plain", "FLAME2020/female_model.pkl": "other",
+      "FLAME2020/male_model.pkl": "other", "FLAME2020/Readme.pdf": None}, "FLAME2020/generic_model.pkl"),
+    ({"flame2023_no_jaw.pkl": "other", "flame2023.pkl": "plain"}, "flame2023.pkl"),
+    ({"FLAME2023Open/flame2023_Open.pkl": "plain", "FLAME2023Open/FLAME2023_Open Readme.pdf": None},
+     "FLAME2023Open/flame2023_Open.pkl"),
+])
+def test_flame_download_zips_are_read_in_place(files, reference, tmp_path, layout, chosen):
+    other = tmp_path / "other.pkl"
+    write_flame_pickle(synthetic_flame("small", seed=7)[0], other)
+    payload = {"plain": files["chumpy"].read_bytes(), "other": other.read_bytes(), None: b"%PDF-1.5 readme"}
+    archive = _zip(tmp_path / "download.zip", {name: payload[kind] for name, kind in layout.items()})
+    data = load_flame(archive, cache_dir=tmp_path / "c")
+    _same(data, reference)  # the chosen member, not one of the others
+    assert data.source == str(archive / chosen)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c", "download.zip", "other.pkl"]  # nothing extracted
+    assert list((tmp_path / "c" / "flame").glob("*.npz"))
+    _same(flame_io.read_flame(archive), reference)
+
+
+def test_flame_zip_cache_is_reused(files, reference, tmp_path, monkeypatch):
+    archive = _zip(tmp_path / "FLAME2020.zip", {"generic_model.pkl": files["plain"].read_bytes()})
+    calls = []
+    real = flame_io.unpickle_bytes
+    monkeypatch.setattr(flame_io, "unpickle_bytes", lambda *a, **k: calls.append(1) or real(*a, **k))
+    load_flame(archive, cache_dir=tmp_path / "c")
+    _same(load_flame(archive, cache_dir=tmp_path / "c"), reference)
+    assert len(calls) == 1
+
+
+def test_bad_flame_zips_get_one_sentence(files, tmp_path):
+    cases = {
+        "holds no FLAME model": _zip(tmp_path / "TextureSpace.zip", {"FLAME_texture.npz": b"PK..", "Readme.pdf": b"x"}),
+        "damaged or incomplete zip": tmp_path / "cut.zip",
+        "damaged or not a pickle": _zip(tmp_path / "junk.zip", {"generic_model.pkl": b"not here"}),
+        "truncated": _zip(tmp_path / "short.zip", {"flame2023.pkl": files["plain"].read_bytes()[:4000]}),
+        "which a FLAME file never contains": _zip(
+            tmp_path / "evil.zip", {"generic_model.pkl": b"cos\nsystem\n(S'true'\ntR."}),
+    }
+    whole = _zip(tmp_path / "whole.zip", {"generic_model.pkl": files["plain"].read_bytes()}).read_bytes()
+    cases["damaged or incomplete zip"].write_bytes(whole[: len(whole) // 2])
+    for message, path in cases.items():
+        for reader in (lambda p: load_flame(p, cache_dir=tmp_path / "c"), flame_io.read_flame):
+            with pytest.raises(AssetInvalidError, match=message) as info:
+                reader(path)
+            assert str(info.value).count("; ") == 1 and str(info.value).endswith(".")
 
 
 class _Evil:

@@ -99,3 +99,40 @@ def test_bad_obj_files(tmp_path):
             load_uv_template(path)
     with pytest.raises(AssetInvalidError, match="missing"):
         UVTemplate.from_arrays(np.zeros((3, 3)), np.array([[0, 1, 3]]), np.zeros((3, 2)), np.array([[0, 1, 2]]), "x")
+
+
+@pytest.mark.parametrize("members, chosen", [
+    ({"pixel3dmm-master/assets/head_template.obj": "head", "pixel3dmm-master/README.md": "text",
+      "pixel3dmm-master/tests/head_template.obj": "other"}, "pixel3dmm-master/assets/head_template.obj"),
+    ({"FLAME_texture.npz": "text", "head_template_mesh.obj": "head"}, "head_template_mesh.obj"),
+])
+def test_uv_template_zips_are_read_in_place(small, tmp_path, members, chosen):
+    import zipfile
+
+    _, template = small
+    head = write_obj(tmp_path / "a.obj", template).read_bytes()
+    other = write_obj(tmp_path / "b.obj", synthetic_flame("small", seed=3)[1]).read_bytes()
+    payload = {"head": head, "other": other, "text": b"not an OBJ"}
+    archive = tmp_path / "download.zip"
+    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        for name, kind in members.items():
+            z.writestr(name, payload[kind])
+    loaded = load_uv_template(archive)
+    direct = load_uv_template(tmp_path / "a.obj")
+    np.testing.assert_array_equal(loaded.uv, direct.uv)
+    np.testing.assert_array_equal(loaded.vertices, direct.vertices)
+    assert loaded.source == f"{archive}/{chosen}"
+
+
+def test_uv_template_zip_without_the_template(tmp_path):
+    import zipfile
+
+    archive = tmp_path / "TextureSpace.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("FLAME_texture.npz", b"x")
+    with pytest.raises(AssetInvalidError, match="holds no head_template.obj; choose"):
+        load_uv_template(archive)
+    cut = tmp_path / "cut.zip"
+    cut.write_bytes(archive.read_bytes()[:30])
+    with pytest.raises(AssetInvalidError, match="damaged or incomplete"):
+        load_uv_template(cut)

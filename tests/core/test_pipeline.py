@@ -45,6 +45,52 @@ def test_reconstruction_has_every_piece(run, standins):
     assert result.landmark_embedding is None or result.landmark_embedding.kind in ("mediapipe", "68")
 
 
+def test_untrained_networks_fall_back_to_the_landmarks_and_say_so(run):
+    """The stand-in networks (random weights) disagree with the face landmarks: the head is fitted to the landmarks
+    alone, and the verdict names the reason."""
+    result, _ = run
+    assert result.fit.info["mode"] == "landmarks"
+    assert not result.fit.verdict.ok and any("UV network" in r for r in result.fit.verdict.reasons)
+    assert any("doubtful" in m and "UV network" in m for m in result.messages)
+
+
+def _haar_face(image_rgb: np.ndarray) -> tuple[float, float, float]:
+    """OpenCV's frontal Haar cascade, independent of the pipeline's detector: centre x, y and width of the largest
+    face box."""
+    import cv2
+
+    gray = cv2.cvtColor((image_rgb * 255).astype(np.uint8), cv2.COLOR_RGB2GRAY)
+    cascade = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
+    boxes = cascade.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5)
+    x, y, w, h = max(boxes, key=lambda b: b[2] * b[3])
+    return x + w / 2, y + h / 2, float(w)
+
+
+@pytest.mark.parametrize("photo", ["astronaut", "grace_hopper"])
+def test_the_landmark_fit_lands_on_the_face(standins, photo):
+    """Issue 18's check, in the network-free mode: the projected head is 0.9-2.2 times as wide as an independent
+    face box (OpenCV's Haar cascade), centred within 0.35 box widths, with the jaw less than 0.7 rad open."""
+    import matplotlib.cbook
+
+    path = ASTRONAUT if photo == "astronaut" else Path(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
+    settings = PipelineSettings(quality="fast", mode="landmarks", device="cpu", texture_size=64)
+    result = reconstruct(path, AssetRegistry(standins, use_environment=False), settings)
+    fit = result.fit
+    assert fit.info["mode"] == "landmarks" and "network" not in result.timings
+    cam = fit.vertices_posed.astype(np.float64) - np.array([0.0, 0.0, 1.0])
+    k = fit.K_photo
+    x = k[0, 0] * cam[:, 0] / -cam[:, 2] + k[0, 2]
+    y = -k[1, 1] * cam[:, 1] / -cam[:, 2] + k[1, 2]
+    from core.fit.regions import derive_regions
+
+    face = derive_regions(result.flame.v_template, result.flame.faces, result.flame.J_regressor).silhouette
+    width = x.max() - x.min()  # the whole head
+    cx, cy, box = _haar_face(result.photo.rgb)
+    assert 0.9 <= width / box <= 2.2, width / box
+    assert np.hypot(x[face].mean() - cx, y[face].mean() - cy) < 0.35 * box
+    assert np.linalg.norm(fit.jaw_pose) < 0.7
+
+
 def test_photo_intrinsics_map_back_through_the_crop(run):
     """K_photo must be K_crop seen through the crop transform: project a posed vertex both ways."""
     fit, crop = run[0].fit, run[0].crop
@@ -103,13 +149,29 @@ def test_cli_reconstruct_writes_results(standins, tmp_path):
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "100%" in proc.stdout
-    for name in ("fit.json", "fit.npz", "flame_params.npz", "head_posed.obj", "head_neutral.obj", "texture.png"):
+    for name in ("fit.json", "fit.npz", "flame_params.npz", "head_posed.obj", "head_neutral.obj", "texture.png",
+                 "overlay.png"):
         assert (out / name).is_file(), name
+    assert "fit (landmarks mode): doubtful" in proc.stdout  # the tiny stand-in networks disagree with the landmarks
     with np.load(out / "fit.npz") as fit, np.load(out / "flame_params.npz") as params:
         np.testing.assert_allclose(params["expression"][0], fit["expression"], atol=1e-6)
         np.testing.assert_allclose(params["betas"][0], fit["shape"], atol=1e-6)
     obj = (out / "head_posed.obj").read_text().splitlines()
     assert sum(line.startswith("v ") for line in obj) == 5023 and sum(line.startswith("f ") for line in obj) == 9976
+
+
+def test_cli_landmarks_mode_needs_no_checkpoints(standins, tmp_path):
+    import os
+
+    env = dict(os.environ, PIXEL3DMM_FLAME=str(standins["flame"]), PIXEL3DMM_UV_TEMPLATE=str(standins["uv_template"]))
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "core", "reconstruct", str(ASTRONAUT), "--out", str(out), "--mode",
+                           "landmarks", "--quality", "fast", "--device", "cpu", "--texture-size", "64"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "fit (landmarks mode)" in proc.stdout and (out / "overlay.png").is_file()
+    meta = json.loads((out / "fit.json").read_text())
+    assert meta["info"]["mode"] == "landmarks" and meta["verdict"]["status"] in ("ok", "doubtful")
 
 
 def test_cli_reconstruct_without_assets_says_what_to_do(tmp_path):
