@@ -109,7 +109,7 @@ def _cmd_standins(args: argparse.Namespace) -> int:
     return 0
 
 
-RECONSTRUCT_OUTPUTS = ("fit.json", "fit.npz", "head_posed.obj", "head_neutral.obj", "texture.png", "overlay.png")
+RECONSTRUCT_OUTPUTS = ("fit.json", "fit.npz", "flame_params.npz", "head_posed.obj", "head_neutral.obj", "texture.png", "overlay.png")
 
 
 def _cmd_reconstruct(args: argparse.Namespace) -> int:
@@ -121,6 +121,7 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
     from .assets import AssetRegistry
     from .console import ProgressDisplay, output_folder, staged_outputs, write_image
     from .flame.uv import write_obj
+    from .flame_params import save_flame_params
     from .overlay import overlay_image
     from .pipeline import PipelineSettings, reconstruct, write_standin_assets
 
@@ -140,6 +141,7 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
             progress.close()
         with staged_outputs(out) as stage:
             result.fit.save(stage / "fit")
+            save_flame_params(stage / "flame_params.npz", result.fit, result.flame)
             texture = np.clip(result.texture * 255.0 + 0.5, 0, 255).astype(np.uint8)
             write_image(stage / "texture.png", cv2.cvtColor(texture, cv2.COLOR_RGB2BGR))
             for name, verts in (("head_posed", result.fit.vertices_posed),

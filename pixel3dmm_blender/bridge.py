@@ -4,13 +4,14 @@ In the built extension ``core`` is vendored as the subpackage ``pixel3dmm_blende
 checkout it is the top-level package ``core``. Each of the ``_core_*`` functions (and :func:`console`) imports
 one group of core modules from whichever is present, once: the panel needs only the light group (no torch, no
 OpenCV), a photo from an image datablock the intake, the worker thread (or a headless run) the reconstruction
-group, the preferences' validated asset rows and the network download the asset tools (the last two load
-torch), and only the headless runner the console helpers. Nothing here touches bpy, so the worker thread may
-call :func:`run_reconstruction`.
+group, the preferences' validated asset rows and the network download the asset tools, the animation operators
+(takes, FLAME parameter files) the animation group (the last three load torch), and only the headless runner the
+console helpers. Nothing here touches bpy, so the worker thread may call :func:`run_reconstruction`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -69,6 +70,18 @@ def console():
     return console
 
 
+def _core_animation() -> SimpleNamespace:
+    """core's take, parameter-file and model modules (import torch: seconds)."""
+    try:
+        from .core import animation, arkit, flame, flame_params, landmarks, livelink, rig
+    except ModuleNotFoundError as exc:
+        if exc.name != _VENDORED_CORE:
+            raise
+        from core import animation, arkit, flame, flame_params, landmarks, livelink, rig
+    return SimpleNamespace(animation=animation, arkit=arkit, flame=flame, flame_params=flame_params,
+                           landmarks=landmarks, livelink=livelink, rig=rig)
+
+
 @dataclass(frozen=True)
 class ReconstructionRequest:
     """Everything the worker needs, gathered on the main thread (no bpy objects inside).
@@ -93,13 +106,20 @@ class ReconstructionResult:
     """A finished reconstruction made ready for the scene builder (on the worker thread).
 
     ``reconstruction`` is the core's ``Reconstruction`` (fields ``fit``, ``flame``, ``uv``, ``texture``,
-    ``used_synthetic``, ``messages``, ...), ``rig`` its ``core.rig.Rig`` and ``texture`` the baked texture as
-    (T, T, 4) float32 RGBA in Blender's pixel order (row 0 at the bottom).
+    ``landmark_embedding``, ``used_synthetic``, ``messages``, ...), ``rig`` its ``core.rig.Rig`` and ``texture``
+    the baked texture as (T, T, 4) float32 RGBA in Blender's pixel order (row 0 at the bottom). ``warnings`` are
+    sentences for the user about the rig (a head without ARKit keys says why).
     """
 
     reconstruction: object
     rig: object
     texture: np.ndarray
+    warnings: tuple[str, ...] = ()
+
+
+NO_EMBEDDING = ("The head has no ARKit expression keys because no MediaPipe landmark embedding is available for this "
+                "FLAME model; put FLAME's mediapipe_landmark_embedding.npz next to the model file (or run Blender "
+                "with Python 3.11, where MediaPipe derives one) to get them.")
 
 
 def asset_report(paths: dict[str, str]):
@@ -135,14 +155,32 @@ def photo_from_pixels(pixels: np.ndarray, width: int, height: int, *, linear: bo
     return _core_intake().preprocess.photo_from_pixels(pixels, width, height, bottom_up=True, linear=linear, name=name)
 
 
-def prepare_result(reconstruction) -> ReconstructionResult:
-    """The rig and the texture's Blender pixels of a core ``Reconstruction`` (fields ``fit``, ``flame``, ``uv``
-    and ``texture`` (T, T, 3) float32 in [0, 1], row 0 at the top)."""
+def _rig_with_keys(flame, uv, fit, embedding) -> tuple[object, tuple[str, ...]]:
+    """The rig with the ARKit keys when the embedding allows them, else without them and a sentence why."""
     core = _core_reconstruction()
-    rig = core.rig.build_rig(reconstruction.flame, reconstruction.uv, reconstruction.fit)
+    if embedding is None:
+        return core.rig.build_rig(flame, uv, fit), (NO_EMBEDDING,)
+    try:
+        return core.rig.build_rig(flame, uv, fit, embedding), ()
+    except _core_basics().errors.AssetInvalidError as exc:
+        return core.rig.build_rig(flame, uv, fit), (str(exc),)
+
+
+def prepare_result(reconstruction) -> ReconstructionResult:
+    """The rig (with the ARKit keys when ``landmark_embedding`` allows them) and the texture's Blender pixels of a
+    core ``Reconstruction`` (fields ``fit``, ``flame``, ``uv``, ``landmark_embedding`` and ``texture`` (T, T, 3)
+    float32 in [0, 1], row 0 at the top)."""
+    core = _core_reconstruction()
+    rig, warnings = _rig_with_keys(reconstruction.flame, reconstruction.uv, reconstruction.fit,
+                                   reconstruction.landmark_embedding)
     height, width = reconstruction.texture.shape[:2]
     texture = core.texture.blender_pixels(reconstruction.texture).reshape(height, width, 4)
-    return ReconstructionResult(reconstruction, rig, texture)
+    return ReconstructionResult(reconstruction, rig, texture, warnings)
+
+
+def head_record(rig) -> dict:
+    """The core's ``head_record`` of a rig: plain lists and numbers for a custom property."""
+    return _core_reconstruction().rig.head_record(rig)
 
 
 def run_reconstruction(
@@ -167,21 +205,113 @@ def run_reconstruction(
     return prepare_result(reconstruction)
 
 
+@dataclass(frozen=True)
+class TakeMotion:
+    """A Live Link Face take as the head plays it: ``motion`` is the core's ``RigMotion`` (frames (T,) from the
+    first row, weights (T, K) on the ARKit keys ``names``, neck (T, 4) and eyes (T, 2, 4) quaternions w, x, y, z),
+    ``fps`` the take's frame rate, ``start`` the first row's time (seconds since midnight), ``source`` the file."""
+
+    names: tuple[str, ...]
+    motion: object
+    fps: float
+    start: float
+    source: str
+
+
+def _eye_poses(record) -> np.ndarray:
+    """(K, 2, 3) eye axis-angles of the ARKit keys in the core's ARKIT_NAMES order, from a head record."""
+    names = _core_animation().arkit.ARKIT_NAMES
+    return np.array([record["arkit"][name]["eye_poses"] for name in names], dtype=np.float64)
+
+
+def read_take_motion(path: str, record) -> TakeMotion:
+    """Read a Live Link Face take and turn it into the motion of the head with this head record (which has the
+    ARKit keys). Raises the core's ``TakeError`` (one sentence) for a bad file."""
+    core = _core_animation()
+    take = core.livelink.read_take(path)
+    motion = core.animation.motion_from_take(take, _eye_poses(record))
+    return TakeMotion(tuple(core.arkit.ARKIT_NAMES), motion, take.fps, float(take.times[0]), take.source)
+
+
+def arkit_names() -> tuple[str, ...]:
+    """The 51 ARKit key names in the Live Link column order."""
+    return tuple(_core_animation().arkit.ARKIT_NAMES)
+
+
+def write_take_motion(path: str, record, frames, weights, neck, eyes, fps: float, start: float) -> None:
+    """Write the head's motion as a Live Link Face take: ``frames`` (T,) increasing, ``weights`` (T, 51) in
+    :func:`arkit_names` order, ``neck`` (T, 4) and ``eyes`` (T, 2, 4) joint quaternions (w, x, y, z), ``start`` the
+    first frame's time (seconds since midnight). Raises the core's ``TakeError`` when the file cannot be
+    written."""
+    core = _core_animation()
+    motion = core.animation.RigMotion(np.asarray(frames, np.int64), np.asarray(weights, np.float32),
+                                      np.asarray(neck, np.float64), np.asarray(eyes, np.float64))
+    take = core.animation.take_from_motion(motion, fps, _eye_poses(record), start=start)
+    core.livelink.write_take(path, take)
+
+
+def _flame_model(assets: dict[str, str], cache_dir: str | None, record):
+    """The FLAME model of the preferences, which must be the release the head was built with."""
+    core = _core_animation()
+    registry = _core_basics().assets.AssetRegistry(assets, use_environment=False)
+    path = registry.require("flame")
+    flame = core.flame.load_flame(path, cache_dir=cache_dir)
+    if flame.release != record["flame"]:
+        raise _core_basics().errors.AssetInvalidError(
+            f"This head was built with the FLAME {record['flame']} model but the preferences name the FLAME "
+            f"{flame.release} model; choose the model the head was built with."
+        )
+    return flame, path, registry
+
+
+def save_shown_parameters(path: str, record, values: dict[str, float], rotations, head_pose, joints,
+                          assets: dict[str, str], cache_dir: str | None) -> str:
+    """Write the FLAME parameters the head shows (the core's ``shown_parameters``: keys at ``values``, joints at
+    ``rotations`` (J, 3, 3), ``head_pose`` (4, 4) canonical to world, rest ``joints`` (J, 3)) as .npz or .json by
+    the path's suffix; the FLAME model (from ``assets``) places the root joint. Returns the written path. Raises
+    the core's errors (one sentence)."""
+    core = _core_animation()
+    flame, _, _ = _flame_model(assets, cache_dir, record)
+    params = core.rig.shown_parameters(record, values, np.asarray(rotations), np.asarray(head_pose),
+                                       np.asarray(joints))
+    return str(core.flame_params.save_flame_params(path, params, flame))
+
+
+def rig_from_parameter_file(path: str, record, assets: dict[str, str],
+                            cache_dir: str | None) -> tuple[object, tuple[str, ...]]:
+    """The rig of a FLAME parameter file (this project's or another FLAME tool's) for the head with this record:
+    the preferences' FLAME model and UV template, the file's parameters (its camera, else the head's), and the
+    ARKit keys when a landmark embedding is available. Returns the rig and sentences for the user. Raises the
+    core's ``ParameterFileError`` or asset errors (one sentence)."""
+    core = _core_animation()
+    flame, flame_path, registry = _flame_model(assets, cache_dir, record)
+    uv = core.flame.load_uv_template(registry.require("uv_template"))
+    params = core.flame_params.load_flame_params(path, flame)
+    params = dataclasses.replace(
+        params,
+        camera_K=np.asarray(record["camera_K"], np.float64) if params.camera_K is None else params.camera_K,
+        image_size=tuple(int(s) for s in record["image_size"]) if params.image_size is None else params.image_size,
+    )
+    embedding, _note = core.landmarks.resolve_embedding(flame, flame_path, cache_dir)
+    return _rig_with_keys(flame, uv, params, embedding)
+
+
 def is_cancellation(exc: BaseException) -> bool:
     """True when ``exc`` is the core's "the user cancelled" error."""
     return isinstance(exc, _core_basics().errors.FitCancelled)
 
 
 def is_user_error(exc: BaseException) -> bool:
-    """True for the core's deliberate errors, whose message is one sentence telling the user what to do."""
+    """True when ``exc`` is an error the core raises on purpose (its message is one sentence for the user)."""
     return isinstance(exc, _core_basics().errors.Pixel3DMMError)
 
 
-def error_message(exc: BaseException) -> str:
-    """One sentence for the user: the core's own message, or a generic one naming an unexpected error."""
+def error_message(exc: BaseException, doing: str = "Reconstruction") -> str:
+    """One sentence for the user: the core's own message, or a generic one naming an unexpected error that
+    happened while ``doing`` (a noun phrase such as "Reconstruction")."""
     if is_user_error(exc):
         return str(exc)
-    return f"Reconstruction failed with an unexpected {type(exc).__name__} ({exc}); please report this as a bug."
+    return f"{doing} failed with an unexpected {type(exc).__name__} ({exc}); please report this as a bug."
 
 
 # --- asset validation and the network download (preferences.py, downloads.py) -------------------------------------

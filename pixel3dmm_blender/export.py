@@ -1,10 +1,12 @@
 """Export one head (its mesh and armature, nothing else) to GLB or FBX. Main thread only.
 
-Both writers get explicit options: shape keys with their current values, skin weights, no leaf bones, no
-baked animation, modifiers not applied (applying them would drop the shape keys). The file is written next to
-the target under a temporary name and moved into place, so a failed export leaves no half-written file; it gets
-the user's normal file permissions (0666 less the umask). The user's selection and active object are restored
-afterwards.
+Both writers get explicit options: shape keys with their current values, skin weights, no leaf bones,
+modifiers not applied (applying them would drop the shape keys), and the head's animation when it has one (its
+shape keys' and armature's active actions, an imported Live Link take for instance): sampled once per frame, so a
+take keyed one row per frame keeps one key per row (glTF: one animation of the morph weights and joint
+rotations; FBX: baked over the scene's frame range). The file is written next to the target under a temporary
+name and moved into place, so a failed export leaves no half-written file; it gets the user's normal file
+permissions (0666 less the umask). The user's selection and active object are restored afterwards.
 """
 
 from __future__ import annotations
@@ -29,12 +31,20 @@ def head_parts(mesh_obj: bpy.types.Object) -> tuple[bpy.types.Object, bpy.types.
     raise ExportError(f"The object '{mesh_obj.name}' has no armature; export a head built by Pixel3DMM.")
 
 
+def is_animated(mesh_obj: bpy.types.Object, armature_obj: bpy.types.Object) -> bool:
+    """True when the head's shape keys or its armature have an action."""
+    blocks = (mesh_obj.data.shape_keys, armature_obj)
+    return any(b is not None and b.animation_data is not None and b.animation_data.action is not None for b in blocks)
+
+
 def export_glb(context: bpy.types.Context, mesh_obj: bpy.types.Object, filepath: str) -> Path:
-    """Write the head as binary glTF (+Y up): morph targets with their weights, skin, baked texture.
+    """Write the head as binary glTF (+Y up): morph targets with their weights, skin, baked texture, and the
+    head's animation (one glTF animation, a key per frame) when it has one.
 
     The joint nodes carry the current pose (inverse bind matrices hold the rest pose), so a viewer shows the
     fitted head: skinned morphed positions equal the evaluated Blender mesh in FLAME's +Y-up frame.
     """
+    animated = is_animated(*head_parts(mesh_obj))
 
     def write(tmp: str) -> None:
         bpy.ops.export_scene.gltf(
@@ -49,7 +59,12 @@ def export_glb(context: bpy.types.Context, mesh_obj: bpy.types.Object, filepath:
             export_rest_position_armature=False,
             # no leaf bones: the glTF exporter adds none by default (its export_leaf_bone option, new in
             # Blender 4.3, is not passed so that Blender 4.2 accepts the call)
-            export_animations=False,
+            export_animations=animated,
+            export_morph_animation=animated,
+            export_animation_mode="ACTIVE_ACTIONS",  # the shape keys' and the armature's actions as one animation
+            export_force_sampling=True,
+            export_optimize_animation_size=False,  # a key per frame, also where values repeat
+            export_anim_slide_to_zero=True,  # the first frame at time 0
             export_materials="EXPORT",
             export_normals=True,
             export_texcoords=True,
@@ -59,7 +74,9 @@ def export_glb(context: bpy.types.Context, mesh_obj: bpy.types.Object, filepath:
 
 
 def export_fbx(context: bpy.types.Context, mesh_obj: bpy.types.Object, filepath: str) -> Path:
-    """Write the head as FBX: blend shapes with their values, skin, face smoothing groups, embedded texture."""
+    """Write the head as FBX: blend shapes with their values, skin, face smoothing groups, embedded texture, and
+    the head's animation baked over the scene's frame range (a key per frame) when it has one."""
+    animated = is_animated(*head_parts(mesh_obj))
 
     def write(tmp: str) -> None:
         bpy.ops.export_scene.fbx(
@@ -69,7 +86,13 @@ def export_fbx(context: bpy.types.Context, mesh_obj: bpy.types.Object, filepath:
             use_mesh_modifiers=False,
             mesh_smooth_type="FACE",
             add_leaf_bones=False,
-            bake_anim=False,
+            bake_anim=animated,
+            bake_anim_use_all_bones=True,
+            bake_anim_use_nla_strips=False,
+            bake_anim_use_all_actions=False,
+            bake_anim_force_startend_keying=True,
+            bake_anim_step=1.0,
+            bake_anim_simplify_factor=0.0,
             primary_bone_axis="Y",
             secondary_bone_axis="X",
             armature_nodetype="NULL",

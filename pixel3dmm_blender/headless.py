@@ -18,6 +18,7 @@ camera beside the photo). The output folder is checked before the reconstruction
 all of them are written; a failure or Ctrl-C leaves the folder as it was. Prints a progress display and one
 sentence on a user error (exit status 2) or on Ctrl-C (130); other libraries' console messages (mediapipe,
 Blender, EGL) are hidden unless ``-v`` is given.
+``--livelink TAKE.csv`` keys a Live Link Face take onto the head first, so the files carry its animation.
 """
 
 from __future__ import annotations
@@ -165,6 +166,12 @@ def _run(args, stdout, stderr) -> int:
         if outcome.status != {"FINISHED"}:
             return 1
         t_reconstruct = time.perf_counter() - t0
+        if args.livelink:
+            try:
+                bpy.ops.pixel3dmm.import_livelink(filepath=str(args.livelink.resolve()))
+            except RuntimeError as exc:  # the operator's one-sentence error
+                raise UsageError(f"The take was not imported: {str(exc).strip()}") from exc
+            say(f"keyed the take {args.livelink.name}")
         head_mesh = bpy.context.scene.p3dmm.head
         with console.staged_outputs(out) as stage:
             say("writing head.glb")
@@ -193,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--face", type=int, default=0, help="which face when there are several (0 = largest)")
     parser.add_argument("--standins", type=Path, metavar="FOLDER", help="use (and write) stand-in assets here")
     parser.add_argument("--fbx", action="store_true", help="also export head.fbx")
+    parser.add_argument("--livelink", type=Path, metavar="TAKE.csv", help="animate the head with a Live Link Face take")
     parser.add_argument("--no-preview", action="store_true", help="skip the preview render")
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="show other libraries' and Blender's console messages")

@@ -151,6 +151,7 @@ def build_result(context, source: PhotoSource, result: bridge.ReconstructionResu
         return failure(exc)
     context.scene.p3dmm.head = head.mesh
     reports.append(("INFO", f"Built the head '{head.mesh.name}' in the collection '{head.collection.name}'."))
+    reports += [("WARNING", message) for message in result.warnings]
     return Outcome({"FINISHED"}, reports)
 
 

@@ -28,8 +28,13 @@ quaternion, written as a simple driver expression (no Python auto-run needed). T
 quaternion's squared norm, so they stay right for unnormalised quaternions, and are even in the quaternion, so
 the sign ambiguity of a matrix-to-quaternion conversion does not matter.
 
-Names: bones follow :data:`BONE_NAMES`; shape keys keep the rig's names (``expression_000`` ..., ``eyelid.L/R``,
-``pose_<joint>_<row><col>``) after the ``Basis`` key.
+Names: bones follow :data:`BONE_NAMES`; shape keys keep the rig's names and order after the ``Basis`` key (the
+51 ARKit keys when the rig has them, ``fitted_expression``, ``expression_000`` ..., ``eyelid.L/R``,
+``pose_<joint>_<row><col>``).
+
+The head mesh object carries two custom properties: :data:`HEAD_TAG` and :data:`RECORD` (the core's
+``head_record`` of the rig: the fitted FLAME parameters and what each ARKit key means in FLAME's terms), from
+which the animation operators read FLAME parameters and takes back off the scene.
 """
 
 from __future__ import annotations
@@ -42,6 +47,8 @@ import bpy
 import numpy as np
 from mathutils import Matrix
 
+from . import bridge
+
 BONE_NAMES = {"root": "root", "neck": "neck", "jaw": "jaw", "left_eye": "eye.L", "right_eye": "eye.R"}
 """Blender bone of each rig joint name (the subject's left eye is on Blender's +X side, hence ``.L``)."""
 
@@ -51,6 +58,8 @@ BONE_LENGTHS = {"root": 0.06, "neck": 0.08, "jaw": 0.04, "left_eye": 0.02, "righ
 MESH_UV_NAME = "UVMap"
 HEAD_TAG = "pixel3dmm_head"
 """Custom property (True) on every head mesh built here; the export operators look for it."""
+RECORD = "pixel3dmm_flame"
+"""Custom property holding the core's head record (plain lists and numbers) of the rig the head was built from."""
 
 # Blender world from FLAME world: +90 degrees about X.
 FLAME_TO_BLENDER = Matrix.Rotation(math.pi / 2.0, 4, "X")
@@ -118,6 +127,7 @@ def _build_head(context, rig, name, texture, photo) -> HeadObjects:
     armature.matrix_world = FLAME_TO_BLENDER @ Matrix(rig.head_pose.tolist())
     mesh = _build_mesh(collection, f"{name} head", rig.rest_vertices, rig.faces, rig.corner_uv)
     mesh[HEAD_TAG] = True
+    mesh[RECORD] = bridge.head_record(rig)
     mesh.parent = armature
     mesh.matrix_parent_inverse = Matrix.Identity(4)
     _add_skin(mesh, armature, bones, rig.skin_weights)
@@ -275,6 +285,55 @@ def _build_camera(context, collection, name: str, film, photo: bpy.types.Image |
     if context.scene.camera is None:
         context.scene.camera = obj
     return obj
+
+
+def head_camera(mesh_obj: bpy.types.Object) -> bpy.types.Object | None:
+    """The camera built with a head: the first camera in the head mesh's collections."""
+    return next((o for c in mesh_obj.users_collection for o in c.objects if o.type == "CAMERA"), None)
+
+
+def replace_head(context: bpy.types.Context, mesh_obj: bpy.types.Object, armature_obj: bpy.types.Object,
+                 rig) -> HeadObjects:
+    """Rebuild a head from another rig (the same FLAME model), keeping its material, photo and names.
+
+    The new mesh, armature and camera take the place of the old ones in the old head's collection, with their
+    names; the old objects and their data are removed, and the old head's material (its baked texture) and the
+    camera's photo move over. Animation does not: the new head shows the rig's values. If building fails,
+    nothing has changed.
+    """
+    collection = mesh_obj.users_collection[0]
+    camera = head_camera(mesh_obj)
+    photo = None
+    if camera is not None and len(camera.data.background_images) and camera.data.background_images[0].image:
+        photo = camera.data.background_images[0].image
+    material = mesh_obj.data.materials[0] if len(mesh_obj.data.materials) else None
+    new = build_head(context, rig, name=collection.name, photo=photo)
+    scene = context.scene
+    old_objects = [o for o in (mesh_obj, armature_obj, camera) if o is not None]
+    names = {new.mesh: mesh_obj, new.armature: armature_obj}
+    if camera is not None:
+        names[new.camera] = camera
+    names = {obj: (old.name, old.data.name) for obj, old in names.items()}
+    was_scene_camera = scene.camera is not None and scene.camera == camera
+    if material is not None:
+        new.mesh.data.materials[0] = material
+        bpy.data.materials.remove(new.material)
+    for obj in (new.mesh, new.armature, new.camera):
+        collection.objects.link(obj)
+        new.collection.objects.unlink(obj)
+    bpy.data.collections.remove(new.collection)
+    data = [o.data for o in old_objects]
+    bpy.data.batch_remove(old_objects)
+    bpy.data.batch_remove(data)
+    for obj, (name, data_name) in names.items():
+        obj.name, obj.data.name = name, data_name
+    if was_scene_camera:
+        scene.camera = new.camera
+    context.view_layer.update()
+    if material is None:
+        return HeadObjects(collection, new.mesh, new.armature, new.camera, new.material, None)
+    texture = next((n.image for n in material.node_tree.nodes if n.type == "TEX_IMAGE"), None)
+    return HeadObjects(collection, new.mesh, new.armature, new.camera, material, texture)
 
 
 def photo_name(path: str | Path) -> str:

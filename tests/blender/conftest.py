@@ -1,7 +1,8 @@
 """Blender add-on tests: enable the add-on once per session, start every test from an empty file.
 
 The add-on is enabled through ``addon_utils`` like Blender does (so its preferences exist); any error while
-registering fails the session instead of being printed and swallowed.
+registering fails the session instead of being printed and swallowed. ``arkit_head`` is core's full-size synthetic
+head with a MediaPipe landmark embedding derived as the pipeline derives one (cached in the session's cache).
 """
 
 import bpy  # first: addon_utils lives in Blender's bundled modules
@@ -28,3 +29,16 @@ def addon():
 def empty_file(addon):
     bpy.ops.wm.read_homefile(use_empty=True)
     yield
+
+
+@pytest.fixture(scope="session")
+def arkit_head():
+    """(FlameData, UVTemplate, LandmarkEmbedding) of the full-size synthetic head; skipped without mediapipe."""
+    from core.flame.synthetic import synthetic_flame
+    from core.landmarks import resolve_embedding
+
+    flame, uv = synthetic_flame("full", seed=0)
+    embedding, note = resolve_embedding(flame)
+    if embedding is None:
+        pytest.skip(note)
+    return flame, uv, embedding

@@ -191,7 +191,7 @@ def test_bridge_passes_settings_and_preference_paths(monkeypatch, tmp_path):
     flame, uv = synthetic_head(seed=1)
     fit = random_fit(flame, seed=2)
     texture = np.random.default_rng(0).random((8, 8, 3)).astype(np.float32)
-    reconstruction = SimpleNamespace(flame=flame, uv=uv, fit=fit, texture=texture)
+    reconstruction = SimpleNamespace(flame=flame, uv=uv, fit=fit, texture=texture, landmark_embedding=None)
 
     def reconstruct(source, assets, settings, on_progress=None, should_cancel=None):
         seen.update(source=source, assets=assets, settings=settings, cancel=should_cancel)

@@ -56,7 +56,7 @@ def test_texture_material_and_background():
     rng = np.random.default_rng(0)
     texture = rng.random((64, 64, 3)).astype(np.float32)
     photo = bpy.data.images.new("photo", 32, 24)
-    result = bridge.prepare_result(SimpleNamespace(flame=flame, uv=uv, fit=fit, texture=texture))
+    result = bridge.prepare_result(SimpleNamespace(flame=flame, uv=uv, fit=fit, texture=texture, landmark_embedding=None))
     built = scene.build_head(bpy.context, result.rig, name="tex", texture=result.texture, photo=photo)
     image = built.texture
     assert tuple(image.size) == (64, 64) and image.packed_file is not None

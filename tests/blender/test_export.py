@@ -13,10 +13,12 @@ import numpy as np
 import pygltflib
 import pytest
 
+from core.arkit import ARKIT_NAMES
 from core.flame.synthetic import synthetic_flame
+from core.livelink import Take, read_take, write_take
 from core.rig import build_rig
 from heads import random_fit
-from pixel3dmm_blender import bridge, export, scene
+from pixel3dmm_blender import animation, bridge, export, scene
 
 JS_DIR = Path(__file__).resolve().parent / "js"
 
@@ -27,7 +29,8 @@ def head():
     flame, uv = synthetic_flame("small", seed=8)
     fit = random_fit(flame, seed=9, eyelids=True)
     texture = np.random.default_rng(1).random((32, 32, 3)).astype(np.float32)
-    result = bridge.prepare_result(SimpleNamespace(flame=flame, uv=uv, fit=fit, texture=texture))
+    result = bridge.prepare_result(SimpleNamespace(flame=flame, uv=uv, fit=fit, texture=texture,
+                                                   landmark_embedding=None))
     built = scene.build_head(bpy.context, result.rig, name="export", texture=result.texture)
     return flame, fit, built
 
@@ -93,7 +96,7 @@ def test_glb_has_morph_targets_skin_and_key_values(head, tmp_path):
     (mesh,) = gltf.meshes
     names = mesh.extras["targetNames"]
     keys = built.mesh.data.shape_keys.key_blocks
-    n_keys = flame.n_expr + 2 + 36
+    n_keys = 1 + flame.n_expr + 2 + 36
     assert names == [k.name for k in keys][1:] and len(names) == n_keys
     assert all(len(p.targets) == n_keys for p in mesh.primitives)
     np.testing.assert_allclose(mesh.weights, [keys[n].value for n in names], atol=1e-6)
@@ -264,3 +267,73 @@ def test_export_into_a_folder_that_cannot_be_written_is_one_sentence(head, tmp_p
     monkeypatch.setattr(export.os, "open", refuse)  # as for a folder of another user (the tests run as root)
     with pytest.raises(export.ExportError, match=r"Cannot write into the folder .* \(Permission denied\); choose"):
         export.export_glb(bpy.context, built.mesh, str(tmp_path / "head.glb"))
+
+
+@pytest.fixture()
+def animated(arkit_head, tmp_path):
+    """The full synthetic head with its ARKit keys, animated by a 40-row Live Link take at 30 fps."""
+    flame, uv, embedding = arkit_head
+    fit = random_fit(flame, seed=12, max_degrees=15.0)
+    texture = np.full((16, 16, 3), 0.5, dtype=np.float32)
+    result = bridge.prepare_result(SimpleNamespace(flame=flame, uv=uv, fit=fit, texture=texture,
+                                                   landmark_embedding=embedding))
+    built = scene.build_head(bpy.context, result.rig, name="animated", texture=result.texture)
+    rng = np.random.default_rng(2)
+    take = Take.from_frames(rng.uniform(0, 1, (40, 51)), fps=30.0, head=rng.normal(0, 0.2, (40, 3)),
+                            eyes=rng.normal(0, 0.1, (40, 2, 3)))
+    write_take(tmp_path / "take.csv", take)
+    assert bpy.ops.pixel3dmm.import_livelink(filepath=str(tmp_path / "take.csv")) == {"FINISHED"}
+    return built, read_take(tmp_path / "take.csv")
+
+
+def test_animated_glb_carries_the_arkit_keys_and_a_key_per_row(animated, tmp_path):
+    built, take = animated
+    path = export.export_glb(bpy.context, built.mesh, str(tmp_path / "animated.glb"))
+    gltf = pygltflib.GLTF2().load(str(path))
+    names = gltf.meshes[0].extras["targetNames"]
+    assert names[:52] == list(ARKIT_NAMES) + ["fitted_expression"]
+    (animation,) = gltf.animations  # the shape keys' and the armature's actions as one animation
+    by_path = {}
+    for channel in animation.channels:
+        target = "weights" if channel.target.path == "weights" else gltf.nodes[channel.target.node].name
+        by_path[target] = animation.samplers[channel.sampler]
+    assert {"weights", "neck", "eye.L", "eye.R"} <= set(by_path)
+    for sampler in by_path.values():
+        assert gltf.accessors[sampler.input].count == len(take.frames)
+    times = _accessor(gltf, by_path["weights"].input)[:, 0]
+    np.testing.assert_allclose(times, np.arange(40) / 30.0, atol=1e-5)
+    weights = _accessor(gltf, by_path["weights"].output).reshape(40, len(names))
+    np.testing.assert_allclose(weights[:, :51], take.weights, atol=1e-5)
+    np.testing.assert_allclose(weights[:, 51], 0.0)  # fitted_expression keyed to 0 under the take
+
+
+def test_animated_glb_passes_the_khronos_validator(animated, tmp_path):
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed, so the Khronos glTF validator (npm gltf-validator) cannot run")
+    if not (JS_DIR / "node_modules" / "gltf-validator").is_dir():
+        subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=JS_DIR, check=True, capture_output=True)
+    built, _ = animated
+    path = export.export_glb(bpy.context, built.mesh, str(tmp_path / "animated.glb"))
+    out = subprocess.run([node, str(JS_DIR / "validate.js"), str(path)], check=True, capture_output=True, text=True)
+    report = json.loads(out.stdout)
+    assert report["numErrors"] == 0, report["errors"]
+    assert report["hasMorphTargets"] and report["hasSkins"] and report["animationCount"] == 1
+
+
+def test_animated_fbx_reimports_with_names_and_curves(animated, tmp_path):
+    built, take = animated
+    path = export.export_fbx(bpy.context, built.mesh, str(tmp_path / "animated.fbx"))
+    meshes, armatures = _reimported(path)
+    (mesh,) = meshes
+    keys = mesh.data.shape_keys
+    assert set(ARKIT_NAMES) <= {k.name for k in keys.key_blocks}
+    curves = animation.fcurves(keys)
+    for name in ("jawOpen", "eyeBlinkLeft", "mouthSmileRight", "browInnerUp"):
+        points = curves[(f'key_blocks["{name}"].value', 0)].keyframe_points
+        assert len(points) == len(take.frames)
+        co = np.array([tuple(p.co) for p in points])
+        np.testing.assert_allclose(np.diff(co[:, 0]), 1.0)  # a key per frame (the importer offsets the start)
+        np.testing.assert_allclose(co[:, 1], take.weights[:, ARKIT_NAMES.index(name)], atol=1e-4)
+    bone_curves = animation.fcurves(armatures[0])
+    assert any(path.startswith('pose.bones["neck"]') for path, _ in bone_curves)

@@ -26,7 +26,8 @@ def reconstruction():
     fit = random_fit(flame, seed=3)
     texture = np.full((16, 16, 3), 0.25, dtype=np.float32)
     return bridge.prepare_result(
-        SimpleNamespace(fit=fit, flame=flame, uv=uv, texture=texture, used_synthetic=False, messages=[]))
+        SimpleNamespace(fit=fit, flame=flame, uv=uv, texture=texture, used_synthetic=False, messages=[],
+                        landmark_embedding=None))
 
 
 @pytest.fixture()

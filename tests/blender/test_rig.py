@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from mathutils import Matrix, Quaternion
 
+from core.arkit import ARKIT_NAMES
 from core.flame.synthetic import synthetic_flame
 from core.rig import build_rig
 from pixel3dmm_blender import scene
@@ -127,15 +128,21 @@ def test_rig_structure(head):
     built = scene.build_head(bpy.context, rig, name="structure")
     keys = built.mesh.data.shape_keys.key_blocks
     names = [key.name for key in keys]
-    assert names[0] == "Basis"
+    assert names[:2] == ["Basis", "fitted_expression"]
     n_expr = flame.n_expr
-    assert names[1:1 + n_expr] == [f"expression_{k:03d}" for k in range(n_expr)]
-    assert names[1 + n_expr:3 + n_expr] == ["eyelid.L", "eyelid.R"]
-    assert len(names) == 1 + n_expr + 2 + 36
+    assert names[2:2 + n_expr] == [f"expression_{k:03d}" for k in range(n_expr)]
+    assert names[2 + n_expr:4 + n_expr] == ["eyelid.L", "eyelid.R"]
+    assert len(names) == 2 + n_expr + 2 + 36
+    fitted = keys["fitted_expression"]
+    assert (fitted.value, fitted.slider_min, fitted.slider_max) == (1.0, 0.0, 1.0)
     for k in range(n_expr):
         key = keys[f"expression_{k:03d}"]
-        assert key.slider_min < 0 < key.slider_max
-        assert key.value == pytest.approx(float(fit.expression[k]), abs=1e-6)
+        assert (key.slider_min, key.value, key.slider_max) == (-3.0, 0.0, 3.0)
+    # the record of the head: the fitted parameters, read back from the custom property
+    record = built.mesh[scene.RECORD].to_dict()
+    np.testing.assert_allclose(record["expression"], fit.expression, atol=1e-6)
+    np.testing.assert_allclose(record["shape"], fit.shape, atol=1e-6)
+    assert record["arkit"] == {} and record["flame"] == flame.release
     drivers = built.mesh.data.shape_keys.animation_data.drivers
     assert len(drivers) == 36
     for fcurve in drivers:
@@ -168,7 +175,7 @@ def test_no_eyelid_keys_without_eyelid_model():
     flame, uv = synthetic_head(eyelids=False, seed=4)
     built = scene.build_head(bpy.context, build_rig(flame, uv, random_fit(flame)), name="nolids")
     names = [key.name for key in built.mesh.data.shape_keys.key_blocks]
-    assert len(names) == 1 + 100 + 36 and "eyelid.L" not in names
+    assert len(names) == 1 + 1 + 100 + 36 and "eyelid.L" not in names
 
 
 def test_corrective_expressions_are_r_minus_identity():
@@ -181,3 +188,21 @@ def test_corrective_expressions_are_r_minus_identity():
             for col in range(3):
                 value = eval(scene.corrective_expression(row, col), {}, {"w": w, "x": x, "y": y, "z": z})
                 assert value == pytest.approx(rotation[row, col] - (row == col), abs=1e-6)
+
+
+def test_head_with_arkit_keys_still_matches_flame(arkit_head):
+    """The 51 ARKit keys rest at 0 (range 0..1), so the head with them still is FLAME's forward pass."""
+    flame, uv, embedding = arkit_head
+    fit = random_fit(flame, seed=15)
+    rig = build_rig(flame, uv, fit, embedding)
+    built = scene.build_head(bpy.context, rig, name="arkit")
+    got = evaluated_world(built.mesh)
+    expected = to_blender_world(flame_forward(flame, fit.shape, fit.expression, fit_poses(fit)), fit)
+    assert np.abs(got - expected).max() < TOLERANCE_M
+    keys = built.mesh.data.shape_keys.key_blocks
+    assert [k.name for k in keys][1:53] == list(ARKIT_NAMES) + ["fitted_expression"]
+    assert all((keys[n].value, keys[n].slider_min, keys[n].slider_max) == (0.0, 0.0, 1.0) for n in ARKIT_NAMES)
+    # a key at 1 moves the mesh by its offsets (before skinning), here the jaw opening
+    keys["jawOpen"].value = 1.0
+    assert np.abs(evaluated_world(built.mesh) - expected).max() > 1e-3
+    assert sorted(built.mesh[scene.RECORD]["arkit"].keys()) == sorted(ARKIT_NAMES)

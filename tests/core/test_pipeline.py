@@ -51,6 +51,7 @@ def test_reconstruction_has_every_piece(run, standins):
     assert result.texture.shape == (256, 256, 3) and result.texture.dtype == np.float32
     assert 0.0 <= result.texture.min() and result.texture.max() <= 1.0
     assert set(result.timings) == {"load", "detect", "network", "fit", "texture"}
+    assert result.landmark_embedding is None or result.landmark_embedding.kind in ("mediapipe", "68")
 
 
 def test_untrained_networks_fall_back_to_the_landmarks_and_say_so(run):
@@ -169,6 +170,9 @@ def test_cli_reconstruct_writes_results(standins, tmp_path):
     assert lines[-3].startswith("fit (landmarks mode): doubtful")
     assert lines[-2].startswith("timings: load ") and lines[-1] == f"wrote {', '.join(RECONSTRUCT_OUTPUTS)} to {out}"
     assert sorted(p.name for p in out.iterdir()) == sorted(RECONSTRUCT_OUTPUTS)
+    with np.load(out / "fit.npz") as fit, np.load(out / "flame_params.npz") as params:
+        np.testing.assert_allclose(params["expression"][0], fit["expression"], atol=1e-6)
+        np.testing.assert_allclose(params["betas"][0], fit["shape"], atol=1e-6)
     obj = (out / "head_posed.obj").read_text().splitlines()
     assert sum(line.startswith("v ") for line in obj) == 5023 and sum(line.startswith("f ") for line in obj) == 9976
 

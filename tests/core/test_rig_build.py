@@ -11,11 +11,16 @@ import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
+from core.arkit import ARKIT_NAMES, arkit_keys
+from core.errors import AssetInvalidError
 from core.fit.result import FitResult
-from core.flame import FlameModel, FlameParams, synthetic_flame
+from core.flame import FlameModel, FlameParams, LandmarkEmbedding, synthetic_flame
 from core.flame.data import JOINT_NAMES
 from core.flame.lbs import blend_shapes, pose_feature
-from core.rig import CorrectiveKey, build_rig
+from core.flame_params import FlameParameters
+from core.rig import ArkitShapeKey, CorrectiveKey, build_rig, head_record, shown_parameters
+
+from mediapipe_standin import standin_embedding
 
 POSES = ("neck_pose", "jaw_pose", "eye_pose_left", "eye_pose_right")
 
@@ -63,13 +68,20 @@ def make_fit(flame, seed, *, eyelids=False, n_expr=None, photo_size=(480, 640), 
     return fit
 
 
-def evaluate(rig, rotations=None, include=lambda key: True) -> np.ndarray:
-    """(V, 3) world vertices of the rig: rest + sum of value * offsets, skinned, head pose applied."""
+def evaluate(rig, rotations=None, include=lambda key: True, values=None, head_pose=None) -> np.ndarray:
+    """(V, 3) world vertices of the rig: rest + sum of value * offsets (``values`` overrides keys' values by
+    name; correctives follow the rotations), skinned, head pose applied."""
     rotations = rig.rotations if rotations is None else rotations
+    head_pose = rig.head_pose if head_pose is None else head_pose
+    values = {} if values is None else values
     mesh = rig.rest_vertices.copy()
     for key in rig.shape_keys:
         if include(key):
-            mesh += key.value * key.offsets.astype(np.float64)
+            if isinstance(key, CorrectiveKey):
+                value = (rotations[key.joint] - np.eye(3))[key.row, key.col]
+            else:
+                value = values.get(key.name, key.value)
+            mesh += value * key.offsets.astype(np.float64)
     world_rotation, world_position, skinning = [], [], []
     for j, parent in enumerate(rig.parents):
         if parent < 0:
@@ -83,7 +95,7 @@ def evaluate(rig, rotations=None, include=lambda key: True) -> np.ndarray:
     posed = np.zeros_like(mesh)
     for j, (rotation, shift) in enumerate(skinning):
         posed += rig.skin_weights[:, j:j + 1] * (mesh @ rotation.T + shift)
-    return posed @ rig.head_pose[:3, :3].T + rig.head_pose[:3, 3]
+    return posed @ head_pose[:3, :3].T + head_pose[:3, 3]
 
 
 @pytest.mark.parametrize("seed", [1, 2])
@@ -116,9 +128,11 @@ def test_eyelid_keys_act_before_skinning(head):
     flame, uv = head
     fit = make_fit(flame, 5, eyelids=True)
     rig = build_rig(flame, uv, fit)
-    assert [(k.name, k.value) for k in rig.eyelid_keys] == [("eyelid.L", pytest.approx(float(fit.eyelids[0]))),
-                                                            ("eyelid.R", pytest.approx(float(fit.eyelids[1])))]
+    assert [(k.name, k.value) for k in rig.eyelid_keys] == [("eyelid.L", 0.0), ("eyelid.R", 0.0)]
     offsets = np.einsum("k,kvc->vc", fit.eyelids.astype(np.float64), flame.eyelids)
+    # the fitted_expression key holds the fitted eyelids with the fitted expression
+    np.testing.assert_allclose(rig.fitted_key.offsets, flame.exprdirs @ fit.expression.astype(np.float64) + offsets,
+                               atol=1e-9)
     world = [np.eye(3)]
     for joint, name in enumerate(POSES, start=1):
         world.append(world[flame.parents[joint]] @ Rotation.from_rotvec(getattr(fit, name)).as_matrix())
@@ -152,14 +166,19 @@ def test_structure_follows_the_model_and_the_fit(head):
     np.testing.assert_allclose(rig.head_pose[:3, 3], fit.head_translation, atol=0)
     np.testing.assert_array_equal(rig.head_pose[3], [0, 0, 0, 1])
     names = [key.name for key in rig.shape_keys]
-    assert names[:flame.n_expr] == [f"expression_{k:03d}" for k in range(flame.n_expr)]
-    assert names[flame.n_expr:flame.n_expr + 2] == ["eyelid.L", "eyelid.R"] and len(names) == flame.n_expr + 2 + 36
+    assert rig.arkit_keys == ()  # no landmark embedding given
+    assert names[0] == "fitted_expression"
+    assert names[1:flame.n_expr + 1] == [f"expression_{k:03d}" for k in range(flame.n_expr)]
+    assert names[flame.n_expr + 1:flame.n_expr + 3] == ["eyelid.L", "eyelid.R"]
+    assert len(names) == 1 + flame.n_expr + 2 + 36
+    fitted = rig.fitted_key
+    assert (fitted.value, fitted.slider_min, fitted.slider_max) == (1.0, 0.0, 1.0)
     for k, key in enumerate(rig.expression_keys):
         assert key.offsets.dtype == np.float32 and key.offsets.shape == (flame.n_vertices, 3)
         np.testing.assert_array_equal(key.offsets, flame.exprdirs[:, :, k].astype(np.float32))
-        assert key.value == pytest.approx(float(fit.expression[k]))
-        assert key.slider_min < min(0.0, key.value) and key.slider_max > max(0.0, key.value)
-        assert key.slider_min == -key.slider_max
+        assert key.value == 0.0 and (key.slider_min, key.slider_max) == (-3.0, 3.0)
+    assert rig.parameters.source == "fit" and rig.flame_release == flame.release
+    np.testing.assert_array_equal(rig.parameters.shape, fit.shape)
     for key in rig.corrective_keys:
         assert (key.slider_min, key.slider_max) == (-2.0, 2.0)
         assert key.value == pytest.approx(rig.rotations[key.joint][key.row, key.col] - (key.row == key.col))
@@ -210,3 +229,125 @@ def test_camera_film_reproduces_k_photo(head, photo_size):
     assert np.abs(blender_pixels(film, world) - expected).max() < 1e-6
     # the principal point is off-centre, so a film without shift would miss by pixels
     assert abs(film.shift_x) > 0.01 and abs(film.shift_y) > 0.01
+
+
+@pytest.fixture(scope="module")
+def embedding(head):
+    return standin_embedding(head[0])
+
+
+@pytest.fixture(scope="module")
+def arkit_rig(head, embedding, one_thread):
+    flame, uv = head
+    fit = make_fit(flame, 9, eyelids=True)
+    return fit, build_rig(flame, uv, fit, embedding)
+
+
+def test_arkit_keys_come_first_at_rest_and_are_core_arkits(head, embedding, arkit_rig):
+    flame, uv = head
+    fit, rig = arkit_rig
+    assert [key.name for key in rig.shape_keys[:52]] == list(ARKIT_NAMES) + ["fitted_expression"]
+    reference = arkit_keys(flame, embedding, uv.mirror_index, shape=fit.shape)
+    for key, ref in zip(rig.arkit_keys, reference):
+        assert isinstance(key, ArkitShapeKey) and key.name == ref.name
+        assert (key.value, key.slider_min, key.slider_max) == (0.0, 0.0, 1.0)
+        np.testing.assert_array_equal(key.offsets, ref.offsets)
+        np.testing.assert_array_equal(key.expression, ref.expression)
+        np.testing.assert_array_equal(key.eye_poses, ref.eye_poses)
+    # the keys rest at 0, so the rig still is FLAME's forward pass at the fit (away from the eyelids, which FLAME
+    # adds after skinning)
+    lid_free = np.abs(flame.eyelids).sum(axis=(0, 2)) == 0
+    assert np.abs(evaluate(rig) - forward(flame, fit))[lid_free].max() < 1e-9
+
+
+def test_arkit_keys_need_a_mediapipe_embedding(head, embedding):
+    flame, uv = head
+    ibug = LandmarkEmbedding(embedding.face_idx, embedding.bary, embedding.landmark_indices, "68", "iBUG test")
+    with pytest.raises(AssetInvalidError, match="not a MediaPipe embedding"):
+        build_rig(flame, uv, make_fit(flame, 10), ibug)
+
+
+def test_parameters_rebuild_the_same_rig(head):
+    """A rig from FLAME parameters (what a parameter file holds) equals the rig from the fit they came from."""
+    flame, uv = head
+    fit = make_fit(flame, 11, eyelids=True)
+    from_fit, from_params = build_rig(flame, uv, fit), build_rig(flame, uv, FlameParameters.from_fit(fit, "file"))
+    assert np.abs(evaluate(from_params) - evaluate(from_fit)).max() < 1e-12
+    np.testing.assert_array_equal(from_params.joints, from_fit.joints)
+    for name in ("resolution", "sensor_width", "lens", "shift_x", "shift_y"):
+        assert getattr(from_params.camera, name) == getattr(from_fit.camera, name)
+    no_camera = replace(FlameParameters.from_fit(fit), camera_K=None)
+    with pytest.raises(ValueError, match="camera"):
+        build_rig(flame, uv, no_camera)
+
+
+def _close_parameters(got: FlameParameters, expected: FlameParameters, atol=1e-9):
+    for name in ("shape", "expression", "eyelids", "neck_pose", "jaw_pose", "eye_pose_left", "eye_pose_right",
+                 "head_rotation", "head_translation", "camera_K"):
+        np.testing.assert_allclose(getattr(got, name), getattr(expected, name), atol=atol, err_msg=name)
+    assert got.image_size == expected.image_size
+
+
+def test_shown_parameters_of_the_built_rig_are_the_fit(arkit_rig):
+    fit, rig = arkit_rig
+    values = {key.name: key.value for key in rig.shape_keys}
+    got = shown_parameters(head_record(rig), values, rig.rotations, rig.head_pose, rig.joints)
+    _close_parameters(got, FlameParameters.from_fit(fit))
+
+
+def _params_forward(flame, p: FlameParameters, root=None) -> np.ndarray:
+    """FLAME's forward pass of parameters (eyelids after skinning, as FLAME adds them), then R v + t."""
+    model = FlameModel(flame, n_shape=p.shape.size, n_expr=p.expression.size, dtype=torch.float64)
+    t = lambda x: torch.as_tensor(np.asarray(x, dtype=np.float64))[None]  # noqa: E731
+    with torch.no_grad():
+        v = model(FlameParams(shape=t(p.shape), expression=t(p.expression), eyelids=t(p.eyelids),
+                              neck_pose=t(p.neck_pose), jaw_pose=t(p.jaw_pose), eye_pose_left=t(p.eye_pose_left),
+                              eye_pose_right=t(p.eye_pose_right))).vertices[0].numpy()
+    return v @ p.head_rotation.T + p.head_translation
+
+
+def test_shown_parameters_follow_moved_keys(head, arkit_rig):
+    """Keys moved at the rest pose: the mesh the rig shows is FLAME's forward pass of the parameters read off it
+    (every key is linear in FLAME's blendshapes, or a baked rotation that FLAME poses the same way)."""
+    flame, _ = head
+    fit, rig = arkit_rig
+    rest = np.tile(np.eye(3), (5, 1, 1))
+    record = head_record(rig)
+    head_pose = np.eye(4)
+    cases = [
+        {"fitted_expression": 0.0, "mouthSmileLeft": 0.8, "browInnerUp": 0.5, "expression_003": 1.5},
+        {"fitted_expression": 0.0, "eyeBlinkRight": 1.0, "eyelid.L": 0.4},
+        {"fitted_expression": 0.0, "jawOpen": 1.0},
+        {"fitted_expression": 0.0, "eyeLookUpLeft": 1.0},
+        {"fitted_expression": 0.6, "expression_001": -2.0},
+    ]
+    for values in cases:
+        got = shown_parameters(record, values, rest, head_pose, rig.joints)
+        shown = evaluate(rig, rotations=rest, values=values, head_pose=head_pose)
+        # (eyelids act before skinning here and after it in FLAME: the same at the rest pose)
+        assert np.abs(shown - _params_forward(flame, got)).max() < 1e-9, values
+    smile = {k.name: k for k in rig.arkit_keys}["mouthSmileLeft"]
+    got = shown_parameters(record, cases[0], rest, head_pose, rig.joints)
+    expected = 0.8 * smile.expression + 0.5 * {k.name: k for k in rig.arkit_keys}["browInnerUp"].expression
+    expected[3] += 1.5
+    np.testing.assert_allclose(got.expression, expected, atol=1e-12)
+
+
+def test_shown_parameters_follow_the_joints_and_root(head, arkit_rig):
+    """Random joint rotations, the root's included, and a moved head pose: FLAME's forward pass of the
+    parameters read off the rig is the rig's own skinned mesh."""
+    flame, _ = head
+    fit, rig = arkit_rig
+    rng = np.random.default_rng(3)
+    rotations = Rotation.random(5, random_state=rng.integers(1 << 31)).as_matrix()
+    rotations = Rotation.from_rotvec(Rotation.from_matrix(rotations).as_rotvec() * 0.3).as_matrix()
+    head_pose = np.eye(4)
+    head_pose[:3, :3] = Rotation.from_rotvec([0.1, -0.3, 0.05]).as_matrix()
+    head_pose[:3, 3] = [0.02, -0.01, 0.1]
+    values = {key.name: key.value for key in rig.shape_keys}
+    got = shown_parameters(head_record(rig), values, rotations, head_pose, rig.joints)
+    shown = evaluate(rig, rotations=rotations, head_pose=head_pose)
+    # eyelids: FLAME adds them after skinning, the rig before (see test_eyelid_keys_act_before_skinning)
+    lid_free = np.abs(flame.eyelids).sum(axis=(0, 2)) == 0
+    assert np.abs(shown - _params_forward(flame, got))[lid_free].max() < 1e-9
+    np.testing.assert_allclose(Rotation.from_rotvec(got.neck_pose).as_matrix(), rotations[1], atol=1e-12)

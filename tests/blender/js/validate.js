@@ -11,6 +11,7 @@ validator.validateBytes(bytes).then((report) => {
     numWarnings: report.issues.numWarnings,
     hasMorphTargets: info.hasMorphTargets,
     hasSkins: info.hasSkins,
+    animationCount: info.animationCount,
     errors: messages.slice(0, 10).map((m) => `${m.code} ${m.pointer || ""} ${m.message}`),
   }));
 }, (error) => {
