@@ -248,7 +248,9 @@ def _skin_in_photo(crop) -> np.ndarray | None:
     return warped.astype(bool)
 
 
-def write_standin_assets(folder: str | Path, *, network_size: str = "published", seed: int = 0) -> dict[str, Path]:
+def write_standin_assets(
+    folder: str | Path, *, network_size: str = "published", seed: int = 0, networks: bool = True
+) -> dict[str, Path]:
     """Write the project-made stand-ins for the four assets into ``folder`` (reused when already there).
 
     The FLAME model is the full-size synthetic FLAME-format head (plain pickle) with its UV template. The
@@ -256,6 +258,7 @@ def write_standin_assets(folder: str | Path, *, network_size: str = "published",
     float16 ``.safetensors`` like ``python -m core convert-checkpoint`` writes them (about 0.2 GB each, and
     loaded without the float32 copy a ``.ckpt`` leaves in the cache: 1.2 GB less on disk than Lightning files),
     or the tiny test configuration (``"tiny"``) as Lightning-format ``.ckpt`` files.
+    ``networks=False`` writes only the FLAME stand-ins (for the network-free mode).
     Returns the paths keyed like :data:`core.assets.ASSET_KEYS`, ready for ``AssetRegistry(paths)``.
     """
     from .flame import write_synthetic_flame
@@ -272,7 +275,7 @@ def write_standin_assets(folder: str | Path, *, network_size: str = "published",
     names = dict(line.split("=", 1) for line in (flame_dir / "done").read_text().splitlines())
     paths = {"flame": flame_dir / names["plain"], "uv_template": flame_dir / names["obj"]}
     suffix = ".ckpt" if network_size == "tiny" else ".safetensors"
-    for key, kind in (("uv_checkpoint", "uv"), ("normals_checkpoint", "normals")):
+    for key, kind in (("uv_checkpoint", "uv"), ("normals_checkpoint", "normals")) if networks else ():
         path = folder / f"{kind}-{network_size}{suffix}"
         if not path.exists():
             tmp = path.with_suffix(".part")

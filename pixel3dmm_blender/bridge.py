@@ -89,7 +89,8 @@ class ReconstructionRequest:
     ``source`` is a photo path (str) or a core ``Photo`` (see :func:`photo_from_pixels`). ``assets`` maps the
     keys of ``core.assets`` (flame, uv_template, uv_checkpoint, normals_checkpoint) to paths, empty when unset.
     ``cache_dir`` is where the core may keep converted assets (None: the core's default). ``face_index`` picks the
-    face when the photo shows several (0 = the largest, then by size).
+    face when the photo shows several (0 = the largest, then by size). ``mode`` is the core's fitting mode
+    (``core.pipeline.MODES``: auto, networks, landmarks).
     """
 
     source: object
@@ -99,6 +100,7 @@ class ReconstructionRequest:
     texture_size: int
     cache_dir: str | None
     face_index: int = 0
+    mode: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -134,9 +136,10 @@ def configured_assets() -> dict[str, str] | None:
     return {state.spec.key: str(state.path) for state in report.states} if report.complete else None
 
 
-def standin_assets(folder, network_size: str = "published") -> dict[str, str]:
-    """Write (or reuse) the project-made stand-in assets in ``folder``; their paths by asset key."""
-    paths = _core_reconstruction().pipeline.write_standin_assets(folder, network_size=network_size)
+def standin_assets(folder, network_size: str = "published", networks: bool = True) -> dict[str, str]:
+    """Write (or reuse) the project-made stand-in assets in ``folder`` (``networks=False``: the FLAME ones only);
+    their paths by asset key."""
+    paths = _core_reconstruction().pipeline.write_standin_assets(folder, network_size=network_size, networks=networks)
     return {key: str(path) for key, path in paths.items()}
 
 
@@ -198,6 +201,7 @@ def run_reconstruction(
         texture_size=request.texture_size,
         cache_dir=request.cache_dir,
         face_index=request.face_index,
+        mode=request.mode,
     )
     reconstruction = pipeline.reconstruct(
         request.source, registry, settings, on_progress=on_progress, should_cancel=should_cancel

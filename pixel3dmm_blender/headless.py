@@ -70,17 +70,20 @@ def _choose_assets(prefs, args, say) -> tuple[dict[str, str], str]:
         paths = bridge.standin_assets(args.standins)
         return paths, f"stand-in assets in {args.standins} (synthetic head, random network weights)"
     current = preferences.asset_paths(prefs)
-    if bridge.asset_report(current).complete:
+    report = bridge.asset_report(current)
+    if report.complete:
         return current, "the assets from the add-on preferences"
+    if args.mode != "networks" and report["flame"].ok and report["uv_template"].ok:
+        return current, "the FLAME model from the add-on preferences (no networks: the face landmarks alone)"
     configured = bridge.configured_assets()
     if configured is not None:
         return configured, "the assets from the environment / config file (python -m core assets)"
     if args.demo:
         folder = Path(bridge.default_cache_dir()) / "standins"
-        say(f"preparing the stand-in assets in {folder} (written on the first run, about 0.5 GB)")
-        paths = bridge.standin_assets(folder)
-        return paths, (f"stand-in assets in {folder} (synthetic FLAME-format head, random network weights): no real "
-                       "FLAME model and checkpoints are configured, so the result shows the pipeline, not the method")
+        paths = dict(bridge.standin_assets(folder, networks=False), uv_checkpoint="", normals_checkpoint="")
+        return paths, (f"the stand-in FLAME-format head in {folder} and no networks: no real FLAME model and "
+                       "checkpoints are configured, so the head is fitted to the face landmarks alone (network-free "
+                       "mode) and shows the pipeline, not the method")
     raise UsageError("The FLAME model, UV template and checkpoints are not configured; set them in the add-on "
                      "preferences or see `python -m core assets`, or pass --standins FOLDER.")
 
@@ -146,6 +149,7 @@ def _run(args, stdout, stderr) -> int:
         settings.image_source = "FILE"
         settings.filepath = str(photo)
         settings.quality = args.quality
+        settings.mode = args.mode
         settings.face_index = args.face
         try:
             request, source = operators.prepare_request(bpy.context)
@@ -196,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="output folder (default with --demo: out/demo)")
     parser.add_argument("--demo", action="store_true", help="reconstruct scikit-image's astronaut photo")
     parser.add_argument("--quality", choices=("fast", "balanced", "best"), default="balanced")
+    parser.add_argument("--mode", choices=("auto", "networks", "landmarks"), default="auto",
+                        help="fit the networks' predictions, the face landmarks alone, or the networks when set (auto)")
     parser.add_argument("--device", choices=("auto", "gpu", "cpu"), default=None, help="default: the preferences'")
     parser.add_argument("--face", type=int, default=0, help="which face when there are several (0 = largest)")
     parser.add_argument("--standins", type=Path, metavar="FOLDER", help="use (and write) stand-in assets here")

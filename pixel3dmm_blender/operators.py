@@ -177,6 +177,7 @@ def prepare_request(context) -> tuple[bridge.ReconstructionRequest, PhotoSource]
         texture_size=int(settings.texture_size),
         cache_dir=preferences.cache_dir(),
         face_index=settings.face_index,
+        mode=settings.mode,
     )
     return request, source
 

@@ -57,6 +57,7 @@ class P3DMM_PT_main(bpy.types.Panel):
         column = layout.column()
         column.use_property_split = True
         column.prop(settings, "quality")
+        column.prop(settings, "mode")
         column.prop(prefs, "device")
         column.prop(settings, "texture_size")
         column.prop(settings, "face_index")

@@ -16,6 +16,13 @@ QUALITY_ITEMS = (
     ("balanced", "Balanced", "The default trade-off between time and accuracy"),
     ("best", "Best", "The most fitting steps: slowest, most accurate"),
 )
+MODE_ITEMS = (
+    ("auto", "Auto", "Fit the Pixel3DMM networks' predictions when both networks are set in the preferences, "
+     "else the face landmarks alone"),
+    ("networks", "Networks", "Fit the UV and normal networks' predictions and the face landmarks (the method)"),
+    ("landmarks", "Landmarks Only", "Fit the face landmarks alone: needs only the FLAME model (for example FLAME "
+     "2023 Open for commercial work), less detailed"),
+)
 TEXTURE_ITEMS = (
     ("512", "512", "512 x 512 pixel texture"),
     ("1024", "1024", "1024 x 1024 pixel texture"),
@@ -34,6 +41,7 @@ class P3DMM_SceneSettings(bpy.types.PropertyGroup):
     quality: EnumProperty(
         name="Quality", description="Fitting preset", items=QUALITY_ITEMS, default="balanced"
     )
+    mode: EnumProperty(name="Fit To", description="What the head is fitted to", items=MODE_ITEMS, default="auto")
     texture_size: EnumProperty(
         name="Texture", description="Size of the texture baked from the photo", items=TEXTURE_ITEMS,
         default="1024",

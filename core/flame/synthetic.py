@@ -53,6 +53,10 @@ _PLANS = {
 
 # Head shape: ellipsoid (centre y, half height, half width, front depth, back depth, lowest polar angle).
 _HEAD_YC, _HEAD_AY, _HEAD_AX, _HEAD_ZF, _HEAD_ZB, _HEAD_ALPHA = 0.015, 0.125, 0.078, 0.098, 0.105, 0.74 * np.pi
+# The stand-in has no ears; its sides bulge instead, so that the head is about as wide as FLAME's with ears (about
+# 17.5 cm here, 15.6 cm without the bulge) and as wide against its face as a real head in a photo's face box. The
+# bulge grows with sin(azimuth)^4, so the face (within about 40 degrees of the front) keeps its shape.
+_SIDE_BULGE = 0.12
 _NECK_BOTTOM, _NECK_RX, _NECK_ZF, _NECK_ZB, _NECK_ZC = -0.17, 0.052, 0.056, 0.058, -0.02
 # Facial features: (x, y, sigma_x, sigma_y, forward offset) Gaussians, mirrored when x != 0.
 _FEATURES = (
@@ -93,7 +97,7 @@ def _ring(n: int, y: float, rx: float, zf: float, zb: float, zc: float) -> np.nd
     phi = -np.pi + 2.0 * np.pi * np.arange(n) / n
     c, s = np.cos(phi), np.sin(phi)
     depth = zf * 0.5 * (1 + c) + zb * 0.5 * (1 - c)
-    x = rx * s
+    x = rx * s * (1.0 + _SIDE_BULGE * s**4)  # wider at the sides (where FLAME has ears), not at the face
     yy = np.full(n, y)
     z = zc + depth * c + _face_offset(x, yy, np.clip(c, 0.0, None) ** 2)
     return np.stack((x, yy, z), axis=1)

@@ -161,7 +161,7 @@ def test_panel_idle_shows_inputs_and_buttons(prefs):
     assert operators == ["preferences.addon_show", "pixel3dmm.reconstruct_face", "pixel3dmm.export_glb",
                          "pixel3dmm.export_fbx"]
     props = [args[1] for args, _ in layout.calls("prop")]
-    assert props == ["image_source", "quality", "device", "texture_size", "face_index"]
+    assert props == ["image_source", "quality", "mode", "device", "texture_size", "face_index"]
     labels = [kwargs.get("text", "") for _args, kwargs in layout.calls("label")]
     assert any(text.startswith("Missing: FLAME model") for text in labels)
     assert layout.calls("progress") == []

@@ -467,8 +467,8 @@ def test_headless_livelink_exports_the_animation(rig, model, tmp_path, monkeypat
     result = bridge.ReconstructionResult(SimpleNamespace(used_synthetic=True, messages=[]), result.rig,
                                          result.texture)
     monkeypatch.setattr(bridge, "run_reconstruction", lambda request, on_progress=None, should_cancel=None: result)
-    monkeypatch.setattr(headless, "_choose_assets", lambda prefs, args: ({k: "" for k, _p, _l in
-                                                                         preferences.ASSET_PROPERTIES}, "test"))
+    monkeypatch.setattr(headless, "_choose_assets", lambda prefs, args, say: ({k: "" for k, _p, _l in
+                                                                              preferences.ASSET_PROPERTIES}, "test"))
     photo = tmp_path / "face.png"
     image = bpy.data.images.new("face", 32, 24)
     image.filepath_raw, image.file_format = str(photo), "PNG"
@@ -485,6 +485,8 @@ def test_headless_livelink_exports_the_animation(rig, model, tmp_path, monkeypat
     assert len(weights) == 1
     assert gltf.accessors[anim.samplers[weights[0].sampler].input].count == len(take.frames)
     assert (out / "head.fbx").is_file() and (out / "head.blend").is_file()
+    before = sorted(p.name for p in out.iterdir())
     bad = headless.main([str(photo), "--out", str(out), "--livelink", str(tmp_path / "missing.csv"),
                          "--no-preview"])
-    assert bad == 1
+    assert bad == 2  # one sentence, and the folder as it was
+    assert sorted(p.name for p in out.iterdir()) == before

@@ -179,8 +179,8 @@ def scene(small):
     cfg = FitConfig(resolution=64, stages=(_image_stage(1),), dense_uv_max=0.1, cull_back=False)
     fd = FitData(pred, crop, flame, uvt, cfg)
     fd.match()
-    start = PoseInit(rot @ axis_angle_to_matrix(torch.tensor([0.0, 0.06, 0.02], dtype=torch.float64)).numpy(),
-                     t + np.array([-0.01, 0.003, 0.0]), "test", 0, 0)
+    start = PoseInit(rot @ axis_angle_to_matrix(torch.tensor([0.0, 0.12, 0.02], dtype=torch.float64)).numpy(),
+                     t + np.array([-0.012, 0.003, 0.0]), "test", 0, 0)
     p = Params(flame, start, flame.v_template, flame.has_eyelids)
     with torch.no_grad():
         p.shape.add_(torch.tensor(g.normal(size=tuple(p.shape.shape)) * 0.3))

@@ -180,12 +180,12 @@ def test_lm_stage_lowers_the_loss_and_the_error(problem):
     plain = fit(pred, crop, flame, uvt, adam)
     hist = refined.loss_history["refine/total"]
     assert len(hist) == 3 and all(b <= a for a, b in zip(hist, hist[1:]))
-    assert hist[-1] < 0.8 * plain.loss_history["image/total"][-1]  # measured 0.71
     def err(result):  # after a similarity alignment: one image does not fix the head's scale
         tr = rigid_align(result.vertices_posed, verts, with_scale=True)
         return np.linalg.norm(tr.apply(result.vertices_posed) - verts, axis=1).mean()
 
-    assert err(refined) < 0.5 * err(plain)  # measured 0.25 against 0.62 mm
+    ratio = hist[-1] / plain.loss_history["image/total"][-1]
+    assert ratio < 0.8 and err(refined) < 0.5 * err(plain), (ratio, err(refined), err(plain))
 
 
 @pytest.mark.gpu
