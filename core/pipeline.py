@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 
 from .assets import AssetRegistry
-from .device import release_memory, resolve_device
+from .device import CpuThreads, release_memory, resolve_device
 from .errors import FitCancelled, Pixel3DMMError
 from .fit.config import PRESETS
 
@@ -77,9 +77,10 @@ class Reconstruction:
 class _Progress:
     """Maps per-stage fractions onto one monotone overall fraction."""
 
-    def __init__(self, on_progress: ProgressFn | None, should_cancel: CancelFn | None):
+    def __init__(self, on_progress: ProgressFn | None, should_cancel: CancelFn | None, threads: CpuThreads):
         self._on_progress = on_progress
         self._should_cancel = should_cancel
+        self._threads = threads
         self._starts = {}
         total = 0.0
         for name, share in _STAGES:
@@ -96,6 +97,7 @@ class _Progress:
 
     def __call__(self, stage: str, fraction: float = 0.0) -> None:
         self.check_cancel()
+        self._threads.poll(dense=stage == "network")
         if self._on_progress is not None:
             start, share = self._starts[stage]
             self._on_progress(stage, min(1.0, (start + share * min(max(fraction, 0.0), 1.0)) / self._total))
@@ -120,7 +122,16 @@ def reconstruct(
     settings, on_progress, should_cancel:
         See :class:`PipelineSettings`; ``on_progress(stage, overall_fraction)``; ``should_cancel()``
         returning True raises :class:`~core.errors.FitCancelled` at the next check.
+
+    CPU work runs with :class:`~core.device.CpuThreads`: as many torch threads as the cores other processes leave
+    free, re-measured at each progress step.
     """
+    settings = settings or PipelineSettings()
+    with CpuThreads() as threads:
+        return _reconstruct(source, assets, settings, _Progress(on_progress, should_cancel, threads))
+
+
+def _reconstruct(source, assets: AssetRegistry, settings: PipelineSettings, progress: _Progress) -> Reconstruction:
     from .errors import AssetError
     from .fit import FitConfig, fit
     from .fit.verdict import NETWORK_UV_AGREEMENT, uv_agreement
@@ -131,8 +142,6 @@ def reconstruct(
     from .preprocess import Photo, crop_face, detect_faces, load_photo, refine_crop_masks, select_face
     from .texture import bake_from_fit
 
-    settings = settings or PipelineSettings()
-    progress = _Progress(on_progress, should_cancel)
     timings: dict[str, float] = {}
     messages: list[str] = []
     device = resolve_device(settings.device)
@@ -182,7 +191,8 @@ def reconstruct(
             progress("network", 0.25)
             normal_net = load_network(paths["normals_checkpoint"], device, cache_dir=settings.cache_dir)
             progress("network", 0.5)
-            prediction = predict(uv_net, normal_net, crop.image, flip_tta=settings.flip_tta)
+            prediction = predict(uv_net, normal_net, crop.image, flip_tta=settings.flip_tta,
+                                 on_progress=lambda f: progress("network", 0.5 + 0.5 * f))
             del uv_net, normal_net
             crop = refine_crop_masks(crop, prediction.mask)
             timings["network"] = time.perf_counter() - t

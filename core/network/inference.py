@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -198,7 +199,7 @@ def valid_mask(raw_uv: torch.Tensor, raw_normals: torch.Tensor, uv: torch.Tensor
 
 def predict(uv_net: PixelNetwork, normal_net: PixelNetwork, image: np.ndarray, *, flip_tta: bool = True,
             uv_mirror_offset: float = UV_MIRROR_OFFSET, precision: str = "float32", quantize_8bit: bool = False,
-            coverage: np.ndarray | None = None) -> Prediction:
+            coverage: np.ndarray | None = None, on_progress: Callable[[float], None] | None = None) -> Prediction:
     """Predict FLAME UV and normal maps for one face crop.
 
     Parameters
@@ -218,6 +219,8 @@ def predict(uv_net: PixelNetwork, normal_net: PixelNetwork, image: np.ndarray, *
         Reproduce the reference's 8-bit PNG round trip.
     coverage : np.ndarray, optional
         (Hc, Wc) bool chart of the FLAME UV layout; see :func:`valid_mask`.
+    on_progress : callable, optional
+        Called with the fraction done (0.0, then 0.5 between the networks) on the calling thread.
 
     Returns
     -------
@@ -229,8 +232,12 @@ def predict(uv_net: PixelNetwork, normal_net: PixelNetwork, image: np.ndarray, *
                                  "checkpoint is set as uv.ckpt and which as normals.ckpt.")
     devices = {next(net.parameters()).device for net in (uv_net, normal_net)}
     try:
+        if on_progress is not None:
+            on_progress(0.0)
         raw_uv = run_network(uv_net, image, flip_tta=flip_tta, uv_mirror_offset=uv_mirror_offset,
                              precision=precision).cpu()
+        if on_progress is not None:
+            on_progress(0.5)
         raw_n = run_network(normal_net, image, flip_tta=flip_tta, uv_mirror_offset=uv_mirror_offset,
                             precision=precision).cpu()
     finally:

@@ -5,7 +5,8 @@ import os
 import pytest
 import torch
 
-from core.device import deterministic_kernels, resolve_device
+from core import device as device_mod
+from core.device import CpuThreads, deterministic_kernels, resolve_device
 from core.errors import Pixel3DMMError
 
 _VAR = "CUBLAS_WORKSPACE_CONFIG"
@@ -59,3 +60,136 @@ def test_resolve_device():
             resolve_device("gpu")
     with pytest.raises(Pixel3DMMError, match="Unknown device 'warp-drive'"):
         resolve_device("warp-drive")
+
+
+class _Clock:
+    """Stands in for the time module in core.device: wall and process-CPU seconds the test advances."""
+
+    def __init__(self):
+        self.wall = 100.0
+        self.cpu = 10.0
+
+    def monotonic(self):
+        return self.wall
+
+    def process_time(self):
+        return self.cpu
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    c = _Clock()
+    monkeypatch.setattr(device_mod, "time", c)
+    saved = torch.get_num_threads()
+    torch.set_num_threads(4)
+    yield c
+    torch.set_num_threads(saved)
+
+
+def _machine(clock, cores=4):
+    """A fake busy-time reader of ``cores`` cores; ``state["others"]`` is how many cores other processes keep busy
+    and the process's own CPU time counts as busy too, as it does in /proc/stat."""
+    state = {"busy": 0.0, "others": 0.0}
+
+    def advance(seconds, own_cores):
+        clock.wall += seconds
+        clock.cpu += seconds * own_cores
+        state["busy"] += seconds * (own_cores + state["others"])
+
+    return (lambda: state["busy"], cores), state, advance
+
+
+def test_threads_follow_the_cores_other_processes_leave_free(clock):
+    reader, state, advance = _machine(clock)
+    with CpuThreads("auto", interval=1.0, reader=reader) as threads:
+        assert torch.get_num_threads() == 4
+        state["others"] = 1.0
+        advance(0.5, 4)
+        assert threads.poll() == 4  # not re-measured before the interval
+        advance(0.6, 3)
+        assert threads.poll() == 3
+        state["others"] = 2.7  # two busy jobs and a bit
+        advance(1.0, 1.3)
+        assert threads.poll() == 1
+        state["others"] = 9.0  # more busy threads than cores: still one thread
+        advance(1.0, 0.4)
+        assert threads.poll() == 1
+        state["others"] = 0.1
+        advance(2.0, 1.0)
+        assert threads.poll() == 4  # never more than the count it started with
+    assert torch.get_num_threads() == 4
+
+
+def test_dense_work_takes_a_thread_more_per_core_the_others_keep_busy(clock):
+    """Large matrix products claim the cores' share the scheduler hands out per thread, up to twice the starting
+    count; the fine-grained work after them goes back to the free cores, without waiting for a new measurement."""
+    reader, state, advance = _machine(clock)
+    with CpuThreads("auto", interval=1.0, reader=reader) as threads:
+        assert threads.poll(dense=True) == 4  # quiet: torch's count, as for any work
+        state["others"] = 1.0
+        advance(1.0, 3)
+        assert threads.poll(dense=True) == 5
+        assert threads.poll() == 3  # same measurement, fine-grained work
+        state["others"] = 2.6
+        advance(1.0, 1.4)
+        assert threads.poll(dense=True) == 7
+        state["others"] = 9.0
+        advance(1.0, 0.5)
+        assert threads.poll(dense=True) == 8  # at most twice the starting count
+        assert threads.poll() == 1
+    assert torch.get_num_threads() == 4
+    with CpuThreads("2", reader=reader) as threads:  # a fixed count stays fixed
+        advance(2.0, 2)
+        assert threads.poll(dense=True) == 2
+
+
+def test_the_callers_count_is_the_ceiling_and_comes_back(clock):
+    torch.set_num_threads(2)
+    reader, state, advance = _machine(clock, cores=8)
+    with CpuThreads("auto", interval=1.0, reader=reader) as threads:
+        advance(1.0, 2)
+        assert threads.poll() == 2
+        state["others"] = 7.0
+        advance(1.0, 1)
+        assert threads.poll() == 1
+    assert torch.get_num_threads() == 2
+
+
+def test_a_fixed_count_or_no_reader_never_adapts(clock, monkeypatch):
+    reader, state, advance = _machine(clock)
+    state["others"] = 4.0
+    with CpuThreads("3", reader=reader) as threads:
+        advance(5.0, 3)
+        assert threads.poll() == 3 == torch.get_num_threads()
+    monkeypatch.setenv("PIXEL3DMM_THREADS", "2")
+    with CpuThreads(reader=reader) as threads:
+        advance(5.0, 2)
+        assert threads.poll() == 2
+    monkeypatch.setattr(device_mod, "_busy_reader", lambda: None)  # a system whose busy time cannot be read
+    with CpuThreads("auto") as threads:
+        advance(5.0, 4)
+        assert threads.poll() == 4
+    assert torch.get_num_threads() == 4
+
+
+@pytest.mark.parametrize("value", ["many", "0", "-2"])
+def test_a_bad_thread_setting_says_what_to_use(value):
+    with pytest.raises(Pixel3DMMError, match="PIXEL3DMM_THREADS must be"):
+        CpuThreads(value)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/stat") or not hasattr(os, "sched_getaffinity"), reason="Linux only")
+def test_the_linux_reader_counts_the_allowed_cores_busy_time():
+    cpus = set(os.sched_getaffinity(0))
+    tick = os.sysconf("SC_CLK_TCK")
+    rows = {}
+    for line in open("/proc/stat"):
+        name, *fields = line.split()
+        if name.startswith("cpu") and name != "cpu":
+            user, nice, system, idle, iowait, irq, softirq, steal = map(int, fields[:8])
+            rows[int(name[3:])] = user + nice + system + irq + softirq + steal
+    expected = sum(rows[c] for c in cpus) / tick
+    got = device_mod._linux_busy_seconds(cpus)
+    assert expected <= got <= expected + 2.0 * len(cpus)  # read a moment later: only more busy time
+    one = min(cpus)
+    assert device_mod._linux_busy_seconds({one}) == pytest.approx(rows[one] / tick, abs=2.0)

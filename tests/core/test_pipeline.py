@@ -377,3 +377,30 @@ def test_published_size_standins_are_compact_and_leave_no_cache_copy(tmp_path, m
     assert next(network.parameters()).dtype == torch.float32
     assert not cache.exists() or not any(cache.rglob("*.safetensors"))
     assert write_standin_assets(tmp_path / "standins", network_size="published") == paths   # reused
+
+
+def test_threads_are_re_measured_on_the_working_thread_at_every_step(standins, monkeypatch):
+    """The CPU thread count adapts on the thread that runs the work (OpenMP counts per thread), between the two
+    networks (as dense work) as well as at each fitting step, and the caller's count comes back."""
+    import threading
+
+    from core import pipeline
+
+    polls = []
+
+    class Recording(pipeline.CpuThreads):
+        def poll(self, dense=False):
+            polls.append((threading.get_ident(), dense))
+            return super().poll(dense)
+
+    monkeypatch.setattr(pipeline, "CpuThreads", Recording)
+    events, before = [], torch.get_num_threads()
+    settings = PipelineSettings(**{**vars(QUICK), "mode": "networks"})
+    worker = threading.Thread(target=lambda: reconstruct(ASTRONAUT, AssetRegistry(standins, use_environment=False),
+                                                         settings, on_progress=lambda s, f: events.append(s)))
+    worker.start()
+    worker.join()
+    assert {ident for ident, _ in polls} == {worker.ident} and len(polls) == len(events)
+    assert [dense for _, dense in polls] == [stage == "network" for stage in events]  # the networks' products
+    assert events.count("network") >= 4 and events.count("fit") >= 3   # the two networks, then every fit step
+    assert torch.get_num_threads() == before
