@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from core.fit import FitConfig, PoseInit, fit  # noqa: E402
 from core.fit.config import REFERENCE_SHAPE_LR, REFINE_PRIOR_SCALE, SHAPE_LR, SHAPE_PRIORS  # noqa: E402
 from core.fit.regions import derive_regions  # noqa: E402
+from core.fit.verdict import uv_agreement  # noqa: E402
 from core.flame import FlameModel, synthetic_flame  # noqa: E402
 from evaluation.groundtruth import (  # noqa: E402
     corrupt,
@@ -243,7 +244,8 @@ def goal_landmarks(args, flame, data, uvt, cfg, region, eyeball_faces, face_face
     iris = group_points("iris", embedding, data.faces, None)
     modes = (("networks", cfg), ("landmarks", FitConfig.landmarks_preset(args.preset)))
     print(f"{'head':>4} {'expr':>5} {'yaw':>6} {'pitch':>6} {'mode':>9} {'posed':>7} {'sim':>7} {'neutral':>7} "
-          f"{'lid coef':>8} {'eye deg':>7} {'lid mm':>6} {'iris mm':>7} {'time s':>6} verdict")
+          f"{'scale':>6} {'depth mm':>8} {'lid coef':>8} {'eye deg':>7} {'lid mm':>6} {'iris mm':>7} {'time s':>6} "
+          f"{'uv agr':>6} {'nme':>6} {'iou':>5} verdict")
     rows = {name: [] for name, _ in modes}
     for i, h in enumerate(heads):
         maps, neutral = render_truth(flame, uvt, h)
@@ -252,6 +254,7 @@ def goal_landmarks(args, flame, data, uvt, cfg, region, eyeball_faces, face_face
         truth_lids = h.params.eyelids[0].numpy() if h.params.eyelids is not None else np.zeros(2)
         truth_eye = h.params.eye_pose_left[0].numpy() if h.params.eye_pose_left is not None else np.zeros(3)
         pitch = float(np.degrees(np.arcsin(-h.rotation[1, 2])))
+        agreement = uv_agreement(pred, crop.landmarks, embedding, uvt)  # true maps: what trusted networks give
         for name, c in modes:
             t0 = time.perf_counter()
             res = fit(pred if name == "networks" else None, crop, flame, uvt, c, seed=args.seed, embedding=embedding)
@@ -265,15 +268,25 @@ def goal_landmarks(args, flame, data, uvt, cfg, region, eyeball_faces, face_face
                                      - iris.positions(maps["vertices"]), axis=1).mean() * 1000
             lid_err = float(np.abs(res.eyelids - truth_lids).mean())
             eye_err = float(np.degrees(np.abs(res.eye_pose_left - truth_eye)[:2]).mean())
-            rows[name].append((ep, es, en, lid_err, eye_err, lid_mm, iris_mm, dt))
+            m = res.verdict.metrics
+            scale = rigid_align(res.vertices_posed[region], maps["vertices"][region], with_scale=True).s
+            dz = (res.head_translation[2] - h.translation[2]) * 1000
+            rows[name].append((ep, es, en, lid_err, eye_err, lid_mm, iris_mm, dt, m.get("landmark_nme", np.nan),
+                               m.get("silhouette_iou", np.nan), not res.verdict.ok, scale, abs(dz)))
             print(f"{i:4d} {str(h.expressive):>5} {h.yaw_deg:6.1f} {pitch:6.1f} {name:>9} {ep:7.3f} {es:7.3f} {en:7.3f} "
-                  f"{lid_err:8.3f} {eye_err:7.2f} {lid_mm:6.2f} {iris_mm:7.2f} {dt:6.1f} {res.verdict.status}", flush=True)
+                  f"{scale:6.3f} {dz:8.1f} {lid_err:8.3f} {eye_err:7.2f} {lid_mm:6.2f} {iris_mm:7.2f} {dt:6.1f} "
+                  f"{agreement[0] if agreement else float('nan'):6.2f} {m.get('landmark_nme', float('nan')):6.3f} "
+                  f"{m.get('silhouette_iou', float('nan')):5.2f} {res.verdict.status}", flush=True)
     for name, _ in modes:
         a = np.array(rows[name])
         print(f"{name}: median posed {np.median(a[:, 0]):.3f} mm (goal < 0.5 with the networks), similarity-aligned "
               f"{np.median(a[:, 1]):.3f}, neutral {np.median(a[:, 2]):.3f}; eyelid coefficient error {np.median(a[:, 3]):.3f}, "
               f"eye rotation {np.median(a[:, 4]):.2f} deg, upper-lid points {np.median(a[:, 5]):.2f} mm, iris "
-              f"{np.median(a[:, 6]):.2f} mm; fit time median {np.median(a[:, 7]):.1f} s")
+              f"{np.median(a[:, 6]):.2f} mm; fit time median {np.median(a[:, 7]):.1f} s; verdict: landmark NME median "
+              f"{np.nanmedian(a[:, 8]):.3f} (max {np.nanmax(a[:, 8]):.3f}), silhouette IoU median {np.nanmedian(a[:, 9]):.2f} "
+              f"(min {np.nanmin(a[:, 9]):.2f}), {int(a[:, 10].sum())} of {len(a)} doubtful; size off by "
+              f"{100 * np.median(np.abs(a[:, 11] - 1)):.2f} % median (max {100 * np.max(np.abs(a[:, 11] - 1)):.2f} %), "
+              f"depth error {np.median(a[:, 12]):.1f} mm median (max {np.max(a[:, 12]):.1f})")
 
 
 if __name__ == "__main__":

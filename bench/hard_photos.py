@@ -8,7 +8,8 @@ output is noise, so the fit must lean on the landmarks) and report:
 * the projected head's width over an independent face box (OpenCV's frontal Haar cascade on the original photo,
   carried through the same warp), goal 0.9-2.2; the distance of the face's centre from the box's centre in box
   widths, goal < 0.35; the jaw opening, goal < 0.7 rad;
-* the mode the fit ended in and its verdict: a head outside those ranges must come with a "doubtful" verdict.
+* the mode the fit ended in, the verdict's landmark NME and silhouette IoU, and the verdict: a head outside those
+  ranges must come with a "doubtful" verdict.
 
     python bench/hard_photos.py [--quality balanced] [--mode networks|landmarks|auto]
 """
@@ -94,7 +95,8 @@ def main() -> None:
     registry = AssetRegistry(write_standin_assets(args.standins), use_environment=False)
     settings = PipelineSettings(quality=args.quality, mode=args.mode, texture_size=256)
     print(f"# stand-in assets in {args.standins}; {args.quality} preset, {args.mode} mode")
-    print(f"{'photo':>13} {'variant':>13} {'width':>6} {'centre':>6} {'jaw':>5} {'sane':>5} {'fitted by':>10} {'time':>5}  verdict")
+    print(f"{'photo':>13} {'variant':>13} {'width':>6} {'centre':>6} {'jaw':>5} {'sane':>5} {'fitted by':>10} {'nme':>6} {'iou':>5} {'time':>5}  "
+          "verdict")
     for name, path in PHOTOS.items():
         rgb = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
         box = haar_box(rgb)
@@ -103,7 +105,8 @@ def main() -> None:
             try:
                 result = reconstruct(image.astype(np.float32) / 255.0, registry, settings)
             except Pixel3DMMError as exc:
-                print(f"{name:>13} {variant:>13} {'-':>6} {'-':>6} {'-':>5} {'-':>5} {'-':>10} {time.perf_counter() - t0:5.0f}  "
+                print(f"{name:>13} {variant:>13} {'-':>6} {'-':>6} {'-':>5} {'-':>5} {'-':>10} {'-':>6} {'-':>5} "
+                      f"{time.perf_counter() - t0:5.0f}  "
                       f"refused: {exc}", flush=True)
                 continue
             fit = result.fit
@@ -117,8 +120,9 @@ def main() -> None:
             off = np.hypot(x[face].mean() - bx, y[face].mean() - by) / bw
             jaw = float(np.linalg.norm(fit.jaw_pose))
             sane = 0.9 <= ratio <= 2.2 and off < 0.35 and jaw < 0.7
+            m = fit.verdict.metrics
             print(f"{name:>13} {variant:>13} {ratio:6.2f} {off:6.2f} {jaw:5.2f} {str(sane):>5} {fit.info['mode']:>10} "
-                  f"{time.perf_counter() - t0:5.0f}  {fit.verdict.summary()}", flush=True)
+                  f"{m.get('landmark_nme', float('nan')):6.3f} {m.get('silhouette_iou', float('nan')):5.2f} {time.perf_counter() - t0:5.0f}  {fit.verdict.summary()}", flush=True)
 
 
 if __name__ == "__main__":
