@@ -3,7 +3,8 @@
 :func:`validate_asset` is the validator for :class:`core.assets.AssetRegistry` (``validator=validate_asset``):
 
 - FLAME model: :func:`core.flame.read_flame` (the restricted unpickler and every shape check of ``load_flame``,
-  without writing the conversion cache), so a trojan, truncated or incomplete pickle is invalid;
+  without writing the conversion cache), so a trojan, truncated or incomplete pickle is invalid, and the eyelid
+  blendshapes beside it (:data:`core.flame.io.EYELID_FILES`) when there are both;
 - UV template: :func:`core.flame.load_uv_template`, and, when the FLAME model is valid too, the topology check
   the reconstruction makes (:func:`core.flame.uv.check_topology`);
 - networks: :func:`core.network.checkpoint.inspect_network_file` (the inert reader, the cfg, and the key names
@@ -37,11 +38,15 @@ def _file_key(path: Path) -> tuple:
 
 
 def _flame(path: Path) -> tuple[str, tuple]:
-    """Kept: the model's (F, 3) triangles and vertex count, for the template's topology check."""
-    from .flame import read_flame
+    """Kept: the model's (F, 3) triangles and vertex count, for the template's topology check. Eyelid
+    blendshapes beside the model are checked too, as the reconstruction loads them."""
+    from .flame.io import eyelids_beside, load_eyelids, read_flame
 
     data = read_flame(path)
-    return data.describe(), (data.faces, data.n_vertices)
+    lids = eyelids_beside(path)
+    if lids is not None:
+        load_eyelids(*lids, n_vertices=data.n_vertices)
+    return data.describe() + (", eyelid blendshapes beside it" if lids else ""), (data.faces, data.n_vertices)
 
 
 def _uv_template(path: Path):

@@ -408,10 +408,14 @@ def read_flame(path: str | Path) -> FlameData:
     return _read_source(path, member)
 
 
+#: The eyelid blendshapes (left, right) looked for next to a FLAME model file.
+EYELID_FILES = ("l_eyelid.npy", "r_eyelid.npy")
+
+
 def load_flame(
     path: str | Path,
     cache_dir: str | Path | None = None,
-    eyelids: tuple[str | Path, str | Path] | None = None,
+    eyelids: tuple[str | Path, str | Path] | str | None = "beside",
 ) -> FlameData:
     """Load a FLAME model: FLAME 2020, 2023, 2023 Open (a .pkl or the downloaded zip), a synthetic head, or a
     converted .npz.
@@ -423,7 +427,9 @@ def load_flame(
     ----------
     path : the .pkl, a FLAME zip (see :data:`ZIP_MEMBERS`), or a converted .npz.
     cache_dir : folder for converted files; default :func:`core.assets.cache_dir`.
-    eyelids : optional (left, right) paths of ``l_eyelid.npy`` / ``r_eyelid.npy``, each (V, 3).
+    eyelids : (left, right) paths of the eyelid blendshapes, each (V, 3); ``"beside"`` (default): the
+        :data:`EYELID_FILES` next to the model file when both are there (as metrical-tracker and Pixel3DMM keep
+        them with FLAME; FLAME's own pickles have no eyelids); None: without eyelids.
 
     Returns
     -------
@@ -454,10 +460,18 @@ def load_flame(
                 save_npz(data, target, key)
             except OSError as exc:
                 log.warning("Could not cache the converted FLAME model at %s (%s)", target, exc)
+    if eyelids == "beside":
+        eyelids = eyelids_beside(path)
     if eyelids is not None:
         data = dataclasses.replace(data, eyelids=load_eyelids(*eyelids, n_vertices=data.n_vertices))
     log.info("Loaded %s from %s%s", data.describe(), path, " (cached)" if hit else "")
     return data
+
+
+def eyelids_beside(model_path: str | Path) -> tuple[Path, Path] | None:
+    """The :data:`EYELID_FILES` next to a FLAME model file, or None unless both are there."""
+    beside = tuple(Path(model_path).parent / name for name in EYELID_FILES)
+    return beside if all(p.is_file() for p in beside) else None
 
 
 def load_eyelids(left: str | Path, right: str | Path, n_vertices: int) -> np.ndarray:

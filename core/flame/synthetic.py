@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .data import N_JOINTS, FlameData
-from .io import write_flame_pickle
+from .io import EYELID_FILES, write_flame_pickle
 from .uv import UVTemplate, write_obj
 
 _PARENTS = np.array([-1, 0, 1, 1, 1], dtype=np.int64)
@@ -367,8 +367,8 @@ def write_synthetic_flame(out_dir: str | Path, size: str = "small", seed: int = 
         "plain": write_flame_pickle(data, out / f"{stem}.pkl", style="plain"),
         "chumpy": write_flame_pickle(data, out / f"{stem}_chumpy.pkl", style="chumpy"),
         "obj": write_obj(out / f"synthetic_head_template_{size}.obj", template),
-        "eyelid_left": out / f"{stem}_l_eyelid.npy",
-        "eyelid_right": out / f"{stem}_r_eyelid.npy",
+        "eyelid_left": out / EYELID_FILES[0],  # beside the pickles, where load_flame looks for them
+        "eyelid_right": out / EYELID_FILES[1],
     }
     np.save(paths["eyelid_left"], data.eyelids[0])
     np.save(paths["eyelid_right"], data.eyelids[1])

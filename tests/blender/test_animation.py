@@ -418,7 +418,8 @@ def test_expression_panel_groups_the_arkit_keys(rig):
     assert sorted(n for _, title, _ in expressions.GROUPS for n in drawn[title]) == sorted(ARKIT_NAMES)
     assert drawn["Brows"] == [n for n in ARKIT_NAMES if n.startswith("brow")]
     assert drawn["Jaw"] == ["jawForward", "jawRight", "jawLeft", "jawOpen"]
-    assert drawn["FLAME Components (100)"] == [f"expression_{k:03d}" for k in range(100)]  # no eyelids in this model
+    # the stand-in model has its eyelid blendshapes beside it, so FLAME's components include the two eyelid keys
+    assert drawn["FLAME Components (102)"] == [f"expression_{k:03d}" for k in range(100)] + ["eyelid.L", "eyelid.R"]
     assert any(name == "operator" and args[0] == "pixel3dmm.reset_expression" for name, args, _ in log)
 
 

@@ -106,6 +106,25 @@ def test_eyelids(files, reference, tmp_path):
         load_eyelids(bad, bad, n_vertices=reference.n_vertices)
 
 
+def test_eyelids_beside_the_model_are_found(files, reference, tmp_path):
+    """FLAME's pickles carry no eyelids; metrical-tracker and Pixel3DMM keep l_eyelid.npy / r_eyelid.npy with the
+    model, so the default load takes them from beside the model file (both, or none)."""
+    folder = tmp_path / "flame"
+    folder.mkdir()
+    model = folder / "generic_model.pkl"
+    model.write_bytes(files["plain"].read_bytes())
+    cache = tmp_path / "cache"
+    assert load_flame(model, cache_dir=cache).eyelids is None
+    (folder / "l_eyelid.npy").write_bytes(files["eyelid_left"].read_bytes())
+    assert load_flame(model, cache_dir=cache).eyelids is None  # one of the two: none
+    (folder / "r_eyelid.npy").write_bytes(files["eyelid_right"].read_bytes())
+    np.testing.assert_array_equal(load_flame(model, cache_dir=cache).eyelids, reference.eyelids)
+    assert load_flame(model, cache_dir=cache, eyelids=None).eyelids is None
+    np.save(folder / "r_eyelid.npy", np.zeros((5, 3)))
+    with pytest.raises(AssetInvalidError, match="shape"):
+        load_flame(model, cache_dir=cache)
+
+
 def test_release_detection(reference, tmp_path):
     raw = flame_io.flame_dict(reference)
     del raw[flame_io._SYNTHETIC_KEY]

@@ -52,6 +52,8 @@ def test_reconstruction_has_every_piece(run, standins):
     assert 0.0 <= result.texture.min() and result.texture.max() <= 1.0
     assert set(result.timings) == {"load", "detect", "network", "fit", "texture"}
     assert result.landmark_embedding is None or result.landmark_embedding.kind in ("mediapipe", "68")
+    # the eyelid blendshapes beside the model file take part (FLAME's pickles carry none)
+    assert result.flame.eyelids is not None and np.asarray(result.fit.eyelids).shape == (2,)
 
 
 def test_untrained_networks_fall_back_to_the_landmarks_and_say_so(run):

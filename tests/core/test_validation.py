@@ -76,6 +76,15 @@ def test_broken_flame_pickles_are_invalid_not_found(assets, tmp_path):
     assert not (tmp_path / "pwned").exists()
 
 
+def test_eyelids_beside_the_model_are_checked_as_the_reconstruction_loads_them(assets, tmp_path):
+    assert "eyelid blendshapes beside it" in _report(assets)["flame"].message  # the synthetic writer puts them there
+    model = _write(tmp_path / "generic_model.pkl", assets["flame"].read_bytes())
+    _write(tmp_path / "l_eyelid.npy", (assets["flame"].parent / "l_eyelid.npy").read_bytes())
+    _write(tmp_path / "r_eyelid.npy", b"not numpy")
+    state = _report(dict(assets, flame=model))["flame"]
+    assert state.status is Status.INVALID and "r_eyelid.npy is not a numpy eyelid blendshape" in state.message
+
+
 def test_cli_refuses_what_issue_19_reported_as_found(assets, tmp_path):
     """`python -m core assets` said "All assets found" (exit 0) for these files; it must say why not (exit 1)."""
     env = dict(os.environ, PIXEL3DMM_UV_TEMPLATE=str(assets["uv_template"]),
