@@ -7,6 +7,7 @@ monotone overall fraction, and frees GPU memory when it ends (also on errors and
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -47,6 +48,7 @@ class PipelineSettings:
     cache_dir: str | None = None  # where converted assets are cached (None: core.assets.cache_dir())
     seed: int = 0
     fit_step_scale: float = 1.0  # multiplies every fitting stage's steps (tests and quick previews)
+    exif_focal: bool = True  # hold the focal at the photo's EXIF 35 mm-equivalent focal length when it has one
 
     def __post_init__(self):
         if self.quality not in QUALITY_PRESETS:
@@ -134,12 +136,14 @@ def reconstruct(
 def _reconstruct(source, assets: AssetRegistry, settings: PipelineSettings, progress: _Progress) -> Reconstruction:
     from .errors import AssetError
     from .fit import FitConfig, fit
+    from .fit.config import BOUNDS
     from .fit.verdict import NETWORK_UV_AGREEMENT, uv_agreement
     from .flame import FlameModel, load_flame, load_uv_template
     from .flame.uv import check_topology
     from .landmarks import resolve_embedding
     from .network import load_network, predict
     from .preprocess import Photo, crop_face, detect_faces, load_photo, refine_crop_masks, select_face
+    from .render.camera import focal_from_35mm
     from .texture import bake_from_fit
 
     timings: dict[str, float] = {}
@@ -209,6 +213,17 @@ def _reconstruct(source, assets: AssetRegistry, settings: PipelineSettings, prog
             cfg = FitConfig.preset(settings.quality)
         else:
             cfg = FitConfig.landmarks_preset(settings.quality)
+        focal_note = "fitted" if cfg.fit_focal else "held at its default"
+        if settings.exif_focal and photo.focal_35mm is not None:
+            fl = focal_from_35mm(photo.focal_35mm, photo.original_size, crop.transform)
+            if BOUNDS["focal"][0] <= fl <= BOUNDS["focal"][1]:
+                # a known focal fixes the head's distance, which the image alone barely shows (ground truth:
+                # depth error 16.5 -> 5.6 mm median; docs/PERFORMANCE.md, "Landmarks")
+                cfg = dataclasses.replace(cfg, focal=fl, fit_focal=False)
+                focal_note = f"held at the EXIF {photo.focal_35mm:g} mm (35 mm equivalent)"
+            else:
+                log.info("Ignoring the EXIF focal length of %g mm: normalised %.2f is outside %s", photo.focal_35mm,
+                         fl, BOUNDS["focal"])
         result = fit(
             prediction if mode == "networks" else None, crop, model, uv, cfg.with_steps(settings.fit_step_scale),
             device=device, seed=settings.seed, embedding=embedding,
@@ -217,6 +232,7 @@ def _reconstruct(source, assets: AssetRegistry, settings: PipelineSettings, prog
         if doubt is not None:
             result.verdict.doubt(doubt)
         result.info["mode"] = mode
+        result.info["focal"] = focal_note
         timings["fit"] = time.perf_counter() - t
     finally:
         release_memory(device)

@@ -13,6 +13,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from ..render.camera import DEFAULT_FOCAL
+
 __all__ = [
     "StageSpec", "FitConfig", "PARAM_GROUPS", "LOSS_TERMS", "PRESETS", "LANDMARK_PRESETS", "LANDMARK_WEIGHTS",
     "LANDMARK_ONLY_WEIGHTS", "BOUNDS", "BOUNDS_WEIGHT", "SHAPE_PRIORS", "SHAPE_LR", "REFERENCE_SHAPE_LR",
@@ -231,7 +233,10 @@ class FitConfig:
     fit_focal : bool
         Optimise the normalised focal in the camera stage (reference default). Focal length and head distance
         are nearly interchangeable at this field of view, so a free focal also lets the head's scale drift;
-        False keeps ``fl`` at its initial 2000 / 512.
+        False keeps ``fl`` at ``focal``.
+    focal : float
+        Initial normalised focal ``fl`` (``fx = fl * size``; default 2000 / 512, the reference's). The pipeline
+        sets it from the photo's EXIF 35 mm-equivalent focal length when there is one, and then holds it.
     init : str
         ``"pnp"`` (robust PnP on the UV correspondences, this project's initialisation) or ``"frontal"``
         (identity rotation at the reference camera distance, as the reference starts).
@@ -256,6 +261,7 @@ class FitConfig:
     include_neck: bool = True
     pose_frame: str = "root"
     fit_focal: bool = True
+    focal: float = DEFAULT_FOCAL
     init: str = "pnp"
     pnp_reprojection_px: float = 4.0
     cull_back: bool = True

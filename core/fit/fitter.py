@@ -23,7 +23,7 @@ from ..flame.io import LandmarkEmbedding
 from ..flame.model import FlameModel, FlameParams
 from ..flame.rotation import matrix_to_axis_angle, rotation_6d_to_matrix
 from ..flame.uv import UVTemplate
-from ..render.camera import DEFAULT_FOCAL, Camera, crop_to_photo_intrinsics
+from ..render.camera import Camera, crop_to_photo_intrinsics
 from .config import FitConfig, StageSpec
 from .init import PoseInit, frontal_pose, initial_pose, pose_from_points
 from .objective import Bounds, FitData, Geometry, Objective, Params
@@ -221,7 +221,7 @@ def _initial_pose(data: FitData, cfg: FitConfig, seed: int) -> PoseInit:
     if cfg.init != "pnp":
         return frontal_pose()
     flame, t = data.flame, data.targets
-    camera = Camera.of(DEFAULT_FOCAL, (0.0, 0.0), cfg.resolution)
+    camera = Camera.of(cfg.focal, (0.0, 0.0), cfg.resolution)
     threshold = cfg.pnp_reprojection_px * cfg.resolution / 256.0
     with torch.no_grad():
         neutral = flame.neutral()[0]
@@ -250,7 +250,7 @@ def _fit(prediction, crop, flame: FlameModel, uv_template: UVTemplate, cfg: FitC
     if init_pose is None:
         init_pose = _initial_pose(data, cfg, seed)
     log.info("Initial pose: %s (%d pairs, %d inliers).", init_pose.method, init_pose.pairs, init_pose.inliers)
-    p = Params(flame, init_pose, ref, flame.has_eyelids, init_flame)
+    p = Params(flame, init_pose, ref, flame.has_eyelids, init_flame, focal=cfg.focal)
     if cfg.pose_frame == "neck":
         data.root_to_neck_frame(p)
     history: dict[str, list[float]] = {}

@@ -67,11 +67,12 @@ class Params:
     Groups (see :data:`.config.PARAM_GROUPS`): ``shape`` (1, Ns), ``expression`` (1, Ne), ``jaw``, ``neck``
     (1, 6) 6D rotations, ``eyes`` [left, right] (1, 6) each, ``eyelids`` (1, 2) (empty without eyelid
     blendshapes), ``rotation`` (1, 6) and ``translation`` (1, 3) of the free head pose, ``focal`` (1,) and
-    ``principal_point`` (1, 2).
+    ``principal_point`` (1, 2); ``focal`` starts at the given normalised focal.
     """
 
     def __init__(
-        self, flame: FlameModel, pose: PoseInit, like: torch.Tensor, eyelids: bool, start: FlameParams | None = None
+        self, flame: FlameModel, pose: PoseInit, like: torch.Tensor, eyelids: bool, start: FlameParams | None = None,
+        focal: float = DEFAULT_FOCAL,
     ) -> None:
         def leaf(values) -> torch.Tensor:
             return torch.as_tensor(np.asarray(values, dtype=np.float64), dtype=like.dtype, device=like.device).clone().requires_grad_(True)
@@ -102,7 +103,7 @@ class Params:
             "eyelids": [leaf(given("eyelids", np.zeros((1, 2))))] if eyelids else [],
             "rotation": [leaf(matrix_to_rotation_6d(torch.as_tensor(pose.rotation)).numpy()[None])],
             "translation": [leaf(pose.translation[None])],
-            "focal": [leaf([DEFAULT_FOCAL])],
+            "focal": [leaf([focal])],
             "principal_point": [leaf(np.zeros((1, 2)))],
         }
 

@@ -111,6 +111,12 @@ class Photo:
     notes : Sequence[str]
         Provenance, e.g. ``"EXIF rotated 90°"``, ``"converted from CMYK"``, ``"16-bit"``, ``"linear→sRGB"``.
 
+    Attributes
+    ----------
+    focal_35mm : float or None
+        The camera's 35 mm-equivalent focal length in mm from the file's EXIF (FocalLengthIn35mmFilm), when it
+        states one; :func:`load_photo` sets it.
+
     Notes
     -----
     Build photos with :func:`load_photo`, :func:`photo_from_pixels` or :meth:`Photo.from_array`.
@@ -122,6 +128,7 @@ class Photo:
         self.original_size = (int(size[0]), int(size[1]))
         self.source = source
         self.notes = tuple(notes)
+        self.focal_35mm: float | None = None
         self._full: np.ndarray | None = None
         self._reduced: dict[int, np.ndarray] = {}
         self._rgb: np.ndarray | None = None
@@ -189,23 +196,27 @@ class Photo:
         return f"Photo(source={self.source!r}, original_size={self.original_size}, notes={self.notes})"
 
 
-def _exif_orientation(data: bytes) -> tuple[int, tuple[int, int] | None]:
-    """EXIF orientation tag (1 when absent or unreadable) and Pillow's (H, W) when Pillow knows the format."""
+def _exif(data: bytes) -> tuple[int, float | None, tuple[int, int] | None]:
+    """EXIF orientation tag (1 when absent or unreadable), the 35 mm-equivalent focal length in mm (tag 0xA405 of
+    the Exif IFD; None when absent, zero or unreadable) and Pillow's (H, W) when Pillow knows the format."""
     from PIL import Image
 
     try:
         im = Image.open(io.BytesIO(data))
     except Exception:  # noqa: BLE001 - Pillow cannot parse every format OpenCV reads (float TIFF, HDR)
-        return 1, None
+        return 1, None, None
     with im:
         size = (im.size[1], im.size[0])
         # Pillow decodes a whole PNG to look for EXIF; only do that when the PNG has an eXIf chunk.
+        orientation, focal = 1, None
         try:
-            has_exif = im.format != "PNG" or b"eXIf" in data
-            orientation = int(im.getexif().get(0x0112, 1)) if has_exif else 1
-        except Exception:  # noqa: BLE001 - unreadable EXIF: keep the stored orientation
-            orientation = 1
-    return (orientation if orientation in range(1, 9) else 1), size
+            if im.format != "PNG" or b"eXIf" in data:
+                exif = im.getexif()
+                orientation = int(exif.get(0x0112, 1))
+                focal = float(exif.get_ifd(0x8769).get(0xA405, 0)) or None
+        except Exception:  # noqa: BLE001 - unreadable EXIF: keep the stored orientation, no focal
+            pass
+    return (orientation if orientation in range(1, 9) else 1), focal, size
 
 
 def apply_orientation(pixels: np.ndarray, orientation: int) -> np.ndarray:
@@ -310,7 +321,7 @@ def load_photo(path: str | Path | np.ndarray) -> Photo:
         raise ImageError(f"The image '{name}' is {width} × {height} pixels ({width * height / 1e6:.0f} megapixels), "
                          f"more than the {MAX_PIXELS / 1e6:.0f} megapixels this add-on reads; scale it down (4000 "
                          "pixels on the long side are plenty) and try again.")
-    orientation, header_size = _exif_orientation(data)
+    orientation, focal_35mm, header_size = _exif(data)
     buffer = np.frombuffer(data, dtype=np.uint8)
     notes: list[str] = []
     if orientation != 1:
@@ -342,6 +353,7 @@ def load_photo(path: str | Path | np.ndarray) -> Photo:
         if min(size) == 0:
             raise ImageError(f"The image '{name}' has zero size; choose another photo.")
         photo = Photo(decode_jpeg, size, str(path), notes)
+        photo.focal_35mm = focal_35mm
         logger.debug("Opened %s lazily: %s, %s", path, size, notes)
         return photo
 
@@ -358,7 +370,9 @@ def load_photo(path: str | Path | np.ndarray) -> Photo:
             if im.mode in ("LA", "La"):
                 notes.append("greyscale")
     rgb = apply_orientation(_canonical(decoded, name, notes), orientation)
-    return Photo.from_array(rgb, str(path), notes)
+    photo = Photo.from_array(rgb, str(path), notes)
+    photo.focal_35mm = focal_35mm
+    return photo
 
 
 def photo_from_pixels(pixels: np.ndarray | Sequence[float], width: int, height: int, *, bottom_up: bool = True,

@@ -33,6 +33,7 @@ __all__ = [
     "Camera",
     "world_to_camera",
     "crop_to_photo_intrinsics",
+    "focal_from_35mm",
     "opencv_pose_to_world",
 ]
 
@@ -147,6 +148,23 @@ def crop_to_photo_intrinsics(k_crop: np.ndarray, transform) -> np.ndarray:
     s = float(transform.size) / float(transform.out_size)
     a = np.array([[s, 0.0, float(transform.x0)], [0.0, s, float(transform.y0)], [0.0, 0.0, 1.0]])
     return a @ np.asarray(k_crop, dtype=np.float64)
+
+
+def focal_from_35mm(focal_35mm: float, photo_size: tuple[int, int], transform) -> float:
+    """The normalised crop focal ``fl`` of a photo taken at a 35 mm-equivalent focal length.
+
+    The 35 mm equivalent scales the focal by the frame's diagonal (43.27 mm for 36 x 24 mm), so in photo pixels
+    ``f = focal_35mm * hypot(W, H) / 43.27``; the crop scales it by ``out_size / size`` and ``fl = f_crop /
+    out_size``.
+
+    Parameters
+    ----------
+    focal_35mm : EXIF FocalLengthIn35mmFilm, mm
+    photo_size : (H, W) of the full photo, pixels
+    transform : CropTransform of the crop the fit sees
+    """
+    diagonal = float(np.hypot(*photo_size))
+    return float(focal_35mm) * diagonal / float(np.hypot(36.0, 24.0)) / float(transform.size)
 
 
 def opencv_pose_to_world(rotation_cv: np.ndarray, translation_cv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -102,6 +102,25 @@ def test_the_landmark_fit_lands_on_the_face(standins, photo):
     assert np.linalg.norm(fit.jaw_pose) < 0.7
 
 
+def test_an_exif_focal_length_holds_the_camera(standins, tmp_path):
+    """A photo that states its 35 mm-equivalent focal length is fitted with that camera: in photo pixels
+    f = f35 * diagonal / 43.27 mm (the 36 x 24 mm frame's diagonal), held through the fit; the switch turns it off."""
+    from PIL import Image
+
+    path = tmp_path / "astronaut.jpg"
+    exif = Image.Exif()
+    exif.get_ifd(0x8769)[0xA405] = 50
+    Image.open(ASTRONAUT).convert("RGB").save(path, exif=exif, quality=95)
+    settings = PipelineSettings(quality="fast", mode="landmarks", device="cpu", texture_size=64)
+    registry = AssetRegistry(standins, use_environment=False)
+    fit = reconstruct(path, registry, settings).fit
+    want = 50.0 * np.hypot(512, 512) / np.hypot(36, 24)
+    assert np.allclose([fit.K_photo[0, 0], fit.K_photo[1, 1]], want, rtol=1e-6), (fit.K_photo, want)
+    assert fit.info["focal"] == "held at the EXIF 50 mm (35 mm equivalent)"
+    free = reconstruct(path, registry, PipelineSettings(**{**vars(settings), "exif_focal": False})).fit
+    assert free.info["focal"] == "held at its default" and abs(free.K_photo[0, 0] - want) > 0.05 * want
+
+
 def test_photo_intrinsics_map_back_through_the_crop(run):
     """K_photo must be K_crop seen through the crop transform: project a posed vertex both ways."""
     fit, crop = run[0].fit, run[0].crop

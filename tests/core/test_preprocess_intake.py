@@ -47,6 +47,21 @@ def test_exif_orientation_matches_pillow(tmp_path, fmt, orientation):
     assert any(note.startswith("EXIF") for note in photo.notes)
 
 
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_exif_35mm_focal_length_is_read(tmp_path, fmt):
+    """FocalLengthIn35mmFilm (0xA405 in the Exif IFD) as phones write it; absent or 0 (unknown) gives None."""
+    for value, want in ((26, 26.0), (0, None), (None, None)):
+        path = tmp_path / f"f{value}.{fmt.lower()}"
+        exif = Image.Exif()
+        exif[0x0112] = 6
+        if value is not None:
+            exif.get_ifd(0x8769)[0xA405] = value
+        Image.fromarray(_pattern()).save(path, format=fmt, exif=exif, quality=95)
+        photo = load_photo(path)
+        assert photo.focal_35mm == want and photo.original_size == (40, 24)  # the orientation still applies
+    assert photo_from_pixels(np.zeros(4 * 3 * 4), 4, 3).focal_35mm is None
+
+
 def test_reduced_jpeg_decode_is_oriented_and_aligned(tmp_path):
     path = tmp_path / "big.jpg"
     image = cv2.resize(_pattern(), (400, 240), interpolation=cv2.INTER_LINEAR)
