@@ -288,7 +288,7 @@ def write_standin_assets(
     Returns the paths keyed like :data:`core.assets.ASSET_KEYS`, ready for ``AssetRegistry(paths)``.
     """
     from .flame import write_synthetic_flame
-    from .flame.io import eyelids_beside
+    from .flame.io import EYELID_FILES
     from .network import convert_checkpoint, write_synthetic_checkpoint
 
     if network_size not in ("published", "tiny"):
@@ -296,7 +296,8 @@ def write_standin_assets(
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     flame_dir = folder / "flame"
-    if not (flame_dir / "done").exists() or eyelids_beside(flame_dir / "model") is None:  # (older stand-ins)
+    # stand-ins written before the eyelid blendshapes sat beside the pickles are written again
+    if not (flame_dir / "done").exists() or not all((flame_dir / name).is_file() for name in EYELID_FILES):
         files = write_synthetic_flame(flame_dir, size="full", seed=seed)
         (flame_dir / "done").write_text("\n".join(f"{k}={v.name}" for k, v in files.items()))
     names = dict(line.split("=", 1) for line in (flame_dir / "done").read_text().splitlines())
