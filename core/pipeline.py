@@ -76,16 +76,60 @@ class Reconstruction:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-class _Progress:
-    """Maps per-stage fractions onto one monotone overall fraction."""
+@dataclass
+class Models:
+    """What a fit needs from the assets: the mode it runs in, the asset paths, the FLAME model, its UV template and
+    landmark embedding (with the sentence saying where that came from)."""
 
-    def __init__(self, on_progress: ProgressFn | None, should_cancel: CancelFn | None, threads: CpuThreads):
+    mode: str
+    paths: dict
+    flame: object
+    uv: object
+    embedding: object | None
+    embedding_note: str
+
+
+def load_models(assets: AssetRegistry, mode: str, cache_dir: str | None, messages: list[str]) -> Models:
+    """Resolve the fitting ``mode`` (``"auto"``: the networks when both checkpoints are configured, else the
+    landmarks, saying so in ``messages``) and load the FLAME model, UV template and landmark embedding."""
+    from .errors import AssetError
+    from .flame import load_flame, load_uv_template
+    from .flame.uv import check_topology
+    from .landmarks import resolve_embedding
+
+    paths = {key: assets.require(key) for key in ("flame", "uv_template")}
+    if mode == "auto":
+        try:
+            paths.update({key: assets.require(key) for key in ("uv_checkpoint", "normals_checkpoint")})
+            mode = "networks"
+        except AssetError:
+            mode = "landmarks"
+            messages.append("The Pixel3DMM networks are not configured, so the head was fitted to the face landmarks "
+                            "alone; set uv.ckpt and normals.ckpt for the full method.")
+    elif mode == "networks":
+        paths.update({key: assets.require(key) for key in ("uv_checkpoint", "normals_checkpoint")})
+    flame = load_flame(paths["flame"], cache_dir=cache_dir)
+    uv = load_uv_template(paths["uv_template"])
+    check_topology(uv, flame.faces, flame.n_vertices)  # before the networks run (the fitter checks it again)
+    embedding, embedding_note = resolve_embedding(flame, paths["flame"], cache_dir)
+    log.info(embedding_note)
+    return Models(mode, paths, flame, uv, embedding, embedding_note)
+
+
+class StageProgress:
+    """Maps per-stage fractions onto one monotone overall fraction (stages: ``(name, share)`` pairs in order), checks
+    for cancellation and re-measures the CPU threads at every report."""
+
+    def __init__(self, on_progress: ProgressFn | None, should_cancel: CancelFn | None, threads: CpuThreads,
+                 stages: tuple[tuple[str, float], ...] = _STAGES, cancelled: str = "Reconstruction cancelled; the "
+                 "scene was left unchanged."):
         self._on_progress = on_progress
         self._should_cancel = should_cancel
         self._threads = threads
         self._starts = {}
         total = 0.0
-        for name, share in _STAGES:
+        self._message = cancelled
+        for name, share in stages:
             self._starts[name] = (total, share)
             total += share
         self._total = total
@@ -95,7 +139,7 @@ class _Progress:
 
     def check_cancel(self) -> None:
         if self.cancelled():
-            raise FitCancelled("Reconstruction cancelled; the scene was left unchanged.")
+            raise FitCancelled(self._message)
 
     def __call__(self, stage: str, fraction: float = 0.0) -> None:
         self.check_cancel()
@@ -130,17 +174,14 @@ def reconstruct(
     """
     settings = settings or PipelineSettings()
     with CpuThreads() as threads:
-        return _reconstruct(source, assets, settings, _Progress(on_progress, should_cancel, threads))
+        return _reconstruct(source, assets, settings, StageProgress(on_progress, should_cancel, threads))
 
 
-def _reconstruct(source, assets: AssetRegistry, settings: PipelineSettings, progress: _Progress) -> Reconstruction:
-    from .errors import AssetError
+def _reconstruct(source, assets: AssetRegistry, settings: PipelineSettings, progress: StageProgress) -> Reconstruction:
     from .fit import FitConfig, fit
     from .fit.config import BOUNDS
     from .fit.verdict import NETWORK_UV_AGREEMENT, uv_agreement
-    from .flame import FlameModel, load_flame, load_uv_template
-    from .flame.uv import check_topology
-    from .landmarks import resolve_embedding
+    from .flame import FlameModel
     from .network import load_network, predict
     from .preprocess import Photo, crop_face, detect_faces, load_photo, refine_crop_masks, select_face
     from .render.camera import focal_from_35mm
@@ -152,23 +193,9 @@ def _reconstruct(source, assets: AssetRegistry, settings: PipelineSettings, prog
 
     t0 = time.perf_counter()
     progress("load", 0.0)
-    paths = {key: assets.require(key) for key in ("flame", "uv_template")}
-    mode = settings.mode
-    if mode == "auto":
-        try:
-            paths.update({key: assets.require(key) for key in ("uv_checkpoint", "normals_checkpoint")})
-            mode = "networks"
-        except AssetError:
-            mode = "landmarks"
-            messages.append("The Pixel3DMM networks are not configured, so the head was fitted to the face landmarks "
-                            "alone; set uv.ckpt and normals.ckpt for the full method.")
-    elif mode == "networks":
-        paths.update({key: assets.require(key) for key in ("uv_checkpoint", "normals_checkpoint")})
-    flame = load_flame(paths["flame"], cache_dir=settings.cache_dir)
-    uv = load_uv_template(paths["uv_template"])
-    check_topology(uv, flame.faces, flame.n_vertices)  # before the networks run (the fitter checks it again)
-    embedding, embedding_note = resolve_embedding(flame, paths["flame"], settings.cache_dir)
-    log.info(embedding_note)
+    models = load_models(assets, settings.mode, settings.cache_dir, messages)
+    mode, paths, flame, uv, embedding, embedding_note = (models.mode, models.paths, models.flame, models.uv,
+                                                         models.embedding, models.embedding_note)
     photo = source if isinstance(source, Photo) else load_photo(source)
     timings["load"] = time.perf_counter() - t0
 

@@ -299,3 +299,68 @@ def yawed(rotation: np.ndarray, translation: np.ndarray, yaw_deg: float) -> Pose
     """
     extra = axis_angle_to_matrix(torch.tensor([0.0, np.radians(yaw_deg), 0.0])).numpy().astype(np.float64)
     return PoseInit(rotation @ extra, translation, "bench", 0, 0)
+
+
+def make_sequence(
+    rng: np.random.Generator, flame: FlameModel, frames: int, *, fps: float = 25.0, yaw_deg: float = 30.0,
+    pitch_deg: float = 12.0, shape: np.ndarray | None = None,
+) -> list[TruthHead]:
+    """A head moving along smooth known trajectories: one identity (N(0, 1) x 0.7, or ``shape``), and per frame
+    a head pose, expression, jaw, neck, eyes and eyelids that are sums of slow sinusoids (0.2-1.2 Hz, random
+    phases), as in a short talking-head clip.
+
+    Parameters
+    ----------
+    rng : source of all randomness
+    flame : gives the component counts and dtype
+    frames : number of frames T; fps : frames per second (sets the motion's speed per frame)
+    yaw_deg, pitch_deg : amplitudes of the head's yaw and pitch (degrees)
+    shape : (1, Ns) identity to use instead of drawing one
+
+    Returns
+    -------
+    T :class:`TruthHead`, all expressive, sharing ``params.shape``.
+    """
+    n_s, n_e = flame.n_shape, flame.n_expr
+    dtype = flame.v_template.dtype
+    shape = rng.normal(size=(1, n_s)) * 0.7 if shape is None else np.asarray(shape, dtype=np.float64).reshape(1, n_s)
+    time_s = np.arange(frames) / fps
+
+    def wave(amplitude, size=()) -> np.ndarray:
+        """(T, *size) sum of two sinusoids with random frequencies and phases, peak about ``amplitude``."""
+        f = rng.uniform(0.2, 1.2, size=(2, *size))
+        phase = rng.uniform(0, 2 * np.pi, size=(2, *size))
+        w = rng.uniform(0.3, 0.7, size=(2, *size))
+        out = sum(w[k] * np.sin(2 * np.pi * f[k] * time_s.reshape(-1, *([1] * len(size))) + phase[k]) for k in range(2))
+        return amplitude * out
+
+    base_expr = rng.normal(size=n_e) * 0.3
+    expr = base_expr + wave(0.6, (n_e,))
+    jaw = np.clip(0.12 + wave(0.15), 0.0, 0.3)
+    neck = wave(0.08, (3,))
+    eyes = wave(0.2, (2,))
+    lids = np.clip(0.3 + wave(0.5, (2,)), 0.0, 1.0)
+    yaw, pitch, roll = wave(np.radians(yaw_deg)), wave(np.radians(pitch_deg)), wave(np.radians(4.0))
+    trans = np.stack([wave(0.015), wave(0.01), wave(0.04)], 1)
+    heads = []
+    for k in range(frames):
+        rot = axis_angle_to_matrix(torch.tensor([pitch[k], yaw[k], roll[k]])).numpy().astype(np.float64)
+        gaze = torch.tensor([[eyes[k, 0], eyes[k, 1], 0.0]], dtype=dtype)
+        extra = {"eye_pose_left": gaze, "eye_pose_right": gaze.clone()}
+        if flame.has_eyelids:
+            extra["eyelids"] = torch.tensor(lids[k][None], dtype=dtype)
+        params = FlameParams(shape=torch.tensor(shape, dtype=dtype), expression=torch.tensor(expr[k][None], dtype=dtype),
+                             jaw_pose=torch.tensor([[jaw[k], 0.0, 0.0]], dtype=dtype),
+                             neck_pose=torch.tensor(neck[k][None], dtype=dtype), **extra)
+        heads.append(TruthHead(params, rot, trans[k], float(np.degrees(yaw[k])), True))
+    return heads
+
+
+def jitter_mm(vertices: np.ndarray) -> float:
+    """RMS second difference of vertex positions over frames, ``sqrt(mean ||v[t+1] - 2 v[t] + v[t-1]||^2)`` in mm,
+    of (T, V, 3) metres (T >= 3)."""
+    v = np.asarray(vertices, dtype=np.float64)
+    if v.shape[0] < 3:
+        raise ValueError("Jitter needs at least three frames.")
+    second = v[2:] - 2 * v[1:-1] + v[:-2]
+    return float(np.sqrt((second ** 2).sum(-1).mean()) * 1000)

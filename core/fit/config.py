@@ -237,6 +237,9 @@ class FitConfig:
     focal : float
         Initial normalised focal ``fl`` (``fx = fl * size``; default 2000 / 512, the reference's). The pipeline
         sets it from the photo's EXIF 35 mm-equivalent focal length when there is one, and then holds it.
+    principal_point : (float, float)
+        Initial principal point ``pp`` (reference convention, see :mod:`core.render.camera`; default centred). The
+        tracker starts every frame after the first at the first frame's.
     init : str
         ``"pnp"`` (robust PnP on the UV correspondences, this project's initialisation) or ``"frontal"``
         (identity rotation at the reference camera distance, as the reference starts).
@@ -262,6 +265,7 @@ class FitConfig:
     pose_frame: str = "root"
     fit_focal: bool = True
     focal: float = DEFAULT_FOCAL
+    principal_point: tuple[float, float] = (0.0, 0.0)
     init: str = "pnp"
     pnp_reprojection_px: float = 4.0
     cull_back: bool = True
@@ -274,6 +278,7 @@ class FitConfig:
         if self.pose_frame not in ("root", "neck"):
             raise ValueError(f"pose_frame must be 'root' or 'neck', got {self.pose_frame!r}.")
         object.__setattr__(self, "stages", tuple(self.stages))
+        object.__setattr__(self, "principal_point", tuple(float(v) for v in self.principal_point))
 
     @classmethod
     def landmarks_preset(cls, name: str) -> "FitConfig":

@@ -250,7 +250,8 @@ def _fit(prediction, crop, flame: FlameModel, uv_template: UVTemplate, cfg: FitC
     if init_pose is None:
         init_pose = _initial_pose(data, cfg, seed)
     log.info("Initial pose: %s (%d pairs, %d inliers).", init_pose.method, init_pose.pairs, init_pose.inliers)
-    p = Params(flame, init_pose, ref, flame.has_eyelids, init_flame, focal=cfg.focal)
+    p = Params(flame, init_pose, ref, flame.has_eyelids, init_flame, focal=cfg.focal,
+               principal_point=cfg.principal_point)
     if cfg.pose_frame == "neck":
         data.root_to_neck_frame(p)
     history: dict[str, list[float]] = {}

@@ -67,12 +67,12 @@ class Params:
     Groups (see :data:`.config.PARAM_GROUPS`): ``shape`` (1, Ns), ``expression`` (1, Ne), ``jaw``, ``neck``
     (1, 6) 6D rotations, ``eyes`` [left, right] (1, 6) each, ``eyelids`` (1, 2) (empty without eyelid
     blendshapes), ``rotation`` (1, 6) and ``translation`` (1, 3) of the free head pose, ``focal`` (1,) and
-    ``principal_point`` (1, 2); ``focal`` starts at the given normalised focal.
+    ``principal_point`` (1, 2); ``focal`` and ``principal_point`` start at the given values.
     """
 
     def __init__(
         self, flame: FlameModel, pose: PoseInit, like: torch.Tensor, eyelids: bool, start: FlameParams | None = None,
-        focal: float = DEFAULT_FOCAL,
+        focal: float = DEFAULT_FOCAL, principal_point: tuple[float, float] = (0.0, 0.0),
     ) -> None:
         def leaf(values) -> torch.Tensor:
             return torch.as_tensor(np.asarray(values, dtype=np.float64), dtype=like.dtype, device=like.device).clone().requires_grad_(True)
@@ -104,7 +104,7 @@ class Params:
             "rotation": [leaf(matrix_to_rotation_6d(torch.as_tensor(pose.rotation)).numpy()[None])],
             "translation": [leaf(pose.translation[None])],
             "focal": [leaf([focal])],
-            "principal_point": [leaf(np.zeros((1, 2)))],
+            "principal_point": [leaf(np.asarray(principal_point, dtype=np.float64).reshape(1, 2))],
         }
 
     def __getattr__(self, name: str) -> torch.Tensor:
