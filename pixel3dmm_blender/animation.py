@@ -45,8 +45,10 @@ TAKE_FRAME = "pixel3dmm_take_frame"
 """Custom property of an imported take's shape-key action: the frame that first row went to."""
 _LINEAR = bpy.types.Keyframe.bl_rna.properties["interpolation"].enum_items["LINEAR"].value
 _BONES = list(scene.BONE_NAMES.values())  # in the rig's joint order
-_QUATERNION = 'pose.bones["{}"].rotation_quaternion'
-_KEY_VALUE = 'key_blocks["{}"].value'
+QUATERNION = 'pose.bones["{}"].rotation_quaternion'
+"""F-curve data path of a pose bone's quaternion (on the armature object), by bone name."""
+KEY_VALUE = 'key_blocks["{}"].value'
+"""F-curve data path of a shape key's value (on the mesh's shape keys), by key name."""
 
 
 class AnimationError(Exception):
@@ -103,8 +105,9 @@ def fcurves(datablock: bpy.types.ID) -> dict[tuple[str, int], bpy.types.FCurve]:
     return {(fc.data_path, fc.array_index): fc for fc in curves}
 
 
-def _keyframes(action, datablock, data_path: str, index: int, frames: np.ndarray, values, group: str) -> None:
-    """One linear keyframe per frame, written in bulk."""
+def keyframes(action, datablock, data_path: str, index: int, frames: np.ndarray, values, group: str) -> None:
+    """One linear keyframe per frame of ``frames`` with ``values``, written in bulk into a new F-curve of
+    ``action`` (already assigned to ``datablock``)."""
     curve = new_fcurve(action, datablock, data_path, index, group)
     points = curve.keyframe_points
     points.add(len(frames))
@@ -134,16 +137,16 @@ def apply_take(context, mesh, armature, take: bridge.TakeMotion) -> None:
             actions.append(action)
         key_action, bone_action = actions
         for column, name in enumerate(take.names):
-            _keyframes(key_action, keys, _KEY_VALUE.format(name), 0, frames, take.motion.weights[:, column], "ARKit")
-        _keyframes(key_action, keys, _KEY_VALUE.format("fitted_expression"), 0, frames[:1], [0.0], "FLAME")
+            keyframes(key_action, keys, KEY_VALUE.format(name), 0, frames, take.motion.weights[:, column], "ARKit")
+        keyframes(key_action, keys, KEY_VALUE.format("fitted_expression"), 0, frames[:1], [0.0], "FLAME")
         rotations = {"neck": take.motion.neck, "left_eye": take.motion.eyes[:, 0],
                      "right_eye": take.motion.eyes[:, 1]}
         for joint, quaternions in rotations.items():
             bone = scene.BONE_NAMES[joint]
             for c in range(4):
-                _keyframes(bone_action, armature, _QUATERNION.format(bone), c, frames, quaternions[:, c], bone)
+                keyframes(bone_action, armature, QUATERNION.format(bone), c, frames, quaternions[:, c], bone)
         for c, value in enumerate((1.0, 0.0, 0.0, 0.0)):
-            _keyframes(bone_action, armature, _QUATERNION.format(scene.BONE_NAMES["jaw"]), c, frames[:1], [value],
+            keyframes(bone_action, armature, QUATERNION.format(scene.BONE_NAMES["jaw"]), c, frames[:1], [value],
                        scene.BONE_NAMES["jaw"])
         key_action[TAKE_START] = take.start
         key_action[TAKE_FRAME] = first
@@ -173,7 +176,7 @@ def read_take(context, mesh, armature, names: list[str]) -> tuple[np.ndarray, ..
     (T, K) in ``names`` order, neck (T, 4) and eyes (T, 2, 4) bone quaternions, and the first frame's time."""
     keys = mesh.data.shape_keys
     key_curves = fcurves(keys)
-    curves = {n: key_curves.get((_KEY_VALUE.format(n), 0)) for n in names}
+    curves = {n: key_curves.get((KEY_VALUE.format(n), 0)) for n in names}
     animated = [c for c in curves.values() if c is not None and len(c.keyframe_points)]
     if not animated:
         raise AnimationError(
@@ -187,7 +190,7 @@ def read_take(context, mesh, armature, names: list[str]) -> tuple[np.ndarray, ..
     def quaternions(joint: str) -> np.ndarray:
         bone = scene.BONE_NAMES[joint]
         current = armature.pose.bones[bone].rotation_quaternion
-        return np.stack([_sampled(bone_curves.get((_QUATERNION.format(bone), c)), frames, current[c])
+        return np.stack([_sampled(bone_curves.get((QUATERNION.format(bone), c)), frames, current[c])
                          for c in range(4)], 1)
 
     fps = context.scene.render.fps / context.scene.render.fps_base

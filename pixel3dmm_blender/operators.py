@@ -3,7 +3,8 @@
 ``invoke`` (the button) runs the core on a worker thread and drains its events from a modal timer on the main
 thread; ``execute`` (scripts, ``blender -b``, tests) runs the same bridge call synchronously. Either way the
 scene is only touched at the end, on the main thread, so a cancelled or failed run leaves it as it was, and a
-successful one is a single undo step.
+successful one is a single undo step. :class:`BackgroundRun` and :class:`BackgroundOperator` are that machinery;
+the Track Video operator (:mod:`.tracking`) uses them too.
 """
 
 from __future__ import annotations
@@ -119,30 +120,45 @@ class Outcome:
     reports: list[tuple[str, str]]
 
 
-CANCELLED_MESSAGE = "Reconstruction cancelled; the scene was not changed."
+def cancelled_message(doing: str) -> str:
+    """What a cancelled run reports; ``doing`` is a noun such as "Reconstruction"."""
+    return f"{doing} cancelled; the scene was not changed."
+
+
+UNREADABLE_PHOTO = ("Blender cannot read this photo format, so the camera has no background image; convert the photo "
+                    "to PNG or JPEG to see the overlay.")
+
+
+def load_photo(path: str) -> bpy.types.Image | None:
+    """A photo file as an image datablock packed into the .blend, like the baked texture: the scene keeps its
+    camera background when the .blend is moved or the photo file is gone (*File › External Data › Unpack
+    Resources* writes it back out beside the .blend). None when Blender cannot read the file."""
+    images_before = set(bpy.data.images)
+    photo = bpy.data.images.load(path, check_existing=True)
+    if tuple(photo.size) == (0, 0):  # Blender loads lazily and keeps an empty image for unreadable files
+        if photo not in images_before:
+            bpy.data.images.remove(photo)
+        return None
+    if photo not in images_before:
+        photo.pack()
+        photo.filepath_raw = "//" + Path(path).name  # where unpacking puts it, not the original folder
+    return photo
 
 
 def build_result(context, source: PhotoSource, result: bridge.ReconstructionResult) -> Outcome:
     """Build the reconstructed head into the scene (main thread) and say what was done.
 
     The core's messages (stand-in assets, several faces in the photo) become warnings. A photo file is loaded
-    as a new image and packed into the .blend, like the baked texture: the scene keeps its camera background
-    when the .blend is moved or the photo file is gone (*File › External Data › Unpack Resources* writes it
-    back out beside the .blend). An image datablock the user chose is left as it is.
+    as a new image and packed into the .blend (:func:`load_photo`). An image datablock the user chose is left
+    as it is.
     """
     reports = [("WARNING", message) for message in result.reconstruction.messages]
     photo = source.image
     images_before = set(bpy.data.images)
     if photo is None:
-        photo = bpy.data.images.load(source.path, check_existing=True)
-        if tuple(photo.size) == (0, 0):  # Blender loads lazily and keeps an empty image for unreadable files
-            bpy.data.images.remove(photo)
-            photo = None
-            reports.append(("WARNING", "Blender cannot read this photo format, so the camera has no background "
-                                       "image; convert the photo to PNG or JPEG to see the overlay."))
-        elif photo not in images_before:
-            photo.pack()
-            photo.filepath_raw = "//" + Path(source.path).name  # where unpacking puts it, not the original folder
+        photo = load_photo(source.path)
+        if photo is None:
+            reports.append(("WARNING", UNREADABLE_PHOTO))
     try:
         head = scene.build_head(context, result.rig, name=source.name, texture=result.texture, photo=photo)
     except Exception as exc:
@@ -155,12 +171,13 @@ def build_result(context, source: PhotoSource, result: bridge.ReconstructionResu
     return Outcome({"FINISHED"}, reports)
 
 
-def failure(exc: BaseException) -> Outcome:
-    """The outcome of a reconstruction that raised ``exc``; the scene is untouched."""
+def failure(exc: BaseException, doing: str = "Reconstruction") -> Outcome:
+    """The outcome of a run (``doing``: "Reconstruction", "Tracking") that raised ``exc``; the scene is
+    untouched."""
     if bridge.is_cancellation(exc):
-        return Outcome({"CANCELLED"}, [("WARNING", CANCELLED_MESSAGE)])
-    log.error("reconstruction failed", exc_info=exc)
-    return Outcome({"CANCELLED"}, [("ERROR", bridge.error_message(exc))])
+        return Outcome({"CANCELLED"}, [("WARNING", cancelled_message(doing))])
+    log.error("%s failed", doing, exc_info=exc)
+    return Outcome({"CANCELLED"}, [("ERROR", bridge.error_message(exc, doing))])
 
 
 def prepare_request(context) -> tuple[bridge.ReconstructionRequest, PhotoSource]:
@@ -182,18 +199,20 @@ def prepare_request(context) -> tuple[bridge.ReconstructionRequest, PhotoSource]
     return request, source
 
 
-class ReconstructionRun:
-    """One reconstruction on the worker thread, driven by :meth:`tick` on the main thread.
+class BackgroundRun:
+    """One job on the worker thread, driven by :meth:`tick` on the main thread.
 
-    It shows progress in ``Scene.p3dmm`` and the status bar, and touches the scene only when the result
-    arrives. :meth:`cancel` stops waiting at once; the worker stops at its next cancellation check.
+    ``work(on_progress, should_cancel)`` runs on the worker (it must not touch bpy); ``finish(context, result)``
+    builds its result into the scene on the main thread and returns the :class:`Outcome`; ``doing`` names the job
+    in its messages ("Reconstruction", "Tracking"). It shows progress in ``Scene.p3dmm`` and the status bar, and
+    touches the scene only when the result arrives. :meth:`cancel` stops waiting at once; the worker stops at
+    its next cancellation check.
     """
 
-    def __init__(self, context, request: bridge.ReconstructionRequest, source: PhotoSource):
-        self.source = source
-        self.job = jobs.start_job(
-            lambda on_progress, should_cancel: bridge.run_reconstruction(request, on_progress, should_cancel)
-        )
+    def __init__(self, context, work: jobs.Work, finish, doing: str):
+        self.finish = finish
+        self.doing = doing
+        self.job = jobs.start_job(work)
         self._show(context, "Starting", 0.0)
 
     def tick(self, context) -> Outcome | None:
@@ -205,15 +224,15 @@ class ReconstructionRun:
                 self._show(context, item.stage, item.fraction)
             elif isinstance(item, jobs.Finished):
                 self.close(context)
-                return build_result(context, self.source, item.result)
+                return self.finish(context, item.result)
             else:
                 self.close(context)
-                return failure(item.error)
+                return failure(item.error, self.doing)
         return None
 
     def cancel(self, context) -> Outcome:
         self.close(context)
-        return Outcome({"CANCELLED"}, [("WARNING", CANCELLED_MESSAGE)])
+        return Outcome({"CANCELLED"}, [("WARNING", cancelled_message(self.doing))])
 
     def close(self, context) -> None:
         """Stop the job (if still running) and clear the progress display."""
@@ -234,7 +253,56 @@ class ReconstructionRun:
         _tag_redraw(context)
 
 
-class P3DMM_OT_reconstruct_face(bpy.types.Operator):
+class ReconstructionRun(BackgroundRun):
+    """One reconstruction on the worker thread (see :class:`BackgroundRun`)."""
+
+    def __init__(self, context, request: bridge.ReconstructionRequest, source: PhotoSource):
+        super().__init__(
+            context,
+            lambda on_progress, should_cancel: bridge.run_reconstruction(request, on_progress, should_cancel),
+            lambda context_, result: build_result(context_, source, result),
+            "Reconstruction",
+        )
+
+
+class BackgroundOperator:
+    """The modal half of an operator whose work runs in a :class:`BackgroundRun`: a timer drains the worker's
+    events, Esc cancels, and the run's :class:`Outcome` becomes the operator's reports and return set."""
+
+    _run: BackgroundRun | None = None  # set when the worker starts; an operator may open a file browser first
+
+    def _end(self, outcome: Outcome) -> set[str]:
+        for level, message in outcome.reports:
+            self.report({level}, message)
+        return outcome.status
+
+    def _start(self, context, run: BackgroundRun) -> set[str]:
+        self._run = run
+        wm = context.window_manager
+        self._timer = wm.event_timer_add(0.1, window=context.window)
+        wm.modal_handler_add(self)
+        return {"RUNNING_MODAL"}
+
+    def modal(self, context, event):
+        if event.type == "ESC" and event.value == "PRESS":
+            outcome = self._run.cancel(context)
+        elif event.type == "TIMER":
+            outcome = self._run.tick(context)
+        else:
+            return {"PASS_THROUGH"}
+        if outcome is None:
+            return {"RUNNING_MODAL"}
+        context.window_manager.event_timer_remove(self._timer)
+        return self._end(outcome)
+
+    def cancel(self, context):
+        if self._run is None:  # Blender cancels an operator whose file browser is cancelled or closed
+            return
+        context.window_manager.event_timer_remove(self._timer)
+        self._run.close(context)
+
+
+class P3DMM_OT_reconstruct_face(BackgroundOperator, bpy.types.Operator):
     bl_idname = "pixel3dmm.reconstruct_face"
     bl_label = "Reconstruct Face"
     bl_description = "Fit a rigged FLAME head to the photo and build it with its texture and a matching camera"
@@ -243,11 +311,6 @@ class P3DMM_OT_reconstruct_face(bpy.types.Operator):
     @classmethod
     def poll(cls, context):
         return context.mode == "OBJECT" and jobs.active_job() is None
-
-    def _end(self, outcome: Outcome) -> set[str]:
-        for level, message in outcome.reports:
-            self.report({level}, message)
-        return outcome.status
 
     def execute(self, context):
         try:
@@ -271,33 +334,13 @@ class P3DMM_OT_reconstruct_face(bpy.types.Operator):
             request, source = prepare_request(context)
         except InputError as exc:
             return self._end(Outcome({"CANCELLED"}, [("ERROR", str(exc))]))
-        self._run = ReconstructionRun(context, request, source)
-        wm = context.window_manager
-        self._timer = wm.event_timer_add(0.1, window=context.window)
-        wm.modal_handler_add(self)
-        return {"RUNNING_MODAL"}
-
-    def modal(self, context, event):
-        if event.type == "ESC" and event.value == "PRESS":
-            outcome = self._run.cancel(context)
-        elif event.type == "TIMER":
-            outcome = self._run.tick(context)
-        else:
-            return {"PASS_THROUGH"}
-        if outcome is None:
-            return {"RUNNING_MODAL"}
-        context.window_manager.event_timer_remove(self._timer)
-        return self._end(outcome)
-
-    def cancel(self, context):
-        context.window_manager.event_timer_remove(self._timer)
-        self._run.close(context)
+        return self._start(context, ReconstructionRun(context, request, source))
 
 
 class P3DMM_OT_cancel_reconstruction(bpy.types.Operator):
     bl_idname = "pixel3dmm.cancel_reconstruction"
     bl_label = "Cancel"
-    bl_description = "Stop the running reconstruction and leave the scene unchanged"
+    bl_description = "Stop the running reconstruction or tracking and leave the scene unchanged"
     bl_options = {"INTERNAL"}
 
     @classmethod
