@@ -42,33 +42,41 @@ def export_glb(context: bpy.types.Context, mesh_obj: bpy.types.Object, filepath:
     head's animation (one glTF animation, a key per frame) when it has one.
 
     The joint nodes carry the current pose (inverse bind matrices hold the rest pose), so a viewer shows the
-    fitted head: skinned morphed positions equal the evaluated Blender mesh in FLAME's +Y-up frame.
+    fitted head: skinned morphed positions equal the evaluated Blender mesh in FLAME's +Y-up frame. Key times are
+    frames over the scene's frame rate, ``fps / fps_base``: the glTF exporter (Blender 4.2 to 5.0) divides by
+    ``fps * fps_base`` instead, so ``fps_base`` is inverted while it writes (29.97 fps clips keep their timing).
     """
     animated = is_animated(*head_parts(mesh_obj))
 
     def write(tmp: str) -> None:
-        bpy.ops.export_scene.gltf(
-            filepath=tmp,
-            export_format="GLB",
-            use_selection=True,
-            export_yup=True,
-            export_apply=False,
-            export_morph=True,
-            export_morph_normal=True,
-            export_skins=True,
-            export_rest_position_armature=False,
-            # no leaf bones: the glTF exporter adds none by default (its export_leaf_bone option, new in
-            # Blender 4.3, is not passed so that Blender 4.2 accepts the call)
-            export_animations=animated,
-            export_morph_animation=animated,
-            export_animation_mode="ACTIVE_ACTIONS",  # the shape keys' and the armature's actions as one animation
-            export_force_sampling=True,
-            export_optimize_animation_size=False,  # a key per frame, also where values repeat
-            export_anim_slide_to_zero=True,  # the first frame at time 0
-            export_materials="EXPORT",
-            export_normals=True,
-            export_texcoords=True,
-        )
+        render = context.scene.render
+        base = render.fps_base
+        render.fps_base = 1.0 / base
+        try:
+            bpy.ops.export_scene.gltf(
+                filepath=tmp,
+                export_format="GLB",
+                use_selection=True,
+                export_yup=True,
+                export_apply=False,
+                export_morph=True,
+                export_morph_normal=True,
+                export_skins=True,
+                export_rest_position_armature=False,
+                # no leaf bones: the glTF exporter adds none by default (its export_leaf_bone option, new in
+                # Blender 4.3, is not passed so that Blender 4.2 accepts the call)
+                export_animations=animated,
+                export_morph_animation=animated,
+                export_animation_mode="ACTIVE_ACTIONS",  # the shape keys' and the armature's actions as one animation
+                export_force_sampling=True,
+                export_optimize_animation_size=False,  # a key per frame, also where values repeat
+                export_anim_slide_to_zero=True,  # the first frame at time 0
+                export_materials="EXPORT",
+                export_normals=True,
+                export_texcoords=True,
+            )
+        finally:
+            render.fps_base = base
 
     return _export(context, mesh_obj, filepath, ".glb", write)
 

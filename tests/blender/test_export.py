@@ -245,6 +245,23 @@ def test_export_operators_find_the_head(head, tmp_path):
     assert not bpy.ops.pixel3dmm.export_glb.poll() and not bpy.ops.pixel3dmm.export_fbx.poll()
 
 
+def test_glb_key_times_follow_a_fractional_frame_rate(head, tmp_path):
+    """29.97 fps is fps 30 over fps_base 1.001 in Blender; the glTF exporter divides the frames by fps * fps_base,
+    which export_glb undoes while it writes."""
+    _, _, built = head
+    key = built.mesh.data.shape_keys.key_blocks["expression_000"]
+    for frame, value in ((1, 0.0), (11, 1.0)):
+        key.value = value
+        key.keyframe_insert("value", frame=frame)
+    render = bpy.context.scene.render
+    render.fps, render.fps_base = 30, 1.001
+    gltf = pygltflib.GLTF2().load(str(export.export_glb(bpy.context, built.mesh, str(tmp_path / "ntsc.glb"))))
+    (animation,) = gltf.animations
+    times = _accessor(gltf, animation.samplers[0].input)[:, 0]
+    np.testing.assert_allclose(times, np.arange(11) * 1.001 / 30, atol=1e-6)
+    assert (render.fps, render.fps_base) == (30, pytest.approx(1.001, abs=1e-7))
+
+
 @pytest.mark.parametrize("umask", [0o022, 0o077])
 def test_exports_get_the_users_normal_file_mode(head, tmp_path, umask):
     """A new file is 0666 less the umask, as any program's; owner-only 0600 would hide it from the team."""
