@@ -4,9 +4,10 @@ In the built extension ``core`` is vendored as the subpackage ``pixel3dmm_blende
 checkout it is the top-level package ``core``. Each of the ``_core_*`` functions (and :func:`console`) imports
 one group of core modules from whichever is present, once: the panel needs only the light group (no torch, no
 OpenCV), a photo from an image datablock the intake, the worker thread (or a headless run) the reconstruction
-group, the preferences' validated asset rows and the network download the asset tools, the animation operators
-(takes, FLAME parameter files) the animation group (the last three load torch), and only the headless runner the
-console helpers. Nothing here touches bpy, so the worker thread may call :func:`run_reconstruction`.
+group, or the tracking group for a clip, the preferences' validated asset rows and the network download the asset
+tools, the animation operators (takes, FLAME parameter files) the animation group (the last four load torch), and
+only the headless runner the console helpers. Nothing here touches bpy, so the worker thread may call
+:func:`run_reconstruction` and :func:`run_tracking`.
 """
 
 from __future__ import annotations
@@ -68,6 +69,21 @@ def console():
             raise
         from core import console
     return console
+
+
+@functools.cache
+def _core_tracking() -> SimpleNamespace:
+    """core's tracker (``core.track``: the tracker and the Track type) and the rotation helpers the scene's keys
+    need (import torch: seconds)."""
+    try:
+        from .core import animation, track
+        from .core.flame import rotation
+    except ModuleNotFoundError as exc:
+        if exc.name != _VENDORED_CORE:
+            raise
+        from core import animation, track
+        from core.flame import rotation
+    return SimpleNamespace(animation=animation, rotation=rotation, track=track)
 
 
 def _core_animation() -> SimpleNamespace:
@@ -207,6 +223,94 @@ def run_reconstruction(
         request.source, registry, settings, on_progress=on_progress, should_cancel=should_cancel
     )
     return prepare_result(reconstruction)
+
+
+@dataclass(frozen=True)
+class TrackRequest:
+    """Everything the tracking worker needs, gathered on the main thread (no bpy objects inside).
+
+    ``source`` is a clip path or a folder of frames (str), or a list of photo paths of one person. ``assets``,
+    ``quality``, ``device``, ``texture_size``, ``cache_dir`` and ``mode`` are as in :class:`ReconstructionRequest`;
+    ``stride`` tracks every ``stride``-th frame of a clip. The core keeps finished frames in its cache folder, so
+    a cancelled track of the same source and settings resumes.
+    """
+
+    source: object
+    assets: dict[str, str]
+    quality: str
+    device: str
+    texture_size: int
+    cache_dir: str | None
+    stride: int = 1
+    mode: str = "auto"
+
+
+@dataclass(frozen=True)
+class TrackingResult:
+    """A finished track made ready for the scene builder (on the worker thread).
+
+    ``clip`` is the core's ``TrackedClip`` (fields ``track`` (a ``core.track.Track``), ``flame``, ``uv``,
+    ``landmark_embedding``, ``texture``, ``first_frame``, ``neutral``, ``messages``, ``used_synthetic``), ``rig``
+    the ``core.rig.Rig`` of its first tracked frame, ``texture`` and ``warnings`` as in
+    :class:`ReconstructionResult`.
+    """
+
+    clip: object
+    rig: object
+    texture: np.ndarray
+    warnings: tuple[str, ...] = ()
+
+
+def prepare_track(clip) -> TrackingResult:
+    """The rig of a tracked clip's first frame (its identity mesh ``neutral`` as the neutral vertices; the ARKit
+    keys when ``landmark_embedding`` allows them) and the texture's Blender pixels (see :func:`prepare_result`)."""
+    first = clip.track.frame_result(0, vertices_neutral=clip.neutral)
+    rig, warnings = _rig_with_keys(clip.flame, clip.uv, first, clip.landmark_embedding)
+    height, width = clip.texture.shape[:2]
+    texture = _core_reconstruction().texture.blender_pixels(clip.texture).reshape(height, width, 4)
+    return TrackingResult(clip, rig, texture, warnings)
+
+
+def run_tracking(
+    request: TrackRequest,
+    on_progress: Callable[[str, float], None] | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+) -> TrackingResult:
+    """Track the clip, folder or photos with the core's tracker and prepare the result for the scene
+    (:func:`prepare_track`). Raises the core's errors unchanged."""
+    track = _core_tracking().track
+    registry = _core_basics().assets.AssetRegistry(request.assets, use_environment=False)
+    settings = track.TrackSettings(
+        quality=request.quality,
+        mode=request.mode,
+        device=request.device,
+        stride=request.stride,
+        texture_size=request.texture_size,
+        cache_dir=request.cache_dir,
+    )
+    clip = track.track(request.source, registry, settings, on_progress=on_progress, should_cancel=should_cancel)
+    return prepare_track(clip)
+
+
+def frame_files(folder: str) -> list[str]:
+    """The image files of a folder of frames in the order the tracker numbers them (frame 0 first)."""
+    return [str(p) for p in _core_tracking().track.open_clip(folder).paths]
+
+
+def axis_angle_matrices(axis_angle) -> np.ndarray:
+    """(..., 3) axis-angle rotations (radians) as (..., 3, 3) float64 rotation matrices."""
+    import torch  # loaded with core already
+
+    rotation = _core_tracking().rotation
+    return rotation.axis_angle_to_matrix(torch.from_numpy(np.asarray(axis_angle, dtype=np.float64))).numpy()
+
+
+def rotation_quaternions(matrices) -> np.ndarray:
+    """(T, 3, 3) rotations, one per frame, as (T, 4) unit quaternions (w, x, y, z) whose signs follow each other
+    from frame to frame, so that interpolating keyed components never takes the long way round."""
+    q = _core_tracking().animation.quaternions_from_matrices(matrices)
+    flips = np.where(np.sum(q[1:] * q[:-1], axis=-1) < 0.0, -1.0, 1.0)
+    return q * np.concatenate(([1.0], np.cumprod(flips)))[:, None]
 
 
 @dataclass(frozen=True)

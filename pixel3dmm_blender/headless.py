@@ -1,9 +1,11 @@
-"""Reconstruct Face without a window: the same operator, run synchronously, then save and export.
+"""Reconstruct Face or Track Video without a window: the same work as the operators, then save and export.
 
 From the development checkout (the project venv has the ``bpy`` module)::
 
     python -m pixel3dmm_blender.headless PHOTO --out DIR [--quality balanced] [--standins FOLDER]
     python -m pixel3dmm_blender.headless --demo            # what `python build.py demo` runs
+    python -m pixel3dmm_blender.headless --video CLIP --out DIR [--stride N] [--quality fast] [--mode ...]
+    python -m pixel3dmm_blender.headless --photos A B C --out DIR   # several photos of one person
 
 From an installed extension, inside Blender::
 
@@ -19,6 +21,13 @@ all of them are written; a failure or Ctrl-C leaves the folder as it was. Prints
 sentence on a user error (exit status 2) or on Ctrl-C (130); other libraries' console messages (mediapipe,
 Blender, EGL) are hidden unless ``-v`` is given.
 ``--livelink TAKE.csv`` keys a Live Link Face take onto the head first, so the files carry its animation.
+
+``--video`` tracks a video file or a folder of frames (every ``--stride``-th frame), ``--photos`` several photos
+of one person (one identity, a frame per photo); the head is keyed on every tracked frame (see
+:mod:`.tracking`) and the run writes ``head.blend`` (the clip's background refers to the clip file), ``head.glb``
+(one animation, a key per frame), ``head.fbx`` (with ``--fbx``) and the track itself, ``track.npz`` and
+``track.json`` (``core.track.Track``), with the same output-folder safety, progress display and errors. The
+quality preset defaults to fast for a track and balanced for a photo.
 """
 
 from __future__ import annotations
@@ -124,10 +133,34 @@ def _preview(context, head_mesh, out_path: Path, photo_path: Path) -> None:
     bridge.console().write_image(out_path, image)
 
 
+def _prepare_scene(args, say) -> None:
+    """An empty scene with the add-on enabled and its preferences holding this run's assets and device."""
+    import bpy
+
+    from . import preferences
+
+    bpy.ops.wm.read_homefile(use_empty=True)  # an empty scene; the user's preferences stay as they are
+    prefs = _enable_addon()
+    paths, where = _choose_assets(prefs, args, say)
+    say(f"using {where}")
+    for key, prop, _label in preferences.ASSET_PROPERTIES:
+        setattr(prefs, prop, str(paths[key]))
+    if args.device:
+        prefs.device = args.device
+
+
+def _show_reports(outcome, say, stderr) -> None:
+    for level, message in outcome.reports:
+        if level == "ERROR":
+            print(f"{PREFIX}error: {message}", file=stderr, flush=True)
+        else:
+            say(("warning: " if level == "WARNING" else "") + message)
+
+
 def _run(args, stdout, stderr) -> int:
     import bpy
 
-    from . import bridge, export, operators, preferences
+    from . import bridge, export, operators
 
     def say(msg: str) -> None:
         print(PREFIX + msg, file=stdout, flush=True)
@@ -137,14 +170,7 @@ def _run(args, stdout, stderr) -> int:
     names = ["head.blend", "head.glb"] + ["head.fbx"] * args.fbx + ["preview.png"] * (not args.no_preview)
     t0 = time.perf_counter()
     with console.output_folder(args.out or Path("out") / "demo", names) as out:
-        bpy.ops.wm.read_homefile(use_empty=True)  # an empty scene; the user's preferences stay as they are
-        prefs = _enable_addon()
-        paths, where = _choose_assets(prefs, args, say)
-        say(f"using {where}")
-        for key, prop, _label in preferences.ASSET_PROPERTIES:
-            setattr(prefs, prop, str(paths[key]))
-        if args.device:
-            prefs.device = args.device
+        _prepare_scene(args, say)
         settings = bpy.context.scene.p3dmm
         settings.image_source = "FILE"
         settings.filepath = str(photo)
@@ -162,11 +188,7 @@ def _run(args, stdout, stderr) -> int:
         finally:
             progress.close()
         outcome = operators.build_result(bpy.context, source, result)
-        for level, message in outcome.reports:
-            if level == "ERROR":
-                print(f"{PREFIX}error: {message}", file=stderr, flush=True)
-            else:
-                say(("warning: " if level == "WARNING" else "") + message)
+        _show_reports(outcome, say, stderr)
         if outcome.status != {"FINISHED"}:
             return 1
         t_reconstruct = time.perf_counter() - t0
@@ -192,14 +214,68 @@ def _run(args, stdout, stderr) -> int:
     return 0
 
 
+def _run_track(args, stdout, stderr) -> int:
+    import bpy
+
+    from . import bridge, export, operators, tracking
+
+    def say(msg: str) -> None:
+        print(PREFIX + msg, file=stdout, flush=True)
+
+    console = bridge.console()
+    names = ["head.blend", "head.glb"] + ["head.fbx"] * args.fbx + ["track.npz", "track.json"]
+    t0 = time.perf_counter()
+    with console.output_folder(args.out, names) as out:
+        _prepare_scene(args, say)
+        try:
+            source = tracking.resolve_source([str(p) for p in (args.photos or [args.video])])
+        except operators.InputError as exc:
+            raise UsageError(str(exc)) from exc
+        request = tracking.prepare_request(bpy.context, source, stride=args.stride, quality=args.quality,
+                                           mode=args.mode)
+        what = f"{len(source.paths)} photos" if args.photos else Path(source.paths[0]).name
+        say(f"tracking {what} ({args.quality} preset{f', stride {args.stride}' if args.stride > 1 else ''})")
+        progress = console.ProgressDisplay(stdout, prefix=PREFIX)
+        try:
+            result = bridge.run_tracking(request, on_progress=progress)
+        finally:
+            progress.close()
+        outcome = tracking.build_track(bpy.context, source, result)
+        _show_reports(outcome, say, stderr)
+        if outcome.status != {"FINISHED"}:
+            return 1
+        t_track = time.perf_counter() - t0
+        head_mesh = bpy.context.scene.p3dmm.head
+        with console.staged_outputs(out) as stage:
+            say("writing head.glb")
+            export.export_glb(bpy.context, head_mesh, str(stage / "head.glb"))
+            if args.fbx:
+                say("writing head.fbx")
+                export.export_fbx(bpy.context, head_mesh, str(stage / "head.fbx"))
+            say("writing track.npz and track.json")
+            result.clip.track.save(stage)
+            say("writing head.blend")
+            # the clip or frames behind the camera keep their absolute paths: made relative to the staging folder,
+            # they would point elsewhere once the file moves into the output folder
+            bpy.ops.wm.save_as_mainfile(filepath=str(stage / "head.blend"), check_existing=False,
+                                        relative_remap=False)
+    say(f"tracked {len(result.clip.track)} frames in {t_track:.1f} s; wrote {', '.join(names)} to {out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run one headless reconstruction; 0 on success, 1 when Blender could not build the head, 2 on a user error
-    (one sentence), 130 on Ctrl-C."""
+    """Run one headless reconstruction or track; 0 on success, 1 when Blender could not build the head, 2 on a
+    user error (one sentence), 130 on Ctrl-C."""
     parser = argparse.ArgumentParser(prog="python -m pixel3dmm_blender.headless", description=__doc__.splitlines()[0])
     parser.add_argument("photo", nargs="?", type=Path, help="the photo (default with --demo: the astronaut)")
     parser.add_argument("--out", type=Path, help="output folder (default with --demo: out/demo)")
     parser.add_argument("--demo", action="store_true", help="reconstruct scikit-image's astronaut photo")
-    parser.add_argument("--quality", choices=("fast", "balanced", "best"), default="balanced")
+    parser.add_argument("--video", type=Path, metavar="CLIP", help="track a video file or a folder of frames")
+    parser.add_argument("--photos", type=Path, nargs="+", metavar="PHOTO",
+                        help="track several photos of one person (one identity)")
+    parser.add_argument("--stride", type=int, default=1, help="with --video: track every n-th frame (default 1)")
+    parser.add_argument("--quality", choices=("fast", "balanced", "best"),
+                        help="fitting preset (default: fast for --video / --photos, else balanced)")
     parser.add_argument("--mode", choices=("auto", "networks", "landmarks"), default="auto",
                         help="fit the networks' predictions, the face landmarks alone, or the networks when set (auto)")
     parser.add_argument("--device", choices=("auto", "gpu", "cpu"), default=None, help="default: the preferences'")
@@ -211,8 +287,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="show other libraries' and Blender's console messages")
     args = parser.parse_args(argv)
-    if args.photo is None and not args.demo:
-        parser.error("give a photo or --demo")
+    tracking = args.video is not None or args.photos is not None
+    if sum((args.photo is not None or args.demo, args.video is not None, args.photos is not None)) != 1:
+        parser.error("give one of: a photo, --demo, --video CLIP or --photos A B ...")
+    if tracking and args.out is None:
+        parser.error("give the output folder with --out")
+    if tracking and args.livelink is not None:
+        parser.error("--livelink animates a photo's head; a track keys its own animation")
+    if args.stride < 1:
+        parser.error("--stride must be 1 or more")
+    args.quality = args.quality or ("fast" if tracking else "balanced")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     from . import bridge, export
@@ -220,13 +304,14 @@ def main(argv: list[str] | None = None) -> int:
     bridge.console().cap_image_decoding()
     with bridge.console().other_output_hidden(hide=not args.verbose) as (stdout, stderr):
         try:
-            return _run(args, stdout, stderr)
+            return (_run_track if tracking else _run)(args, stdout, stderr)
         except (UsageError, export.ExportError) as exc:
             print(f"{PREFIX}error: {exc}", file=stderr, flush=True)
             return 2
         except KeyboardInterrupt:
-            print(f"{PREFIX}Cancelled (Ctrl-C); nothing was written, so run the command again to start over.",
-                  file=stderr, flush=True)
+            again = ("run the command again to continue from the frames already tracked" if tracking else
+                     "run the command again to start over")
+            print(f"{PREFIX}Cancelled (Ctrl-C); nothing was written, so {again}.", file=stderr, flush=True)
             return 130
         except Exception as exc:
             if not bridge.is_user_error(exc):

@@ -35,6 +35,7 @@ def draw_assets(layout, prefs) -> None:
 def draw_run(layout, settings) -> None:
     if jobs.active_job() is None:
         layout.operator("pixel3dmm.reconstruct_face", icon="USER")
+        layout.operator("pixel3dmm.track_video", icon="FILE_MOVIE")
         return
     row = layout.row(align=True)
     row.progress(factor=settings.progress, type="BAR", text=f"{settings.stage} {round(100 * settings.progress)}%")

@@ -158,8 +158,8 @@ def test_preferences_draw_each_asset_with_its_state_and_page(prefs, tmp_path):
 def test_panel_idle_shows_inputs_and_buttons(prefs):
     layout = draw_panel()
     operators = [args[0] for args, _ in layout.calls("operator")]
-    assert operators == ["preferences.addon_show", "pixel3dmm.reconstruct_face", "pixel3dmm.export_glb",
-                         "pixel3dmm.export_fbx"]
+    assert operators == ["preferences.addon_show", "pixel3dmm.reconstruct_face", "pixel3dmm.track_video",
+                         "pixel3dmm.export_glb", "pixel3dmm.export_fbx"]
     props = [args[1] for args, _ in layout.calls("prop")]
     assert props == ["image_source", "quality", "mode", "device", "texture_size", "face_index"]
     labels = [kwargs.get("text", "") for _args, kwargs in layout.calls("label")]
@@ -183,6 +183,7 @@ def test_panel_while_running_shows_progress_and_cancel(prefs, tmp_path):
     assert progress["factor"] == pytest.approx(0.42) and progress["text"] == "fit 42%"
     operators = [args[0] for args, _ in layout.calls("operator")]
     assert "pixel3dmm.cancel_reconstruction" in operators and "pixel3dmm.reconstruct_face" not in operators
+    assert "pixel3dmm.track_video" not in operators
     assert "All assets found" in [kwargs.get("text") for _args, kwargs in layout.calls("label")]
 
 
