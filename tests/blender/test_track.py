@@ -37,7 +37,6 @@ from test_headless import ENV_NAMES
 C = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]])  # FLAME Y-up -> Blender Z-up
 ROOT = Path(__file__).resolve().parents[2]
 ASTRONAUT = Path(skimage.__file__).parent / "data" / "astronaut.png"
-TRACKER = hasattr(core.track, "track")
 
 
 def tracked_fits(flame, count: int, seed: int = 0) -> list:
@@ -446,7 +445,6 @@ def test_cancel_leaves_the_scene_as_it_was(monkeypatch, video):
     assert (bpy.context.scene.render.fps, bpy.context.scene.frame_start, bpy.context.scene.frame_end) == settings
 
 
-@pytest.mark.skipif(not TRACKER, reason="core.track.TrackSettings (the tracker) has not landed yet")
 def test_bridge_hands_the_request_to_the_tracker(monkeypatch, video, tmp_path):
     clip = video[1].clip
     seen = {}
@@ -513,6 +511,31 @@ def test_headless_video_writes_the_head_and_the_track(monkeypatch, video, tmp_pa
     assert sorted(p.name for p in out.iterdir()) == before
 
 
+def test_headless_photos_ctrl_c_and_arguments(monkeypatch, video, tmp_path, capfd):
+    requests = []
+
+    def interrupted(request, on_progress=None, should_cancel=None):
+        requests.append(request)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bridge, "run_tracking", interrupted)
+    monkeypatch.setattr(headless, "_choose_assets", lambda prefs, args, say: (
+        {k: "" for k in ("flame", "uv_template", "uv_checkpoint", "normals_checkpoint")}, "test"))
+    photos = [write_png(tmp_path / f"{name}.png") for name in ("front", "left")]
+    out = tmp_path / "out"
+    capfd.readouterr()
+    assert headless.main(["--photos", *map(str, photos), "--out", str(out)]) == 130
+    assert requests[0].source == [str(p) for p in photos] and requests[0].quality == "fast"
+    assert capfd.readouterr().err == ("[pixel3dmm] Cancelled (Ctrl-C); nothing was written, so run the command again "
+                                      "to continue from the frames already tracked.\n")
+    assert not out.exists()
+    for argv in (["--video", "clip.mp4"], [str(photos[0]), "--video", "clip.mp4", "--out", str(out)],
+                 ["--video", "clip.mp4", "--out", str(out), "--livelink", "take.csv"]):
+        with pytest.raises(SystemExit) as exc:
+            headless.main(argv)
+        assert exc.value.code == 2
+
+
 RUNNER = """
 import sys
 import core.fit.config
@@ -526,7 +549,6 @@ sys.exit(headless.main(sys.argv[1:]))
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not TRACKER, reason="core.track.track (the tracker) has not landed yet")
 def test_headless_video_through_the_real_tracker(tmp_path):
     """Six frames of the moving astronaut, the stand-in assets configured as `python -m core assets` says, the
     landmarks alone, the fast preset cut to 5 % of its steps."""
