@@ -35,7 +35,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.fit import FitConfig, fit  # noqa: E402
-from core.fit.joint import SMOOTHING  # noqa: E402
+from core.fit.joint import SMOOTHING, SMOOTHING_ORDER  # noqa: E402
 from core.fit.regions import derive_regions  # noqa: E402
 from core.flame import FlameModel, synthetic_flame  # noqa: E402
 from core.landmarks import resolve_embedding  # noqa: E402
@@ -75,6 +75,8 @@ def main() -> None:
     ap.add_argument("--smoothing-scale", type=float, default=1.0, help="multiply every smoothing weight")
     ap.add_argument("--smooth", nargs="*", default=[], metavar="GROUP=WEIGHT",
                     help="replace smoothing weights, e.g. expression=5 (see core.fit.joint.SMOOTHING)")
+    ap.add_argument("--order", type=int, choices=(1, 2), default=None,
+                    help="smoothing differences (core.fit.joint.SMOOTHING_ORDER; the reference: 1)")
     ap.add_argument("--joint-iterations", type=int, default=None)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
@@ -96,7 +98,7 @@ def main() -> None:
     smoothing = {k: v * args.smoothing_scale for k, v in smoothing.items()}
     print(f"# {args.mode} mode, preset {args.preset}, {args.frames} frames at 25 fps; maps: blur {args.blur} px, "
           f"noise {args.noise}, outliers {args.outliers}; landmarks {args.landmark_noise} px; smoothing x"
-          f"{args.smoothing_scale} of {smoothing}; {note}")
+          f"{args.smoothing_scale} of {smoothing}, order {args.order or SMOOTHING_ORDER}; {note}")
     rng = np.random.default_rng(args.seed)
     if args.sequences:
         print(f"{'seq':>3} {'fit':>12} {'posed mm':>8} {'max mm':>7} {'jitter mm':>9} {'truth jit':>9} "
@@ -117,7 +119,7 @@ def main() -> None:
             seq.add(p, c)
         results["per-frame"] = [f.start for f in seq.frames]
         times["per-frame"] = time.perf_counter() - t0
-        results["joint"] = seq.joint(smoothing, iterations=args.joint_iterations)
+        results["joint"] = seq.joint(smoothing, iterations=args.joint_iterations, order=args.order)
         times["joint"] = time.perf_counter() - t0
         truth_jit = jitter_mm(truth[:, region])
         for name, res in results.items():

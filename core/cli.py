@@ -158,6 +158,52 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
     return 0
 
 
+TRACK_OUTPUTS = ("track.npz", "track.json", "texture.png", "head_neutral.obj")
+
+
+def _cmd_track(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    import cv2
+    import numpy as np
+
+    from .assets import AssetRegistry
+    from .console import ProgressDisplay, output_folder, staged_outputs, write_image
+    from .flame.uv import write_obj
+    from .pipeline import write_standin_assets
+    from .track import TrackSettings, track
+
+    settings = TrackSettings(quality=args.quality, mode=args.mode, device=args.device, stride=args.stride,
+                             flip_tta=args.flip_tta, smooth=not args.no_smoothing, texture_size=args.texture_size,
+                             max_frames=args.max_frames, fit_step_scale=args.fit_step_scale)
+    source = args.clip[0] if len(args.clip) == 1 else list(args.clip)
+    with output_folder(args.out, TRACK_OUTPUTS) as out:
+        if args.standins:
+            registry = AssetRegistry(write_standin_assets(args.standins, network_size="published",
+                                                          networks=args.mode != "landmarks"), use_environment=False)
+        else:
+            registry = AssetRegistry()
+        progress = ProgressDisplay(sys.stdout)
+        try:
+            result = track(source, registry, settings, on_progress=progress)
+        finally:
+            progress.close()
+        with staged_outputs(out) as stage:
+            result.track.save(stage)
+            texture = np.clip(result.texture * 255.0 + 0.5, 0, 255).astype(np.uint8)
+            write_image(stage / "texture.png", cv2.cvtColor(texture, cv2.COLOR_RGB2BGR))
+            write_obj(stage / "head_neutral.obj",
+                      dataclasses.replace(result.uv, vertices=np.asarray(result.neutral, dtype=np.float64)))
+    for message in result.messages:
+        print(message)
+    t = result.track
+    doubtful = sum(not v.ok for v in t.verdicts)
+    print(f"tracked {len(t)} frames ({t.info['mode']} mode), skipped {len(t.skipped)}, doubtful {doubtful}")
+    print("timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in t.info["timings"].items()))
+    print(f"wrote {', '.join(TRACK_OUTPUTS)} to {out}")
+    return 0
+
+
 def _landmarks_in_photo(result):
     """The detected landmarks (photo pixels) and the fitted head's same landmarks (world points), or Nones."""
     import numpy as np
@@ -223,10 +269,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
                    help="log progress details and show other libraries' console messages")
     p.set_defaults(func=_cmd_reconstruct)
+
+    p = sub.add_parser("track", help="track a video, a folder of frames or several photos of one person (one "
+                                     "identity, per-frame motion: track.npz)")
+    p.add_argument("clip", type=Path, nargs="+",
+                   help="a video file (mp4, mov, avi, webm), a folder of frames, or two or more photos of one person")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--stride", type=int, default=1, help="track every n-th frame")
+    p.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
+    p.add_argument("--quality", choices=("fast", "balanced", "best"), default="fast")
+    p.add_argument("--mode", choices=("auto", "networks", "landmarks"), default="auto",
+                   help="as for reconstruct")
+    p.add_argument("--device", default="auto", help="auto, gpu or cpu")
+    p.add_argument("--flip-tta", action="store_true", help="run the networks on the mirrored frame too (2x the time)")
+    p.add_argument("--no-smoothing", action="store_true", help="no temporal smoothing in the joint stage")
+    p.add_argument("--texture-size", type=int, default=1024)
+    p.add_argument("--standins", type=Path, metavar="FOLDER",
+                   help="use (and if needed write) stand-in assets in FOLDER instead of the configured ones")
+    p.add_argument("--fit-step-scale", type=float, default=1.0, help="multiply the per-frame fitting steps")
+    p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                   help="log progress details and show other libraries' console messages")
+    p.set_defaults(func=_cmd_track)
     return parser
 
 
 CANCELLED = "Cancelled (Ctrl-C); nothing was written, so run the command again to start over."
+TRACK_CANCELLED = ("Cancelled (Ctrl-C); nothing was written to the output folder, and running the same command again "
+                   "continues from the frames already tracked.")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -251,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {exc}", file=err)
             return 2
         except KeyboardInterrupt:
-            print(CANCELLED, file=err)
+            print(TRACK_CANCELLED if args.command == "track" else CANCELLED, file=err)
             return 130
         finally:
             root.removeHandler(handler)

@@ -24,9 +24,11 @@ STAGE_LABELS = {
     "detect": "finding the face",
     "network": "predicting the UV and normal maps",
     "fit": "fitting the FLAME head",
+    "joint": "fitting all frames together",
     "texture": "baking the texture",
 }
-"""What each stage of :func:`core.pipeline.reconstruct` is called in the progress display."""
+"""What each stage of :func:`core.pipeline.reconstruct` and :func:`core.track.track` is called in the progress
+display."""
 
 _BAR = 24
 

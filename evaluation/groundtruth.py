@@ -302,18 +302,24 @@ def yawed(rotation: np.ndarray, translation: np.ndarray, yaw_deg: float) -> Pose
 
 
 def make_sequence(
-    rng: np.random.Generator, flame: FlameModel, frames: int, *, fps: float = 25.0, yaw_deg: float = 30.0,
-    pitch_deg: float = 12.0, shape: np.ndarray | None = None,
+    rng: np.random.Generator, flame: FlameModel, frames: int, *, fps: float = 25.0, yaw_deg: float = 25.0,
+    pitch_deg: float = 10.0, shape: np.ndarray | None = None,
 ) -> list[TruthHead]:
-    """A head moving along smooth known trajectories: one identity (N(0, 1) x 0.7, or ``shape``), and per frame
-    a head pose, expression, jaw, neck, eyes and eyelids that are sums of slow sinusoids (0.2-1.2 Hz, random
-    phases), as in a short talking-head clip.
+    """A head moving along smooth known trajectories, as in a talking-head clip: one identity (N(0, 1) x 0.7, or
+    ``shape``), and per frame a head pose, expression, jaw, neck, eyes and eyelids, each a sum of two sinusoids
+    with random frequencies, phases and weights.
+
+    Frequencies: head pose and neck 0.1-0.5 Hz (a head turning and nodding over seconds: at most about 3 degrees
+    per frame at 25 fps), expression 0.2-1.5 Hz, jaw 0.3-2 Hz (speech), eyes and eyelids 0.2-1 Hz (no blinks).
+    Amplitudes: yaw ``yaw_deg``, pitch ``pitch_deg``, roll 4 degrees, translation 1.5 / 1 / 3 cm (x, y, depth),
+    expression 0.5 about a random base (0.3), jaw opening 0.12 +- 0.12 rad, neck 0.08 rad, eyes 0.2 rad, eyelids
+    0.3 +- 0.4.
 
     Parameters
     ----------
     rng : source of all randomness
     flame : gives the component counts and dtype
-    frames : number of frames T; fps : frames per second (sets the motion's speed per frame)
+    frames : number of frames T; fps : frames per second
     yaw_deg, pitch_deg : amplitudes of the head's yaw and pitch (degrees)
     shape : (1, Ns) identity to use instead of drawing one
 
@@ -326,22 +332,22 @@ def make_sequence(
     shape = rng.normal(size=(1, n_s)) * 0.7 if shape is None else np.asarray(shape, dtype=np.float64).reshape(1, n_s)
     time_s = np.arange(frames) / fps
 
-    def wave(amplitude, size=()) -> np.ndarray:
-        """(T, *size) sum of two sinusoids with random frequencies and phases, peak about ``amplitude``."""
-        f = rng.uniform(0.2, 1.2, size=(2, *size))
+    def wave(amplitude, hz, size=()) -> np.ndarray:
+        """(T, *size) weighted sum of two sinusoids with frequencies in ``hz`` and random phases, peak <= amplitude."""
+        f = rng.uniform(*hz, size=(2, *size))
         phase = rng.uniform(0, 2 * np.pi, size=(2, *size))
         w = rng.uniform(0.3, 0.7, size=(2, *size))
-        out = sum(w[k] * np.sin(2 * np.pi * f[k] * time_s.reshape(-1, *([1] * len(size))) + phase[k]) for k in range(2))
-        return amplitude * out
+        t = time_s.reshape(-1, *([1] * len(size)))
+        return amplitude * sum(w[k] * np.sin(2 * np.pi * f[k] * t + phase[k]) for k in range(2))
 
-    base_expr = rng.normal(size=n_e) * 0.3
-    expr = base_expr + wave(0.6, (n_e,))
-    jaw = np.clip(0.12 + wave(0.15), 0.0, 0.3)
-    neck = wave(0.08, (3,))
-    eyes = wave(0.2, (2,))
-    lids = np.clip(0.3 + wave(0.5, (2,)), 0.0, 1.0)
-    yaw, pitch, roll = wave(np.radians(yaw_deg)), wave(np.radians(pitch_deg)), wave(np.radians(4.0))
-    trans = np.stack([wave(0.015), wave(0.01), wave(0.04)], 1)
+    slow, face = (0.1, 0.5), (0.2, 1.0)
+    expr = rng.normal(size=n_e) * 0.3 + wave(0.5, (0.2, 1.5), (n_e,))
+    jaw = np.clip(0.12 + wave(0.12, (0.3, 2.0)), 0.0, 0.3)
+    neck = wave(0.08, slow, (3,))
+    eyes = wave(0.2, face, (2,))
+    lids = np.clip(0.3 + wave(0.4, face, (2,)), 0.0, 1.0)
+    yaw, pitch, roll = wave(np.radians(yaw_deg), slow), wave(np.radians(pitch_deg), slow), wave(np.radians(4.0), slow)
+    trans = np.stack([wave(0.015, slow), wave(0.01, slow), wave(0.03, slow)], 1)
     heads = []
     for k in range(frames):
         rot = axis_angle_to_matrix(torch.tensor([pitch[k], yaw[k], roll[k]])).numpy().astype(np.float64)

@@ -13,8 +13,9 @@ unknowns. Without smoothing (several photos of one person) the frame blocks are 
 Deviations from the reference's joint stage, each a choice measured in docs/PERFORMANCE.md ("Tracking"):
 
 * the camera (focal, principal point) is the first frame's and stays fixed (the reference frees it here);
-* the identity priors (``reg_shape``, ``reg_shape_general``) count once for the clip, not once per frame, so that
-  a long clip does not pull the identity towards the mean head any harder than one photo;
+* the smoothing penalises second differences (acceleration), not first differences (:data:`SMOOTHING_ORDER`): a
+  first-difference penalty resists every motion and lags a turning head, which the per-frame fit then makes up
+  with a wrong neck, expression and identity;
 * Levenberg-Marquardt over all frames at once in place of Adam over batches.
 """
 
@@ -38,7 +39,7 @@ from .objective import FitData, Objective, Params
 from .refine import gauss_newton_curvature
 from .result import FitResult
 
-__all__ = ["JointFrame", "REFERENCE_SMOOTHING", "SMOOTHING", "fit_joint", "smoothing_loss"]
+__all__ = ["JointFrame", "REFERENCE_SMOOTHING", "SMOOTHING", "SMOOTHING_ORDER", "fit_joint", "smoothing_loss", "stencils"]
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,8 @@ REFERENCE_SMOOTHING = {
 }
 #: The weights the tracker uses (the reference's; see docs/PERFORMANCE.md, "Tracking").
 SMOOTHING = dict(REFERENCE_SMOOTHING)
+#: Which differences the tracker smooths: 2, the second difference (the reference smooths the first, 1).
+SMOOTHING_ORDER = 2
 #: Groups a frame owns in the joint stage (those the stage frees), in this order.
 FRAME_GROUPS = ("expression", "jaw", "neck", "eyes", "eyelids", "rotation", "translation")
 #: Initial damping, relative to the diagonal.
@@ -68,13 +71,28 @@ class JointFrame:
     start: FitResult
 
 
-def smoothing_loss(values: list[np.ndarray], weights: np.ndarray, gaps: np.ndarray | None = None) -> float:
-    """``sum_t sum_c w_c (x_{t+1,c} - x_{t,c})^2 / gap_t`` of per-frame vectors ``values`` (T of (P,)), weights (P,)
-    and gaps (T - 1,) (default 1)."""
-    if len(values) < 2:
-        return 0.0
-    per_pair = np.diff(np.stack(values), axis=0) ** 2 @ weights
-    return float((per_pair / (1.0 if gaps is None else np.asarray(gaps, dtype=np.float64))).sum())
+def stencils(n: int, order: int, gaps: np.ndarray | None = None) -> list[tuple[int, np.ndarray]]:
+    """The finite differences the smoothing penalises over ``n`` frames: ``(first frame, coefficients)`` per
+    difference. ``order`` 1: ``(x[t+1] - x[t]) / sqrt(gap)`` (a random walk: the variance of a change grows with the
+    gap, the reference's form for consecutive frames); 2: the second divided difference ``x''`` at unevenly spaced
+    frames (``x[t+1] - 2 x[t] + x[t-1]`` when consecutive), which leaves steady motion free."""
+    h = np.ones(max(n - 1, 0)) if gaps is None else np.maximum(np.asarray(gaps, dtype=np.float64), 1.0)
+    if order == 1:
+        return [(t, np.array([-1.0, 1.0]) / np.sqrt(h[t])) for t in range(n - 1)]
+    if order == 2:
+        out = []
+        for t in range(n - 2):
+            h1, h2 = h[t], h[t + 1]
+            out.append((t, np.array([2 / (h1 * (h1 + h2)), -2 / (h1 * h2), 2 / (h2 * (h1 + h2))])))
+        return out
+    raise ValueError(f"The smoothing order must be 1 or 2, got {order!r}.")
+
+
+def smoothing_loss(values: list[np.ndarray], weights: np.ndarray, diffs: list[tuple[int, np.ndarray]]) -> float:
+    """``sum_d sum_c w_c (sum_j a_dj x[t_d + j, c])^2`` of per-frame vectors ``values`` (T of (P,)), weights (P,) and
+    differences ``diffs`` (:func:`stencils`)."""
+    x = np.stack(values) if values else np.zeros((0, len(weights)))
+    return float(sum((((a[:, None] * x[t : t + len(a)]).sum(0)) ** 2 @ weights) for t, a in diffs))
 
 
 class _Frame:
@@ -112,29 +130,29 @@ class _Frame:
         return value if math.isfinite(value) else math.inf
 
 
-def _block_tridiagonal_solve(diag: list[torch.Tensor], off: list[torch.Tensor], rhs: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Solve the symmetric block tridiagonal system with diagonal blocks ``diag`` (T of (P, P)), off-diagonal
-    blocks ``off`` (T - 1 of (P,), diagonal matrices: block (t, t+1) = block (t+1, t) = diag(off[t])) and
-    right-hand sides ``rhs`` (T of (P, K)); the block Thomas algorithm."""
+def _block_tridiagonal_solve(diag: list[torch.Tensor], upper: list[torch.Tensor], rhs: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Solve the symmetric block tridiagonal system with diagonal blocks ``diag`` (K of (P_k, P_k)), upper blocks
+    ``upper`` (K - 1 of (P_k, P_k+1); the lower ones are their transposes) and right-hand sides ``rhs`` (K of
+    (P_k, R)); the block Thomas algorithm."""
     n = len(diag)
     c_prime: list[torch.Tensor] = []
     r_prime: list[torch.Tensor] = []
-    for t in range(n):
-        m = diag[t]
-        r = rhs[t]
-        if t > 0:
-            e = off[t - 1]
-            m = m - e[:, None] * c_prime[t - 1]
-            r = r - e[:, None] * r_prime[t - 1]
-        if t < n - 1:
-            both = torch.linalg.solve(m, torch.cat([torch.diag(off[t]), r], 1))
-            c_prime.append(both[:, : m.shape[0]])
-            r_prime.append(both[:, m.shape[0]:])
+    for k in range(n):
+        m, r = diag[k], rhs[k]
+        if k > 0:
+            lower = upper[k - 1].T
+            m = m - lower @ c_prime[k - 1]
+            r = r - lower @ r_prime[k - 1]
+        if k < n - 1:
+            width = upper[k].shape[1]
+            both = torch.linalg.solve(m, torch.cat([upper[k], r], 1))
+            c_prime.append(both[:, :width])
+            r_prime.append(both[:, width:])
         else:
             r_prime.append(torch.linalg.solve(m, r))
     out = [r_prime[-1]]
-    for t in range(n - 2, -1, -1):
-        out.append(r_prime[t] - c_prime[t] @ out[-1])
+    for k in range(n - 2, -1, -1):
+        out.append(r_prime[k] - c_prime[k] @ out[-1])
     return out[::-1]
 
 
@@ -148,6 +166,7 @@ def fit_joint(
     *,
     smoothing: dict[str, float] | None = None,
     gaps: list[float] | None = None,
+    order: int = SMOOTHING_ORDER,
     embedding=None,
     on_progress: Callable[[float], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
@@ -160,12 +179,14 @@ def fit_joint(
     flame, uv : the model (on the device to run on) and its UV template
     cfg : the fits' configuration (resolution, acceptance radii, pose frame)
     stage : the per-frame terms and their weights (an image or landmarks stage; its ``lr`` keys name the groups a
-        frame owns, see :data:`FRAME_GROUPS`); the identity priors are counted once for the clip
+        frame owns, see :data:`FRAME_GROUPS`); every frame's terms count, its priors too, as in the reference
     iterations : Levenberg-Marquardt iterations
     smoothing : per-group weights of the squared difference of consecutive frames (:data:`SMOOTHING`); None or
         empty: none (several photos of one person)
     gaps : (T - 1,) how many frame steps lie between consecutive frames (frames without a face leave gaps); a pair's
-        smoothing weight is divided by its gap (default: all 1)
+        differences account for it (:func:`stencils`; default: all 1)
+    order : 1 penalises the change between consecutive frames (the reference), 2 the second difference
+        (acceleration; see :data:`SMOOTHING_ORDER`)
     on_progress : called with the fraction done after every frame of every iteration
     should_cancel : polled before every frame of every iteration; True raises :class:`~core.errors.FitCancelled`
 
@@ -181,8 +202,7 @@ def fit_joint(
     like = flame.v_template
     start_shape = np.mean([np.asarray(f.start.shape, dtype=np.float64) for f in frames], axis=0)
     shape = torch.as_tensor(start_shape[None], dtype=like.dtype, device=like.device).clone().requires_grad_(True)
-    weights = {k: (v / n if k in ("reg_shape", "reg_shape_general") else v) for k, v in stage.weights.items()}
-    stage = dataclasses.replace(stage, name="joint", method="lm", weights=weights)
+    stage = dataclasses.replace(stage, name="joint", method="lm")
     own = [g for g in FRAME_GROUPS if g in stage.lr and (g != "neck" or cfg.include_neck)]
     states = [_Frame(f, flame, uv, cfg, stage, shape, embedding) for f in frames]
     own = [g for g in own if states[0].p.groups.get(g)]
@@ -193,10 +213,12 @@ def fit_joint(
     group_of = np.repeat([g for g in own for _ in states[0].p.groups[g]], [t.numel() for g in own for t in states[0].p.groups[g]])
     w_smooth = np.array([(smoothing or {}).get(g, 0.0) for g in group_of], dtype=np.float64)
     smooth = bool(smoothing) and n > 1 and bool(w_smooth.any())
-    gap = np.ones(max(n - 1, 0)) if gaps is None else np.maximum(np.asarray(gaps, dtype=np.float64), 1.0)
-    if gap.shape != (max(n - 1, 0),):
-        raise ValueError(f"gaps needs {n - 1} values, one per pair of consecutive frames; got {gap.shape[0]}.")
+    if gaps is not None and len(gaps) != max(n - 1, 0):
+        raise ValueError(f"gaps needs {n - 1} values, one per pair of consecutive frames; got {len(gaps)}.")
+    diffs = stencils(n, order, gaps) if smooth else []
     w_t = torch.from_numpy(w_smooth)
+    block = order if smooth else 1  # frames per block of the solve: differences then couple neighbouring blocks only
+    blocks = [list(range(k, min(k + block, n))) for k in range(0, n, block)]
 
     def own_values() -> list[np.ndarray]:
         return [s.p.flat(own).cpu().double().numpy() for s in states]
@@ -212,7 +234,7 @@ def fit_joint(
             if not math.isfinite(value):
                 return math.inf
         values = own_values() if candidate_own is None else [c.cpu().double().numpy() for c in candidate_own]
-        return value + (smoothing_loss(values, w_smooth, gap) if smooth else 0.0)
+        return value + (smoothing_loss(values, w_smooth, diffs) if smooth else 0.0)
 
     history: list[dict[str, float]] = []
     damping = _DAMPING
@@ -240,29 +262,39 @@ def fit_joint(
         g_s = sum(g[:n_shape] for g in grads)
         g_x = [g[n_shape:].clone() for g in grads]
         diag = [h[n_shape:, n_shape:].clone() for h in hessians]
-        off = []
-        if smooth:
-            for t in range(n - 1):
-                w = w_t / float(gap[t])
-                d = own_now[t + 1] - own_now[t]
-                g_x[t] -= 2 * w * d
-                g_x[t + 1] += 2 * w * d
-                diag[t] += torch.diag(w)
-                diag[t + 1] += torch.diag(w)
-                off.append(-w)
-        else:
-            off = [torch.zeros(n_own, dtype=torch.float64)] * (n - 1)
+        coupling: dict[tuple[int, int], torch.Tensor] = {}  # (t, u), t < u -> diagonal of block (t, u)
+        for t0, a in diffs:
+            r = sum(float(a[j]) * own_now[t0 + j] for j in range(len(a)))
+            for i in range(len(a)):
+                g_x[t0 + i] += 2.0 * float(a[i]) * w_t * r
+                diag[t0 + i] += torch.diag(float(a[i]) ** 2 * w_t)
+                for j in range(i + 1, len(a)):
+                    key = (t0 + i, t0 + j)
+                    coupling[key] = coupling.get(key, 0.0) + float(a[i] * a[j]) * w_t
         s_block = sum(h[:n_shape, :n_shape] for h in hessians)
-        borders = [h[n_shape:, :n_shape] for h in hessians]
         s_diag = s_block.diagonal().clone()
         x_diag = [d.diagonal().clone() for d in diag]
+
+        def assemble(frames_a: list[int], frames_b: list[int]) -> torch.Tensor:
+            out = torch.zeros(len(frames_a) * n_own, len(frames_b) * n_own, dtype=torch.float64)
+            for i, t in enumerate(frames_a):
+                for j, u in enumerate(frames_b):
+                    if (t, u) in coupling:
+                        out[i * n_own:(i + 1) * n_own, j * n_own:(j + 1) * n_own] = torch.diag(coupling[(t, u)])
+            return out
+
+        upper = [assemble(blocks[k], blocks[k + 1]) for k in range(len(blocks) - 1)]
+        inner = [assemble(b, b) for b in blocks]
+        borders = [torch.cat([hessians[t][n_shape:, :n_shape] for t in b]) for b in blocks]
         accepted = False
         for _ in range(4):
             # Marquardt's scaling: (A + lambda diag(A)) delta = -g / 2, with unit diagonals where A has none
             damped_s = s_block + torch.diag(damping * torch.where(s_diag > 0, s_diag, torch.ones_like(s_diag)))
-            damped_x = [d + torch.diag(damping * torch.where(dd > 0, dd, torch.ones_like(dd))) for d, dd in zip(diag, x_diag)]
-            rhs = [torch.cat([b, (-0.5 * g)[:, None]], 1) for b, g in zip(borders, g_x)]
-            sol = _block_tridiagonal_solve(damped_x, off, rhs)  # D^-1 [B, -g_x / 2]
+            damped = [d + torch.diag(damping * torch.where(dd > 0, dd, torch.ones_like(dd))) for d, dd in zip(diag, x_diag)]
+            blocks_diag = [c + c.T + torch.block_diag(*[damped[t] for t in b]) for c, b in zip(inner, blocks)]
+            rhs = [torch.cat([border, torch.cat([-0.5 * g_x[t] for t in b])[:, None]], 1)
+                   for border, b in zip(borders, blocks)]
+            sol = _block_tridiagonal_solve(blocks_diag, upper, rhs)  # D^-1 [B, -g_x / 2], block by block
             schur = damped_s - sum(b.T @ y[:, :n_shape] for b, y in zip(borders, sol))
             r_s = -0.5 * g_s - sum(b.T @ y[:, n_shape] for b, y in zip(borders, sol))
             try:
@@ -270,7 +302,7 @@ def fit_joint(
             except RuntimeError:
                 damping *= 4.0
                 continue
-            d_x = [y[:, n_shape] - y[:, :n_shape] @ d_s for y in sol]
+            d_x = torch.cat([y[:, n_shape] - y[:, :n_shape] @ d_s for y in sol]).split(n_own)
             cand_s = shape.detach().cpu().double().reshape(-1) + d_s
             cand_x = [o + d for o, d in zip(own_now, d_x)]
             new = total(cand_s, cand_x)

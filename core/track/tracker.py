@@ -35,7 +35,7 @@ import numpy as np
 
 from ..assets import AssetRegistry
 from ..device import CpuThreads, release_memory, resolve_device
-from ..errors import NoFaceError, Pixel3DMMError
+from ..errors import FitCancelled, NoFaceError, Pixel3DMMError
 from ..fit.config import PRESETS, FitConfig, StageSpec
 from .clip import LONG_CLIP_SECONDS, Clip, open_clip
 from .result import Track
@@ -54,6 +54,7 @@ FRAME_STEPS: dict[str, tuple[int, int, int]] = {"fast": (40, 1, 2), "balanced": 
 #: preset -> iterations of the joint stage.
 JOINT_ITERATIONS = {"fast": 3, "balanced": 4, "best": 6}
 _STATE_VERSION = 1
+CANCELLED = "Tracking cancelled; run it again to continue from the frames already tracked."
 
 
 @dataclass(frozen=True)
@@ -190,14 +191,15 @@ class SequenceFit:
         self.frames.append(JointFrame(prediction, crop, result))
 
     def joint(self, smoothing: dict[str, float] | None, gaps=None, iterations: int | None = None,
-              on_progress: Callable[[float], None] | None = None) -> list:
+              on_progress: Callable[[float], None] | None = None, order: int | None = None) -> list:
         """The joint stage over the kept frames (:func:`core.fit.joint.fit_joint`); their final FitResults."""
-        from ..fit.joint import fit_joint
+        from ..fit.joint import SMOOTHING_ORDER, fit_joint
 
         if iterations is None:
             iterations = JOINT_ITERATIONS[self.quality]
         return fit_joint(self.frames, self.model, self.uv, self.first_cfg, joint_stage(self.first_cfg), iterations,
-                         smoothing=smoothing, gaps=gaps, embedding=self.embedding, on_progress=on_progress,
+                         smoothing=smoothing, gaps=gaps, order=SMOOTHING_ORDER if order is None else order,
+                         embedding=self.embedding, on_progress=on_progress,
                          should_cancel=self.should_cancel)
 
 
@@ -322,9 +324,11 @@ def track(
 
     settings = settings or TrackSettings()
     with CpuThreads() as threads:
-        progress = StageProgress(on_progress, should_cancel, threads, _STAGES,
-                                 "Tracking cancelled; run it again to continue from the frames already tracked.")
-        return _track(source, assets, settings, progress, work_dir)
+        progress = StageProgress(on_progress, should_cancel, threads, _STAGES, CANCELLED)
+        try:
+            return _track(source, assets, settings, progress, work_dir)
+        except FitCancelled:  # the fits' own sentence speaks of one photo
+            raise FitCancelled(CANCELLED) from None
 
 
 def _track(source, assets: AssetRegistry, settings: TrackSettings, progress, work_dir) -> TrackedClip:
