@@ -178,3 +178,24 @@ def test_predict_releases_memory_and_checks_inputs(image, monkeypatch):
         predict(StubNet("uv_map"), StubNet("normals"), image[:256])
     with pytest.raises(ImageError, match=r"\[0, 1\]"):
         predict(StubNet("uv_map"), StubNet("normals"), image * 255)
+
+
+def test_a_batch_of_crops_predicts_what_single_crops_do(image):
+    """predict_batch runs each network once on the whole batch (flip-TTA doubles it) and decodes each crop as
+    predict does; checked against the numpy reference of the same stub networks."""
+    from core.network import predict_batch
+
+    uv_net, n_net = StubNet("uv_map"), StubNet("normals")
+    images = [image, image[::-1].copy(), np.ascontiguousarray(image[:, ::-1])]
+    batch = predict_batch(uv_net, n_net, images, flip_tta=True)
+    assert uv_net.batches == [6] and n_net.batches == [6]
+    for img, pred in zip(images, batch):
+        single = predict(StubNet("uv_map"), StubNet("normals"), img, flip_tta=True)
+        np.testing.assert_allclose(pred.uv, single.uv, atol=1e-6)
+        np.testing.assert_array_equal(pred.mask, single.mask)
+        ref = np_reference("uv_map", img, True, 0.0075, False)
+        np.testing.assert_allclose(pred.uv[pred.mask], ref[pred.mask], atol=1e-5)
+    with pytest.raises(ImageError):
+        predict_batch(uv_net, n_net, image)
+    with pytest.raises(Pixel3DMMError, match="slot got a network"):
+        predict_batch(n_net, uv_net, images)

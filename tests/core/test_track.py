@@ -327,3 +327,19 @@ def test_cli_track_writes_the_track(flame_standins, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "core", "track", str(tmp_path / "nope.mp4"), "--out", str(out)],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert bad.returncode == 2 and bad.stderr.strip().startswith("error: The clip") and bad.stderr.count("\n") == 1
+
+
+def test_a_long_clip_gets_a_stride_offered(flame_standins, tmp_path):
+    """A clip over ten minutes (here 5 frames at 0.008 fps: 625 s) is tracked with a warning that suggests a stride."""
+    path = tmp_path / "slow.avi"
+    img = cv2.imread(str(ASTRONAUT))
+    out = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 0.008, img.shape[1::-1])
+    for _ in range(5):
+        out.write(img)
+    out.release()
+    clip = open_clip(path)
+    assert clip.duration > 600, (clip.fps, clip.count)
+    result = track(path, AssetRegistry(flame_standins, use_environment=False),
+                   TrackSettings(mode="landmarks", texture_size=64, max_frames=2), work_dir=tmp_path / "w")
+    assert len(result.track) == 2
+    assert any("runs 10 minutes" in m and "frame stride of 2" in m for m in result.messages), result.messages
