@@ -218,9 +218,18 @@ class _WorkFolder:
         except (OSError, ValueError):
             old = None
         if old != signature:
-            for child in folder.glob("frame_*"):
-                child.unlink()
+            for child in [*folder.glob("frame_*"), folder / "fallback.txt"]:
+                child.unlink(missing_ok=True)
             state.write_text(json.dumps(signature, indent=1))
+
+    def fallback(self) -> str | None:
+        """Why an earlier run of this track fitted the landmarks alone (its frames were fitted so), or None."""
+        path = None if self.folder is None else self.folder / "fallback.txt"
+        return path.read_text() if path is not None and path.is_file() else None
+
+    def set_fallback(self, reason: str) -> None:
+        if self.folder is not None:
+            (self.folder / "fallback.txt").write_text(reason)
 
     def _path(self, index: int) -> Path:
         return self.folder / f"frame_{index:06d}.npz"
@@ -335,6 +344,7 @@ def _track(source, assets: AssetRegistry, settings: TrackSettings, progress, wor
     import torch
 
     from ..fit.joint import SMOOTHING
+    from ..fit.verdict import NETWORK_UV_AGREEMENT, uv_agreement
     from ..flame import FlameModel
     from ..network import load_network, predict_batch
     from ..pipeline import _skin_in_photo, load_models
@@ -389,6 +399,9 @@ def _track(source, assets: AssetRegistry, settings: TrackSettings, progress, wor
 
     # 2-3. crops, landmarks, networks, per-frame fits
     model = FlameModel(flame_data).to(device)
+    if mode == "networks" and work.fallback() is not None:  # resuming a track that fell back to the landmarks
+        mode = "landmarks"
+        messages.append(work.fallback())
     sequence = SequenceFit(model, uv, mode, settings.quality, photos=photos, device=device, seed=settings.seed,
                            step_scale=settings.fit_step_scale, embedding=embedding, should_cancel=progress.cancelled)
     nets = None
@@ -418,7 +431,7 @@ def _track(source, assets: AssetRegistry, settings: TrackSettings, progress, wor
         progress("fit", (len(indices) + len(pending)) / len(order))
 
     def run_networks() -> None:
-        nonlocal nets, t_net
+        nonlocal nets, t_net, mode, sequence
         if not pending:
             return
         t1 = time.perf_counter()
@@ -429,6 +442,19 @@ def _track(source, assets: AssetRegistry, settings: TrackSettings, progress, wor
         t_net += time.perf_counter() - t1
         batch = list(pending)
         pending.clear()
+        if not indices:  # the first frames: do the networks agree with the landmarks (as the photo pipeline asks)?
+            check = next((uv_agreement(pr, c.landmarks, embedding, uv) for (_, _, c), pr in zip(batch, predictions)
+                          if c.landmarks is not None), None)
+            if check is not None and check[0] < NETWORK_UV_AGREEMENT:
+                reason = (f"The UV network's prediction disagrees with the face landmarks (agreement {check[0]:.2f}, "
+                          f"median {check[1]:.2f} UV apart), so the clip was tracked with the landmarks alone.")
+                messages.append(reason)
+                work.set_fallback(reason)
+                mode = "landmarks"
+                sequence = SequenceFit(model, uv, mode, settings.quality, photos=photos, device=device,
+                                       seed=settings.seed, step_scale=settings.fit_step_scale, embedding=embedding,
+                                       should_cancel=progress.cancelled)
+                predictions = [None] * len(batch)
         for (index, photo, crop), prediction in zip(batch, predictions):
             fitted(index, photo, crop, prediction)
 

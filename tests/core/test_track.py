@@ -343,3 +343,13 @@ def test_a_long_clip_gets_a_stride_offered(flame_standins, tmp_path):
                    TrackSettings(mode="landmarks", texture_size=64, max_frames=2), work_dir=tmp_path / "w")
     assert len(result.track) == 2
     assert any("runs 10 minutes" in m and "frame stride of 2" in m for m in result.messages), result.messages
+
+
+def test_untrained_networks_fall_back_to_the_landmarks_and_say_so(tmp_path):
+    """As the photo pipeline: networks that disagree with the landmarks on the first frames are not fitted; the clip
+    is tracked with the landmarks alone, and a resumed run keeps to that."""
+    assets = AssetRegistry(write_standin_assets(tmp_path / "standins", network_size="tiny"), use_environment=False)
+    clip = _write_clip(tmp_path / "clip.mp4", 3)
+    result = track(clip, assets, TrackSettings(mode="networks", texture_size=64), work_dir=tmp_path / "w")
+    assert result.track.info["mode"] == "landmarks"
+    assert any(m.startswith("The UV network's prediction disagrees with the face landmarks") for m in result.messages)
