@@ -29,8 +29,8 @@ from .arkit import ARKIT_NAMES
 from .flame.rotation import axis_angle_to_matrix
 from .livelink import Take, rotation_angles, rotation_matrices
 
-__all__ = ["RigMotion", "key_gaze", "matrices_from_quaternions", "motion_from_take", "quaternions_from_matrices",
-           "take_from_motion"]
+__all__ = ["ArkitSplit", "RigMotion", "arkit_split", "key_gaze", "matrices_from_quaternions", "motion_from_take",
+           "quaternions_from_matrices", "take_from_motion"]
 
 
 def quaternions_from_matrices(matrices: np.ndarray) -> np.ndarray:
@@ -159,3 +159,77 @@ def take_from_motion(
         motion.weights, fps=fps, frames=motion.frames, head=rotation_angles(matrices_from_quaternions(motion.neck)),
         eyes=rotation_angles(eyes), start=start, source=source,
     )
+
+
+def _coefficients(values, n: int) -> np.ndarray:
+    """The first ``n`` of ``values``, zero-padded to ``n``."""
+    values = np.asarray(values, dtype=np.float64).reshape(-1)[:n]
+    return np.pad(values, (0, n - len(values)))
+
+
+@dataclass
+class ArkitSplit:
+    """A tracked expression shared between the ARKit keys and FLAME's own keys (:func:`arkit_split`).
+
+    Attributes
+    ----------
+    weights : (T, K) ARKit key weights in [0, 1], in the rig's ``arkit_keys`` order (0 for the jaw and eye-look
+        keys, whose rotations the bones carry).
+    expression : (T, Ne) the expression coefficients the ARKit keys leave (for the ``expression_NNN`` keys).
+    eyelids : (T, 2) the eyelid coefficients they leave (for ``eyelid.L`` / ``eyelid.R``).
+    """
+
+    weights: np.ndarray
+    expression: np.ndarray
+    eyelids: np.ndarray
+
+
+def arkit_split(rig, expression: np.ndarray, eyelids: np.ndarray, sweeps: int = 500, tol: float = 1e-7) -> ArkitSplit:
+    """Show tracked expressions on a rig's ARKit keys as far as they can, the rest on FLAME's own keys.
+
+    Per frame the weights ``w`` in [0, 1] of the ARKit keys that are pure expression (not the jaw and eye-look
+    keys: the bones carry those rotations) minimise ``|sum_k w_k O_k - D|^2`` over the mesh, ``O_k`` a key's
+    vertex offsets and ``D`` the frame's expression and eyelid offsets (least squares on the vertices, so what an
+    engine that plays only the ARKit names shows is as close as the keys allow; solved by projected Gauss-Seidel
+    on the normal equations). The remainder, ``expression - sum_k w_k e_k`` (and the same for the eyelids), goes to
+    the FLAME keys, so ARKit and FLAME keys together give the tracked mesh exactly (every key is linear in the
+    coefficients).
+
+    Parameters
+    ----------
+    rig : a :class:`core.rig.Rig` with ARKit keys
+    expression : (T, Ne) tracked expression coefficients (Ne <= the rig's expression keys)
+    eyelids : (T, 2) tracked eyelid coefficients
+    """
+    expression = np.atleast_2d(np.asarray(expression, dtype=np.float64))
+    eyelids = np.atleast_2d(np.asarray(eyelids, dtype=np.float64))
+    n_frames, n_expr = expression.shape
+    keys = rig.arkit_keys
+    # keys that are pure expression, within the components the FLAME keys can take back
+    usable = [k for k, key in enumerate(keys) if not np.any(key.jaw_pose) and not np.any(key.eye_poses)
+              and not np.any(np.asarray(key.expression)[n_expr:])]
+    weights = np.zeros((n_frames, len(keys)))
+    if not usable or n_frames == 0:
+        return ArkitSplit(weights.astype(np.float32), expression.copy(), eyelids.copy())
+    basis = np.stack([np.asarray(k.offsets, np.float64).reshape(-1) for k in rig.expression_keys[:n_expr]], 1)
+    target = expression @ basis.T
+    if rig.eyelid_keys:
+        lids = np.stack([np.asarray(k.offsets, np.float64).reshape(-1) for k in rig.eyelid_keys], 1)
+        target += eyelids @ lids.T
+    offsets = np.stack([np.asarray(keys[k].offsets, np.float64).reshape(-1) for k in usable], 1)
+    gram = offsets.T @ offsets
+    rhs = target @ offsets  # (T, K')
+    w = np.zeros((n_frames, len(usable)))
+    diag = np.maximum(gram.diagonal(), 1e-30)
+    for _ in range(sweeps):
+        change = 0.0
+        for j in range(len(usable)):
+            new = np.clip(w[:, j] + (rhs[:, j] - w @ gram[:, j]) / diag[j], 0.0, 1.0)
+            change = max(change, float(np.abs(new - w[:, j]).max()))
+            w[:, j] = new
+        if change < tol:
+            break
+    weights[:, usable] = w
+    key_expr = np.stack([_coefficients(keys[k].expression, n_expr) for k in usable])
+    key_lids = np.stack([np.asarray(keys[k].eyelids, np.float64).reshape(2) for k in usable])
+    return ArkitSplit(weights.astype(np.float32), expression - w @ key_expr, eyelids - w @ key_lids)

@@ -297,6 +297,12 @@ def frame_files(folder: str) -> list[str]:
     return [str(p) for p in _core_tracking().track.open_clip(folder).paths]
 
 
+def arkit_split(rig, expression, eyelids):
+    """The core's ``arkit_split``: per-frame ARKit weights (T, 51) and the expression (T, Ne) and eyelids (T, 2)
+    they leave to FLAME's keys (``weights``, ``expression``, ``eyelids``)."""
+    return _core_tracking().animation.arkit_split(rig, expression, eyelids)
+
+
 def axis_angle_matrices(axis_angle) -> np.ndarray:
     """(..., 3) axis-angle rotations (radians) as (..., 3, 3) float64 rotation matrices."""
     import torch  # loaded with core already

@@ -5,8 +5,12 @@ motion. Here, on the main thread, the head is built exactly as for a photo (:fun
 rig of the first tracked frame) and two new actions key it on every tracked frame, linear in between (a frame
 stride leaves the frames between tracked ones to the interpolation):
 
-* shape keys: FLAME's ``expression_NNN`` keys and ``eyelid.L`` / ``eyelid.R`` carry each frame's expression and
-  eyelid coefficients, and ``fitted_expression`` (the first frame's expression as one key) is keyed to 0. A key
+* shape keys: the ARKit keys carry as much of each frame's expression as they can show (``core.animation.
+  arkit_split``: bounded least squares on the mesh; the jaw and eye-look keys stay 0, the bones carry those
+  rotations), so the take plays in any ARKit-driven engine and exports as a Live Link Face take; FLAME's
+  ``expression_NNN`` keys and ``eyelid.L`` / ``eyelid.R`` carry the rest (all of it on a head without ARKit keys),
+  so that together they show the tracked mesh; ``fitted_expression`` (the first frame's expression as one key) is
+  keyed to 0. A key
   whose tracked values leave its slider range gets a wider range (up to Blender's limit of 10), so the keyed
   values are shown as they are;
 * the armature: the neck, jaw and eye bones carry each frame's joint rotations, and the armature object each
@@ -210,8 +214,10 @@ def key_track(head: scene.HeadObjects, rig, track, frames: np.ndarray) -> None:
         actions.append(action)
     key_action, bone_action = actions
     frames = np.asarray(frames, dtype=np.float64)
-    columns = [(key.name, track.expression[:, k]) for k, key in enumerate(rig.expression_keys)]
-    columns += [(key.name, track.eyelids[:, k]) for k, key in enumerate(rig.eyelid_keys)]
+    split = bridge.arkit_split(rig, track.expression, track.eyelids)
+    columns = [(key.name, split.weights[:, k]) for k, key in enumerate(rig.arkit_keys)]
+    columns += [(key.name, split.expression[:, k]) for k, key in enumerate(rig.expression_keys)]
+    columns += [(key.name, split.eyelids[:, k]) for k, key in enumerate(rig.eyelid_keys)]
     for name, values in columns:
         block = keys.key_blocks[name]
         block.slider_min = max(-SLIDER_LIMIT, min(block.slider_min, math.floor(float(values.min()))))

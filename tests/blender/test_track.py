@@ -69,10 +69,10 @@ def tracked_fits(flame, count: int, seed: int = 0) -> list:
     return fits
 
 
-def tracked_clip(flame, uv, fits, frames, kind="video", source="clip.mp4", fps=29.97, messages=()):
+def tracked_clip(flame, uv, fits, frames, kind="video", source="clip.mp4", fps=29.97, messages=(), embedding=None):
     """A TrackedClip as the core's tracker returns it."""
     track = Track.from_results(fits, list(frames), kind=kind, source=source, fps=fps)
-    return SimpleNamespace(track=track, flame=flame, uv=uv, landmark_embedding=None,
+    return SimpleNamespace(track=track, flame=flame, uv=uv, landmark_embedding=embedding,
                            texture=np.full((16, 16, 3), 0.3, dtype=np.float32),
                            first_frame=np.zeros((480, 640, 3), dtype=np.float32),
                            neutral=fits[0].vertices_neutral, messages=list(messages), used_synthetic=False)
@@ -183,6 +183,32 @@ def test_keys_are_the_tracks_values_on_every_tracked_frame(video):
     assert outcome.reports[0] == ("WARNING", "The FLAME model is the project's synthetic stand-in.")
     assert ("INFO", f"Built the head '{head.name}' in the collection 'walk', keyed on 6 tracked frames (5 to 15).") \
         in outcome.reports
+
+
+def test_arkit_keys_carry_what_they_can_and_flame_keys_the_rest(arkit_head, tmp_path):
+    """On a head with ARKit keys the expression is split (core.animation.arkit_split): the ARKit curves hold its
+    weights, FLAME's keys the rest, and the evaluated head is still the tracked one."""
+    from core.animation import arkit_split
+
+    flame, uv, embedding = arkit_head
+    clip_path = write_clip(tmp_path / "talk.mp4", frames=3)
+    clip = tracked_clip(flame, uv, tracked_fits(flame, 3, seed=2), range(3), source=str(clip_path), embedding=embedding)
+    result = bridge.prepare_track(clip)
+    assert result.rig.arkit_keys
+    head, _ = build_video((clip_path, result), start=1)
+    track = clip.track
+    split = arkit_split(result.rig, track.expression, track.eyelids)
+    assert split.weights.max() > 0.05  # the ARKit keys show part of it
+    keys = head.data.shape_keys
+    for k, key in enumerate(result.rig.arkit_keys):
+        np.testing.assert_allclose(curve_points(keys, f'key_blocks["{key.name}"].value')[:, 1], split.weights[:, k],
+                                   atol=1e-6)
+    np.testing.assert_allclose(curve_points(keys, 'key_blocks["expression_004"].value')[:, 1], split.expression[:, 4],
+                               atol=1e-6)
+    for i in range(3):
+        bpy.context.scene.frame_set(1 + i)
+        error = np.linalg.norm(evaluated_world(head) - track.vertices_posed[i] @ C.T, axis=1)
+        assert error.max() < 1e-3, error.max()
 
 
 def test_the_evaluated_head_is_the_tracked_head_on_every_frame(video):

@@ -351,3 +351,52 @@ def test_shown_parameters_follow_the_joints_and_root(head, arkit_rig):
     lid_free = np.abs(flame.eyelids).sum(axis=(0, 2)) == 0
     assert np.abs(shown - _params_forward(flame, got))[lid_free].max() < 1e-9
     np.testing.assert_allclose(Rotation.from_rotvec(got.neck_pose).as_matrix(), rotations[1], atol=1e-12)
+
+
+def test_arkit_split_shows_an_arkit_expression_on_the_arkit_keys(arkit_rig):
+    """Expressions made of ARKit keys are shown by the ARKit keys alone (this small head's 51 keys span only its 10
+    expression components, so the weights themselves are not unique); any expression's split gives the same mesh
+    as the expression itself, and its weights are the bounded least-squares optimum on the vertices (scipy's
+    solver as the independent computation)."""
+    from scipy.optimize import lsq_linear
+
+    from core.animation import arkit_split
+
+    _, rig = arkit_rig
+    names = [k.name for k in rig.arkit_keys]
+    n_expr = len(rig.expression_keys)
+    rng = np.random.default_rng(4)
+    made = np.zeros((3, len(names)))
+    for row, chosen in enumerate((["mouthSmileLeft", "mouthSmileRight"], ["browInnerUp", "cheekPuff"],
+                                  ["mouthFunnel", "noseSneerLeft", "eyeBlinkRight"])):
+        made[row, [names.index(n) for n in chosen]] = rng.uniform(0.2, 0.9, size=len(chosen))
+    expr = made @ np.stack([k.expression[:n_expr] for k in rig.arkit_keys])
+    lids = made @ np.stack([k.eyelids for k in rig.arkit_keys])
+    free = np.random.default_rng(5).normal(size=(2, n_expr)) * 0.7
+    expr = np.vstack([expr, free])
+    lids = np.vstack([lids, np.zeros((2, 2))])
+    split = arkit_split(rig, expr, lids)
+    assert split.weights.shape == (5, len(names)) and split.weights.min() >= 0 and split.weights.max() <= 1
+    for name in ("jawOpen", "eyeLookUpLeft"):  # the bones carry the rotations
+        assert np.all(split.weights[:, names.index(name)] == 0)
+
+    def mesh(weights, e, l):
+        out = sum(w * k.offsets.astype(np.float64) for w, k in zip(weights, rig.arkit_keys))
+        out = out + sum(c * k.offsets.astype(np.float64) for c, k in zip(e, rig.expression_keys))
+        return out + sum(c * k.offsets.astype(np.float64) for c, k in zip(l, rig.eyelid_keys))
+
+    for t in range(3):
+        shown = mesh(split.weights[t], np.zeros(n_expr), np.zeros(2))
+        wanted = mesh(made[t], np.zeros(n_expr), np.zeros(2))
+        assert np.abs(shown - wanted).max() < 0.02 * np.abs(wanted).max(), np.abs(shown - wanted).max()
+    for t in range(5):
+        np.testing.assert_allclose(mesh(split.weights[t], split.expression[t], split.eyelids[t]),
+                                   mesh(np.zeros(len(names)), expr[t], lids[t]), atol=1e-5)
+    # the free expressions: the weights are the bounded least-squares optimum on the vertices
+    usable = [k for k, key in enumerate(rig.arkit_keys) if not key.jaw_pose.any() and not key.eye_poses.any()]
+    a = np.stack([rig.arkit_keys[k].offsets.astype(np.float64).reshape(-1) for k in usable], 1)
+    for t in (3, 4):
+        b = mesh(np.zeros(len(names)), expr[t], lids[t]).reshape(-1)
+        ref = lsq_linear(a, b, bounds=(0, 1), tol=1e-12).x
+        cost = lambda w: np.sum((a @ w - b) ** 2)  # noqa: E731
+        assert cost(split.weights[t, usable].astype(np.float64)) <= cost(ref) * (1 + 1e-3) + 1e-12
