@@ -190,6 +190,33 @@ class SequenceFit:
 
         self.frames.append(JointFrame(prediction, crop, result))
 
+    def _refit_with_anchor(self) -> None:
+        """Several photos: the photo whose own fit ended with the lowest loss lends its identity to the others,
+        which are fitted again with it held (a photo whose own fit went astray, e.g. at a wide angle, then starts
+        the joint stage near the right head instead of pulling the shared identity away)."""
+        import torch
+
+        from ..fit import fit
+        from ..flame import FlameParams
+
+        def final_loss(result) -> float:
+            last = result.info.get("steps", {})
+            stage = [name for name, steps in last.items() if steps][-1]
+            return result.loss_history[f"{stage}/total"][-1]
+
+        losses = [final_loss(f.start) for f in self.frames]
+        anchor = self.frames[int(np.argmin(losses))].start
+        held = dataclasses.replace(self.first_cfg.with_steps(self.step_scale), stages=tuple(
+            dataclasses.replace(s, lr={k: v for k, v in s.lr.items() if k != "shape"}) for s in self.first_cfg.with_steps(self.step_scale).stages))
+        shape = FlameParams(shape=torch.as_tensor(np.asarray(anchor.shape, np.float64)[None]))
+        for i, frame in enumerate(self.frames):
+            if frame.start is anchor:
+                continue
+            result = fit(frame.prediction, frame.crop, self.model, self.uv, held, device=self.device, seed=self.seed,
+                         embedding=self.embedding, should_cancel=self.should_cancel, init_flame=shape)
+            self.frames[i] = dataclasses.replace(frame, start=result)
+        log.info("Photo %d (loss %.4g) lends its identity to the others.", int(np.argmin(losses)), min(losses))
+
     def joint(self, smoothing: dict[str, float] | None, gaps=None, iterations: int | None = None,
               on_progress: Callable[[float], None] | None = None, order: int | None = None) -> list:
         """The joint stage over the kept frames (:func:`core.fit.joint.fit_joint`); their final FitResults."""
@@ -197,6 +224,8 @@ class SequenceFit:
 
         if iterations is None:
             iterations = JOINT_ITERATIONS[self.quality]
+        if self.photos and len(self.frames) > 1:
+            self._refit_with_anchor()
         return fit_joint(self.frames, self.model, self.uv, self.first_cfg, joint_stage(self.first_cfg), iterations,
                          smoothing=smoothing, gaps=gaps, order=SMOOTHING_ORDER if order is None else order,
                          embedding=self.embedding, on_progress=on_progress,
