@@ -19,6 +19,7 @@ from core.cli import RECONSTRUCT_OUTPUTS
 from core.console import STAGE_LABELS
 from core.errors import AssetInvalidError, FitCancelled, NoFaceError, Pixel3DMMError
 from core.flame import write_synthetic_flame
+from core.pipeline import _STAGES as PIPELINE_STAGES
 from core.pipeline import PipelineSettings, reconstruct, write_standin_assets
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -185,7 +186,7 @@ def test_cli_reconstruct_writes_results(standins, tmp_path):
     lines = proc.stdout.splitlines()
     progress = [line for line in lines if re.fullmatch(r" *\d+%  \w.*", line)]
     assert progress[-1] == "100%  baking the texture"
-    assert {line.split("%  ")[1] for line in progress} == set(STAGE_LABELS.values())
+    assert {line.split("%  ")[1] for line in progress} == {STAGE_LABELS[stage] for stage, _ in PIPELINE_STAGES}
     assert lines[:len(progress)] == progress and _STANDIN_MESSAGES[0] in lines
     # the tiny stand-in networks disagree with the landmarks
     assert lines[-3].startswith("fit (landmarks mode): doubtful")

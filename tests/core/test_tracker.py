@@ -322,6 +322,7 @@ def test_cli_track_writes_the_track(flame_standins, tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stderr == ""
     assert "tracked 4 frames (landmarks mode), skipped 0" in proc.stdout
+    assert "100%  baking the texture" in proc.stdout and "fitting all frames together" in proc.stdout
     assert sorted(p.name for p in out.iterdir()) == sorted(["track.npz", "track.json", "texture.png", "head_neutral.obj"])
     assert len(Track.load(out)) == 4
     bad = subprocess.run([sys.executable, "-m", "core", "track", str(tmp_path / "nope.mp4"), "--out", str(out)],
