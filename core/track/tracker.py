@@ -206,8 +206,9 @@ class SequenceFit:
 
         losses = [final_loss(f.start) for f in self.frames]
         anchor = self.frames[int(np.argmin(losses))].start
-        held = dataclasses.replace(self.first_cfg.with_steps(self.step_scale), stages=tuple(
-            dataclasses.replace(s, lr={k: v for k, v in s.lr.items() if k != "shape"}) for s in self.first_cfg.with_steps(self.step_scale).stages))
+        cfg = self.first_cfg.with_steps(self.step_scale)
+        held = dataclasses.replace(cfg, stages=tuple(
+            dataclasses.replace(s, lr={k: v for k, v in s.lr.items() if k != "shape"}) for s in cfg.stages))
         shape = FlameParams(shape=torch.as_tensor(np.asarray(anchor.shape, np.float64)[None]))
         for i, frame in enumerate(self.frames):
             if frame.start is anchor:
