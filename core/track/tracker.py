@@ -191,9 +191,11 @@ class SequenceFit:
         self.frames.append(JointFrame(prediction, crop, result))
 
     def _refit_with_anchor(self) -> None:
-        """Several photos: the photo whose own fit ended with the lowest loss lends its identity to the others,
-        which are fitted again with it held (a photo whose own fit went astray, e.g. at a wide angle, then starts
-        the joint stage near the right head instead of pulling the shared identity away)."""
+        """Several photos: each photo's identity is tried on the others (fitted again with it held), and the
+        identity under which all photos together fit best (lowest summed loss) is kept with those fits. A photo
+        whose own fit went astray (e.g. at a wide angle) then starts the joint stage near the right head instead
+        of pulling the shared identity away; neither the lowest single loss nor the median identity picked that
+        identity reliably (docs/PERFORMANCE.md, "Tracking")."""
         import torch
 
         from ..fit import fit
@@ -204,19 +206,22 @@ class SequenceFit:
             stage = [name for name, steps in last.items() if steps][-1]
             return result.loss_history[f"{stage}/total"][-1]
 
-        losses = [final_loss(f.start) for f in self.frames]
-        anchor = self.frames[int(np.argmin(losses))].start
         cfg = self.first_cfg.with_steps(self.step_scale)
         held = dataclasses.replace(cfg, stages=tuple(
             dataclasses.replace(s, lr={k: v for k, v in s.lr.items() if k != "shape"}) for s in cfg.stages))
-        shape = FlameParams(shape=torch.as_tensor(np.asarray(anchor.shape, np.float64)[None]))
-        for i, frame in enumerate(self.frames):
-            if frame.start is anchor:
-                continue
-            result = fit(frame.prediction, frame.crop, self.model, self.uv, held, device=self.device, seed=self.seed,
-                         embedding=self.embedding, should_cancel=self.should_cancel, init_flame=shape)
-            self.frames[i] = dataclasses.replace(frame, start=result)
-        log.info("Photo %d (loss %.4g) lends its identity to the others.", int(np.argmin(losses)), min(losses))
+        best = None
+        for k, anchor in enumerate([f.start for f in self.frames]):
+            shape = FlameParams(shape=torch.as_tensor(np.asarray(anchor.shape, np.float64)[None]))
+            starts = [f.start if i == k else fit(f.prediction, f.crop, self.model, self.uv, held, device=self.device,
+                                                 seed=self.seed, embedding=self.embedding,
+                                                 should_cancel=self.should_cancel, init_flame=shape)
+                      for i, f in enumerate(self.frames)]
+            total = sum(final_loss(r) for r in starts)
+            log.info("Photo %d's identity: summed loss %.4g over the photos.", k, total)
+            if best is None or total < best[0]:
+                best = (total, k, starts)
+        self.frames = [dataclasses.replace(f, start=r) for f, r in zip(self.frames, best[2])]
+        log.info("Photo %d lends its identity to the others.", best[1])
 
     def joint(self, smoothing: dict[str, float] | None, gaps=None, iterations: int | None = None,
               on_progress: Callable[[float], None] | None = None, order: int | None = None) -> list:
