@@ -201,6 +201,13 @@ def valid_mask(raw_uv: torch.Tensor, raw_normals: torch.Tensor, uv: torch.Tensor
     return mask_np
 
 
+def _check_slots(uv_net: PixelNetwork, normal_net: PixelNetwork) -> None:
+    for net, kind in ((uv_net, "uv_map"), (normal_net, "normals")):
+        if net.cfg.prediction_type != kind:
+            raise Pixel3DMMError(f"The {kind} slot got a network that predicts {net.cfg.prediction_type}; check which "
+                                 "checkpoint is set as uv.ckpt and which as normals.ckpt.")
+
+
 def predict(uv_net: PixelNetwork, normal_net: PixelNetwork, image: np.ndarray, *, flip_tta: bool = True,
             uv_mirror_offset: float = UV_MIRROR_OFFSET, precision: str = "float32", quantize_8bit: bool = False,
             coverage: np.ndarray | None = None, on_progress: Callable[[float], None] | None = None) -> Prediction:
@@ -230,10 +237,7 @@ def predict(uv_net: PixelNetwork, normal_net: PixelNetwork, image: np.ndarray, *
     -------
     Prediction
     """
-    for net, kind in ((uv_net, "uv_map"), (normal_net, "normals")):
-        if net.cfg.prediction_type != kind:
-            raise Pixel3DMMError(f"The {kind} slot got a network that predicts {net.cfg.prediction_type}; check which "
-                                 "checkpoint is set as uv.ckpt and which as normals.ckpt.")
+    _check_slots(uv_net, normal_net)
     devices = {next(net.parameters()).device for net in (uv_net, normal_net)}
     try:
         if on_progress is not None:
@@ -259,10 +263,7 @@ def predict_batch(uv_net: PixelNetwork, normal_net: PixelNetwork, images, *, fli
     images = np.stack([np.asarray(i) for i in images]) if isinstance(images, (list, tuple)) else np.asarray(images)
     if images.ndim != 4:
         raise ImageError(f"predict_batch needs a batch of {IMAGE_SIZE}x{IMAGE_SIZE} RGB crops, got shape {images.shape}.")
-    for net, kind in ((uv_net, "uv_map"), (normal_net, "normals")):
-        if net.cfg.prediction_type != kind:
-            raise Pixel3DMMError(f"The {kind} slot got a network that predicts {net.cfg.prediction_type}; check which "
-                                 "checkpoint is set as uv.ckpt and which as normals.ckpt.")
+    _check_slots(uv_net, normal_net)
     devices = {next(net.parameters()).device for net in (uv_net, normal_net)}
     try:
         raw_uv = run_network(uv_net, images, flip_tta=flip_tta, uv_mirror_offset=uv_mirror_offset,
