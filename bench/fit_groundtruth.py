@@ -39,7 +39,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.fit import FitConfig, PoseInit, fit  # noqa: E402
-from core.fit.config import REFERENCE_SHAPE_LR, REFINE_PRIOR_SCALE, SHAPE_LR, SHAPE_PRIORS  # noqa: E402
+from core.fit.config import (  # noqa: E402
+    REFERENCE_SHAPE_LR, REFINE_PRIOR_SCALE, SHAPE_LR, SHAPE_PRIORS, SIZE_MARGINAL,
+)
 from core.fit.regions import derive_regions  # noqa: E402
 from core.fit.verdict import uv_agreement  # noqa: E402
 from core.flame import FlameModel, synthetic_flame  # noqa: E402
@@ -94,6 +96,9 @@ def main() -> None:
                          "(--refine-steps, default 8): the objective's own error")
     ap.add_argument("--refine-prior-scale", type=float, default=REFINE_PRIOR_SCALE,
                     help="weight of the priors in the Levenberg-Marquardt stage, relative to the image stage's")
+    ap.add_argument("--size-marginal", type=float, default=None,
+                    help="weight of the Levenberg-Marquardt stage's size term (0: the reference's objective; "
+                         f"default: the preset's, {SIZE_MARGINAL})")
     ap.add_argument("--shape-lr", type=float, default=SHAPE_LR,
                     help=f"image-stage shape learning rate (reference {REFERENCE_SHAPE_LR})")
     args = ap.parse_args()
@@ -128,6 +133,8 @@ def main() -> None:
             ap.error("--from-truth measures Goal A's error; use it with --goal A.")
         cfg = cfg.with_refinement(8 if args.refine_steps is None else args.refine_steps, args.refine_prior_scale)
         cfg = dataclasses.replace(cfg, stages=tuple(st for st in cfg.stages if st.method == "lm"))
+    if args.size_marginal is not None:
+        cfg = cfg.with_weights(size_marginal=args.size_marginal)
     if args.pose_frame is not None:
         cfg = FitConfig.from_dict({**cfg.to_dict(), "pose_frame": args.pose_frame})
     if args.both_sides:
@@ -135,7 +142,7 @@ def main() -> None:
     print(f"# goal {args.goal}: {args.heads} heads, preset {args.preset} x{args.steps_scale} "
           f"({[s.steps for s in cfg.stages]} steps), fit {args.resolution}px, {args.threads} threads, "
           f"{args.size} head ({len(data.v_template)} v), face region {int(region.sum())} v, shape prior {args.shape_prior}, shape lr {args.shape_lr}, "
-          f"refine prior scale {args.refine_prior_scale}, "
+          f"refine prior scale {args.refine_prior_scale}, size term {[s.weights.get('size_marginal', 0.0) for s in cfg.stages]}, "
           f"masks {args.masks}, fit_focal {cfg.fit_focal}, pose_frame {cfg.pose_frame}, cull_back {cfg.cull_back}, dense_uv_max {cfg.dense_uv_max}, "
           f"camera_accept_quantile {cfg.camera_accept_quantile}"
           f"{', from the truth' if args.from_truth else ''}")

@@ -28,6 +28,12 @@ Deviations from the reference tracker (``pixel3dmm.md`` section 3), each behind 
   steps). ``FitConfig.preset(refine_prior_scale=...)``
   weighs its identity, expression and symmetry priors apart from the image stage's (presets: 1, the same; see
   :data:`.config.REFINE_PRIOR_SCALE` for what lower values gain on perfect maps and lose on imperfect ones).
+* The head's size (``size_marginal``, in the presets' Levenberg-Marquardt stage, :data:`.config.SIZE_MARGINAL`):
+  a larger head further away gives the same image, so the reference's joint maximum lets the priors pick the
+  size, and they pick a small head (the coefficients grow with it). The term ``-kappa log(distance)`` adds the
+  volume the image-determined coefficients span at each size (kappa: twice the value of the identity, expression
+  and symmetry priors at the stage's start, :meth:`.objective.Objective.set_size_kappa`); 0 restores the
+  reference's objective.
 * Dense UV term: pixels whose UV error reaches 0.1 are left out (``FitConfig.dense_uv_max``; None keeps them, as
   the reference). They show another part of the UV layout (an eyeball through the lid, the far side of a seam) and
   otherwise make up almost all of the term.

@@ -18,7 +18,7 @@ from ..render.camera import DEFAULT_FOCAL
 __all__ = [
     "StageSpec", "FitConfig", "PARAM_GROUPS", "LOSS_TERMS", "PRESETS", "LANDMARK_PRESETS", "LANDMARK_WEIGHTS",
     "LANDMARK_ONLY_WEIGHTS", "BOUNDS", "BOUNDS_WEIGHT", "SHAPE_PRIORS", "SHAPE_LR", "REFERENCE_SHAPE_LR",
-    "DENSE_UV_MAX", "CAMERA_ACCEPT_QUANTILE", "REFINE_PRIOR_SCALE", "PRIOR_TERMS",
+    "DENSE_UV_MAX", "CAMERA_ACCEPT_QUANTILE", "REFINE_PRIOR_SCALE", "PRIOR_TERMS", "SIZE_MARGINAL",
 ]
 
 #: Names of the optimisable parameter groups.
@@ -45,6 +45,7 @@ LOSS_TERMS = (
     "reg_expression", "reg_shape", "reg_shape_general", "reg_jaw", "reg_neck", "reg_eyes", "reg_eye_sym",
     "reg_mirror", "reg_pp",
     "reg_bounds",  # plausibility bounds (BOUNDS)
+    "size_marginal",  # the head's size marginalised along the scale the image cannot see (SIZE_MARGINAL)
 )
 
 #: Landmark weights of the reference (``tracking.yaml``): w_lmks 1000 times 5 for the eye contours, 500 for the lid
@@ -90,6 +91,15 @@ PRIOR_TERMS = ("reg_shape", "reg_shape_general", "reg_expression", "reg_mirror")
 #: The presets' Levenberg-Marquardt stage weighs :data:`PRIOR_TERMS` by this factor times the image stage's weights
 #: (1: the reference's weights).
 REFINE_PRIOR_SCALE = 1.0
+#: Weight of the presets' ``size_marginal`` term in their Levenberg-Marquardt stage (0: the reference's joint
+#: maximum). A larger head further away gives the same image, so along that scaling the data terms are flat and
+#: only the priors decide the size; their joint maximum sits where the identity and expression coefficients, which
+#: grow with the head, are smallest, so heads come out small. The size's marginal posterior carries the volume of
+#: the k coefficients the image determines, which grows as size^k: the term adds ``-kappa log(distance)``, kappa
+#: the temperature times k, estimated as twice the value of those priors at the stage's start
+#: (:meth:`.objective.Objective.set_size_kappa`), times this weight. Measurements: docs/PERFORMANCE.md, "Head size
+#: and distance".
+SIZE_MARGINAL = 1.0
 #: The presets' ``FitConfig.dense_uv_max`` (the reference keeps every pixel: None).
 DENSE_UV_MAX = 0.1
 #: The presets' ``FitConfig.camera_accept_quantile`` (the reference's fixed radius: None).
@@ -191,6 +201,7 @@ def _refine_stage(steps: int, image: StageSpec, prior_scale: float = 1.0) -> Sta
     # This project's addition after the reference's image stage: Levenberg-Marquardt on the same terms and free
     # groups (see core/fit/refine.py), the priors (PRIOR_TERMS) weighted prior_scale times the image stage's.
     weights = {k: v * prior_scale if k in PRIOR_TERMS else v for k, v in image.weights.items()}
+    weights["size_marginal"] = SIZE_MARGINAL
     return dataclasses.replace(image, name="refine", steps=steps, method="lm", lr_decay_at=None, weights=weights)
 
 

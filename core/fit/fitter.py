@@ -116,6 +116,9 @@ class _LevenbergMarquardt:
     def __init__(self, objective: Objective, p: Params, stage: StageSpec, groups: list[str]) -> None:
         self.objective, self.p, self.stage, self.groups = objective, p, stage, groups
         self.damping = _LM_DAMPING
+        kappa = objective.set_size_kappa(p)  # the size term's weight, fixed for the stage at its start
+        if kappa is not None:
+            log.debug("%s: size term kappa %.3g.", stage.name, kappa)
         self.min_support = _SUPPORT_KEPT * objective.support(p)
 
     def _terms(self, x: torch.Tensor) -> dict[str, float]:

@@ -402,7 +402,7 @@ class Term:
     Attributes
     ----------
     name : the loss term's name (:data:`.config.LOSS_TERMS`)
-    robust : "squared" or "l1"
+    robust : "squared", "l1" or "linear" (the residual itself, for a term that is not a penalty)
     linearised : whether Levenberg-Marquardt's residual vector carries the term
     pixels : whether the samples are the view's covered pixels (subsampled in a linearisation)
     """
@@ -695,6 +695,34 @@ class Bounds(Prior):
         }
 
 
+class SizeMarginal(Term):
+    """The volume of the head's size along the scale the image cannot see (:data:`.config.SIZE_MARGINAL`):
+    ``-kappa * log(distance)``, the distance from the camera of the head's origin (mean over frames). Scaling the
+    head, its blendshape offsets and its translation about the camera leaves the image as it is and the distance
+    in proportion to the size, so this is ``-kappa * log(size)`` up to a constant. ``kappa`` is 0 until the
+    Levenberg-Marquardt stage sets it at its start (:meth:`Objective.set_size_kappa`). Linear in its residual, not
+    least squares: it enters the loss and its gradient, not the linearisation."""
+
+    name = "size_marginal"
+    robust = "linear"
+    linearised = False
+
+    def __init__(self) -> None:
+        self.kappa = 0.0
+
+    def normaliser(self) -> float:
+        return 1.0
+
+    def residual(self, view: View, cand) -> torch.Tensor:
+        distance = 1.0 - view.p.translation[:, 2]  # the camera sits at z = 1
+        return (-self.kappa * torch.log(distance.clamp(min=1e-6)).mean()).reshape(1, 1)
+
+
+#: The priors whose residuals grow in proportion with the head along the scale the image cannot see (blendshape
+#: coefficients, mirror offsets of the identity mesh): :meth:`Objective.set_size_kappa` weighs the size by them.
+SIZE_PRIORS = ("reg_shape", "reg_expression", "reg_mirror")
+
+
 def _priors(data: FitData, weights: dict[str, float]) -> list[tuple[Term, float]]:
     """The regularisers among ``weights``, each with its weight. No MICA identity here, so the reference's two shape
     priors (towards MICA's code and towards zero) are one term, ``reg_shape``, with their summed weight."""
@@ -770,6 +798,8 @@ class Objective:
         terms.extend(_priors(data, w))
         if "reg_bounds" in w:
             terms.append((Bounds(data), w["reg_bounds"]))
+        if "size_marginal" in w:
+            terms.append((SizeMarginal(), w["size_marginal"]))
         self.terms = terms
         names = {t.name for t, _ in terms}
         self.need_normals = "normal" in names
@@ -796,7 +826,7 @@ class Objective:
             cand = term.candidates(view)
             r = term.residual(view, cand)
             acc = term.accept(view, cand, r.detach())
-            rho = r.square() if term.robust == "squared" else r.abs()
+            rho = r.square() if term.robust == "squared" else r.abs() if term.robust == "l1" else r
             w = acc.weight if acc.weight.dim() == 2 else acc.weight[:, None]
             out[term.name] = (rho * w).sum() * (weight / term.normaliser())
         return out
@@ -868,6 +898,22 @@ class Objective:
             else:
                 self._constant = torch.zeros(x.numel(), x.numel(), dtype=torch.float64)
         return self._constant
+
+    def set_size_kappa(self, p: Params) -> float | None:
+        """Set :class:`SizeMarginal`'s ``kappa`` at ``p`` (the stage's start): twice the value there of the priors
+        on what scales with the head (:data:`SIZE_PRIORS`: identity, expression, symmetry). For a Gaussian prior the
+        fitted coefficients' prior value estimates half of ``lambda k`` (the temperature times how many of them the
+        image determines), the weight of the size's log-volume, without assuming the population's variance.
+        Returns kappa, or None when the stage has no such term."""
+        term = next((t for t, _ in self.terms if isinstance(t, SizeMarginal)), None)
+        if term is None:
+            return None
+        view = View(self.data, p, None, None)
+        with torch.no_grad():
+            value = sum(float(t.residual(view, None).square().sum()) * w / t.normaliser()
+                        for t, w in self.terms if t.name in SIZE_PRIORS)
+        term.kappa = 2.0 * value
+        return term.kappa
 
     def residuals(self, p: Params, lin: Linearisation) -> torch.Tensor:
         """The residual vector at ``p`` whose squared norm is the loss around ``lin``'s point (L1 terms reweighted);

@@ -269,3 +269,57 @@ def test_neck_frame_pose_round_trips_and_keeps_the_face_in_place(head):
     assert np.linalg.norm(worlds[1][on_root] - worlds[0][on_root], axis=1).min() > 1e-3
     with pytest.raises(ValueError, match="pose_frame"):
         dataclasses.replace(cfg, pose_frame="head")
+
+
+def test_size_marginal_weight_is_twice_the_priors_that_scale_with_the_head(head):
+    """kappa = 2 (w_shape |shape|^2 + w_expr |expression|^2 + the symmetry prior), at the point the stage starts
+    from; the jaw's and neck's priors do not count (rotations do not grow with the head). The term's loss is
+    -kappa log(distance)."""
+    from core.fit.objective import FitData, Objective, Params
+
+    data, uvt, flame = head
+    pred, crop, rot, t, _ = _truth(flame, uvt)
+    g = np.random.default_rng(3)
+    shape, expression = g.normal(size=(1, flame.n_shape)), g.normal(size=(1, flame.n_expr))
+    start = FlameParams(shape=torch.tensor(shape), expression=torch.tensor(expression),
+                        jaw_pose=torch.tensor([[0.3, 0.0, 0.0]], dtype=torch.float64))
+    cfg = _cfg(0, 0).with_refinement(1)
+    problem = FitData(pred, crop, flame, uvt, cfg)
+    p = Params(flame, PoseInit(rot, t, "test", 0, 0), flame.v_template, flame.has_eyelids, start)
+    w = cfg.stages[-1].weights
+    plain = Objective(problem, cfg.with_weights(reg_mirror=0.0).stages[-1])
+    expected = 2 * ((w["reg_shape"] + w["reg_shape_general"]) * np.sum(shape ** 2) + w["reg_expression"] * np.sum(expression ** 2))
+    assert w["reg_jaw"] > 0 and plain.set_size_kappa(p) == pytest.approx(expected, rel=1e-9)
+    full = Objective(problem, cfg.stages[-1])
+    problem.match()
+    mirror = full.losses(p)["reg_mirror"].detach().item()
+    kappa = full.set_size_kappa(p)
+    assert mirror > 0 and kappa == pytest.approx(expected + 2 * mirror, rel=1e-9)
+    distance = 1.0 - t[2]
+    assert full.losses(p)["size_marginal"].detach().item() == pytest.approx(-kappa * np.log(distance), rel=1e-9)
+    assert Objective(problem, cfg.stages[1]).set_size_kappa(p) is None  # the image stage has no such term
+
+
+def test_size_marginal_moves_the_head_along_the_unseen_scale(head):
+    """From the truth, the Levenberg-Marquardt stage with the size term ends with the head further from the camera
+    and larger (the image nearly unchanged) than without it, the more so the larger its weight, and reports the
+    term in the loss history. (This small head's 20 identity components barely represent its own scaling, so the
+    data hold the size firmly and the preset's weight moves it by micrometres; larger weights show the direction.)"""
+    data, uvt, flame = head
+    pred, crop, rot, t, verts = _truth(flame, uvt)
+    g = np.random.default_rng(0)  # _truth's draws, again
+    truth = FlameParams(shape=torch.tensor(g.normal(size=(1, flame.n_shape)) * 0.5),
+                        expression=torch.tensor(g.normal(size=(1, flame.n_expr)) * 0.3),
+                        jaw_pose=torch.tensor([[0.08, 0.0, 0.0]], dtype=torch.float64))
+    cfg = _cfg(0, 0).with_refinement(4)
+    runs = {}
+    for weight in (0.0, 30.0, 300.0):
+        c = cfg.with_weights(size_marginal=weight)
+        res = fit(pred, crop, flame, uvt, c, init_pose=PoseInit(rot, t, "test", 0, 0), init_flame=truth)
+        scale = rigid_align(res.vertices_posed, verts, with_scale=True).s
+        runs[weight] = (1.0 - res.head_translation[2], scale, res)
+    assert runs[0.0][0] < runs[30.0][0] < runs[300.0][0] - 1e-4  # further away
+    assert runs[0.0][1] > runs[30.0][1] > runs[300.0][1]  # larger: the truth needs less scaling up to match it
+    assert abs(runs[0.0][1] - 1.0) < 1e-4  # without the term the stage stays at the truth's size
+    assert runs[300.0][2].loss_history["refine/size_marginal"][-1] > 0.0  # -kappa log(d), d < 1 m here
+    assert "refine/size_marginal" not in runs[0.0][2].loss_history  # a zero weight drops the term

@@ -11,7 +11,7 @@ import torch
 from core.errors import AssetMissingError
 from core.fit import FitConfig, FitResult
 from core.fit import losses as L
-from core.fit.config import PRIOR_TERMS, REFINE_PRIOR_SCALE
+from core.fit.config import PRIOR_TERMS, REFINE_PRIOR_SCALE, SIZE_MARGINAL
 from core.fit.regions import connected_components, derive_regions
 from core.fit.targets import build_targets
 from core.flame import synthetic_flame
@@ -46,7 +46,8 @@ def test_presets_and_from_dict():
     # The refinement weighs the priors by refine_prior_scale, every other term as the image stage does.
     for scale, stages in ((REFINE_PRIOR_SCALE, bal.stages),
                           (0.25, FitConfig.from_dict({"preset": "balanced", "refine_prior_scale": 0.25}).stages)):
-        assert stages[:2] == bal.stages[:2] and set(stages[2].weights) == set(image.weights)
+        assert stages[:2] == bal.stages[:2] and set(stages[2].weights) == set(image.weights) | {"size_marginal"}
+        assert stages[2].weights["size_marginal"] == SIZE_MARGINAL and "size_marginal" not in image.weights
         for k, v in image.weights.items():
             assert stages[2].weights[k] == pytest.approx(v * scale if k in PRIOR_TERMS else v, rel=1e-12)
     assert {"reg_shape", "reg_expression", "reg_mirror"} <= set(PRIOR_TERMS) and "reg_jaw" not in PRIOR_TERMS
