@@ -903,8 +903,9 @@ class Objective:
         """Set :class:`SizeMarginal`'s ``kappa`` at ``p`` (the stage's start): twice the value there of the priors
         on what scales with the head (:data:`SIZE_PRIORS`: identity, expression, symmetry). For a Gaussian prior the
         fitted coefficients' prior value estimates half of ``lambda k`` (the temperature times how many of them the
-        image determines), the weight of the size's log-volume, without assuming the population's variance.
-        Returns kappa, or None when the stage has no such term."""
+        image determines), the weight of the size's log-volume, without assuming the population's variance. A
+        stage that starts from the template (all coefficients zero) gets kappa 0. Returns kappa, or None when the
+        stage has no such term."""
         term = next((t for t, _ in self.terms if isinstance(t, SizeMarginal)), None)
         if term is None:
             return None
