@@ -39,7 +39,7 @@ from ..flame.uv import UVTemplate, check_topology
 from ..render.camera import DEFAULT_FOCAL, Camera, world_to_camera
 from ..render.raster import Rasterization, antialias, interpolate, interpolate_covered, pixel_barycentrics, rasterize
 from . import losses as L
-from .config import BOUNDS, FitConfig, StageSpec
+from .config import BOUNDS, PRIOR_TERMS, FitConfig, StageSpec
 from .init import PoseInit
 from .maps import corner_uv_tensor, vertex_normals
 from .regions import derive_regions
@@ -718,11 +718,6 @@ class SizeMarginal(Term):
         return (-self.kappa * torch.log(distance.clamp(min=1e-6)).mean()).reshape(1, 1)
 
 
-#: The priors whose residuals grow in proportion with the head along the scale the image cannot see (blendshape
-#: coefficients, mirror offsets of the identity mesh): :meth:`Objective.set_size_kappa` weighs the size by them.
-SIZE_PRIORS = ("reg_shape", "reg_expression", "reg_mirror")
-
-
 def _priors(data: FitData, weights: dict[str, float]) -> list[tuple[Term, float]]:
     """The regularisers among ``weights``, each with its weight. No MICA identity here, so the reference's two shape
     priors (towards MICA's code and towards zero) are one term, ``reg_shape``, with their summed weight."""
@@ -901,18 +896,18 @@ class Objective:
 
     def set_size_kappa(self, p: Params) -> float | None:
         """Set :class:`SizeMarginal`'s ``kappa`` at ``p`` (the stage's start): twice the value there of the priors
-        on what scales with the head (:data:`SIZE_PRIORS`: identity, expression, symmetry). For a Gaussian prior the
-        fitted coefficients' prior value estimates half of ``lambda k`` (the temperature times how many of them the
-        image determines), the weight of the size's log-volume, without assuming the population's variance. A
-        stage that starts from the template (all coefficients zero) gets kappa 0. Returns kappa, or None when the
-        stage has no such term."""
+        on what scales with the head (:data:`.config.PRIOR_TERMS`: identity, expression, symmetry). For a Gaussian
+        prior the fitted coefficients' prior value estimates half of ``lambda k`` (the temperature times how many
+        of them the image determines), the weight of the size's log-volume, without assuming the population's
+        variance. A stage that starts from the template (all coefficients zero) gets kappa 0. Returns kappa, or
+        None when the stage has no such term."""
         term = next((t for t, _ in self.terms if isinstance(t, SizeMarginal)), None)
         if term is None:
             return None
         view = View(self.data, p, None, None)
         with torch.no_grad():
             value = sum(float(t.residual(view, None).square().sum()) * w / t.normaliser()
-                        for t, w in self.terms if t.name in SIZE_PRIORS)
+                        for t, w in self.terms if t.name in PRIOR_TERMS)
         term.kappa = 2.0 * value
         return term.kappa
 

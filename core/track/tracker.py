@@ -204,7 +204,7 @@ class SequenceFit:
         def final_loss(result) -> float:
             last = result.info.get("steps", {})
             stage = [name for name, steps in last.items() if steps][-1]
-            # the size term's weight is each fit's own (from its curvature), so it does not compare across fits
+            # the size term's weight is each fit's own (from its priors' value), so it does not compare across fits
             size = result.loss_history.get(f"{stage}/size_marginal", [0.0])[-1]
             return result.loss_history[f"{stage}/total"][-1] - size
 
