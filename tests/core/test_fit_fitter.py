@@ -304,7 +304,8 @@ def test_size_marginal_moves_the_head_along_the_unseen_scale(head):
     """From the truth, the Levenberg-Marquardt stage with the size term ends with the head further from the camera
     and larger (the image nearly unchanged) than without it, the more so the larger its weight, and reports the
     term in the loss history. (This small head's 20 identity components barely represent its own scaling, so the
-    data hold the size firmly and the preset's weight moves it by micrometres; larger weights show the direction.)"""
+    data hold the size firmly and the preset's weight moves it by hundredths of a micrometre; larger weights show
+    the direction.)"""
     data, uvt, flame = head
     pred, crop, rot, t, verts = _truth(flame, uvt)
     g = np.random.default_rng(0)  # _truth's draws, again
