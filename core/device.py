@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import statistics
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -108,6 +110,11 @@ def meta_device() -> torch.device:
     return torch.device("meta")
 
 
+#: Dense work runs on at most this many times the starting thread count.
+DENSE_MOST = 4
+#: Looks at the running threads per count, and the seconds between them (the count changes at each scheduler tick).
+RUNNABLE_SAMPLES = 5
+RUNNABLE_SPACING = 0.002
 #: ``PIXEL3DMM_THREADS``: ``auto`` (default: adapt to the cores other processes leave free) or a fixed count.
 THREADS_ENV = "PIXEL3DMM_THREADS"
 
@@ -146,13 +153,45 @@ def _windows_busy_seconds() -> float | None:
     return (kernel.value + user.value - idle.value) * 1e-7
 
 
-def _busy_reader() -> tuple[Callable[[], float | None], int] | None:
-    """(reader of the busy CPU seconds of the cores this process may run on, how many cores), or None."""
+def _linux_runnable_others(proc: Path = Path("/proc")) -> float | None:
+    """Threads of other processes ready to run right now: the kernel's ``procs_running`` (``/proc/stat``) less this
+    process's own threads in state R (``/proc/self/task``); None when unreadable."""
+    try:
+        running = next(int(line.split()[1]) for line in (proc / "stat").read_text().splitlines()
+                       if line.startswith("procs_running "))
+        tasks = list((proc / "self" / "task").iterdir())
+    except (OSError, StopIteration, ValueError):
+        return None
+    own = 0
+    for task in tasks:
+        try:
+            stat = (task / "stat").read_text()
+        except OSError:  # the thread ended meanwhile
+            continue
+        own += stat[stat.rindex(")") + 2] == "R"  # the state follows the parenthesised name
+    return float(max(0, running - own))
+
+
+@dataclass(frozen=True)
+class LoadReader:
+    """How busy the machine is, as the system reports it.
+
+    ``busy()``: CPU seconds the cores this process may use have spent busy since boot (None when unreadable);
+    ``cores``: how many cores that is; ``runnable()``: threads of other processes ready to run at this instant,
+    machine-wide (None where the system does not say, or momentarily cannot)."""
+
+    busy: Callable[[], float | None]
+    cores: int
+    runnable: Callable[[], float | None] | None = None
+
+
+def _load_reader() -> LoadReader | None:
+    """The reader for this system: Linux and Windows report the busy time, Linux also the runnable threads."""
     if hasattr(os, "sched_getaffinity") and Path("/proc/stat").exists():
         cpus = set(os.sched_getaffinity(0))
-        return (lambda: _linux_busy_seconds(cpus)), len(cpus)
+        return LoadReader(lambda: _linux_busy_seconds(cpus), len(cpus), _linux_runnable_others)
     if os.name == "nt":
-        return _windows_busy_seconds, os.cpu_count() or 1
+        return LoadReader(_windows_busy_seconds, os.cpu_count() or 1)
     return None
 
 
@@ -164,18 +203,23 @@ class CpuThreads:
     Used as a context on the thread that runs the work (OpenMP counts threads per calling thread), it starts with
     torch's count and, at each :meth:`poll` at least ``interval`` seconds after the last, sets the count to the
     cores the other processes left free in between, measured from the system's busy time less this process's CPU
-    time: at most the count it started with and at least one. Dense work (``poll(dense=True)``: the networks'
-    large matrix products, which split into few big chunks and barely wait at barriers) instead takes one thread
-    more per core the others keep busy, up to twice the starting count: the scheduler shares the cores per thread,
-    so this claims the share the work would have on its own cores (beside one spinning process, one network pass
-    took 6.9 s on one thread, 5.8 s on three; beside two 2-thread torch jobs 19.0 s on one, 10.8 s on four; quiet,
-    3.8 s on two). ``policy`` (default: ``$PIXEL3DMM_THREADS`` or ``auto``) may instead fix the count. On systems
-    where the busy time cannot be read (macOS) ``auto`` keeps torch's count. Leaving the context restores the
-    caller's count.
+    time: at most the count it started with and at least one.
+
+    Dense work (``poll(dense=True)``: the networks' large matrix products, which split into few big chunks and
+    barely wait at barriers) instead adds one thread per thread of the other processes that is ready to run, up to
+    :data:`DENSE_MOST` times the starting count. The scheduler shares a busy core per thread, so dense work on ``n``
+    threads beside ``m`` others gets ``n / (n + m)`` of the cores, and this keeps that share above half (up to the
+    cap). The others are counted when the dense work starts (Linux: the kernel's running threads less this
+    process's, the median of :data:`RUNNABLE_SAMPLES` looks, scaled to the cores this process may use, and only when
+    the busy time shows them keeping at least half a core busy); their busy cores alone would undercount them, since
+    they shrink as the dense work takes its share (beside two 2-thread torch jobs they measured 1.4 cores, and one
+    network pass took 9.3 s on 4 threads, 7.4 s on 6, 6.6 s on 8, against 3.5-4.0 s quiet on 2). Where the system
+    does not report running threads (Windows) the busy cores stand in for them. ``policy`` (default:
+    ``$PIXEL3DMM_THREADS`` or ``auto``) may instead fix the count. On systems where the busy time cannot be read
+    (macOS) ``auto`` keeps torch's count. Leaving the context restores the caller's count.
     """
 
-    def __init__(self, policy: str | int | None = None, interval: float = 1.0,
-                 reader: tuple[Callable[[], float | None], int] | None = None):
+    def __init__(self, policy: str | int | None = None, interval: float = 1.0, reader: LoadReader | None = None):
         policy = os.environ.get(THREADS_ENV, "auto") if policy is None else policy
         if str(policy).strip().lower() == "auto":
             self.fixed = None
@@ -187,7 +231,7 @@ class CpuThreads:
             if self.fixed < 1:
                 raise Pixel3DMMError(f"{THREADS_ENV} must be at least 1, not {self.fixed}.")
         self.interval = interval
-        self._reader = reader if reader is not None else _busy_reader()
+        self._reader = reader if reader is not None else _load_reader()
         self._saved = self._most = 1
         self._last: tuple[float, float, float] | None = None
         self._others = 0.0
@@ -205,7 +249,7 @@ class CpuThreads:
     def _sample(self) -> tuple[float, float, float] | None:
         if self.fixed is not None or self._reader is None:
             return None
-        busy = self._reader[0]()
+        busy = self._reader.busy()
         return None if busy is None else (time.monotonic(), busy, _own_cpu_seconds())
 
     def poll(self, dense: bool = False) -> int:
@@ -220,9 +264,24 @@ class CpuThreads:
                 self._others = max(0.0, (now[1] - self._last[1]) - (now[2] - self._last[2])) / wall
                 self._last = now
         if dense:
-            threads = min(2 * self._most, self._most + int(self._others + 0.5))
+            threads = min(DENSE_MOST * self._most, self._most + int(self._competing() + 0.5))
         else:
-            threads = max(1, min(self._most, int(self._reader[1] - self._others + 0.5)))
+            threads = max(1, min(self._most, int(self._reader.cores - self._others + 0.5)))
         if threads != torch.get_num_threads():
             torch.set_num_threads(threads)
         return threads
+
+    def _competing(self) -> float:
+        """Threads of other processes competing for this process's cores (see the class)."""
+        if self._others < 0.5 or self._reader.runnable is None:
+            return self._others
+        looks = []
+        for i in range(RUNNABLE_SAMPLES):
+            if i:
+                time.sleep(RUNNABLE_SPACING)
+            looks.append(self._reader.runnable())
+        looks = [v for v in looks if v is not None]
+        if not looks:
+            return self._others
+        share = self._reader.cores / max(self._reader.cores, os.cpu_count() or 1)
+        return max(self._others, statistics.median(looks) * share)

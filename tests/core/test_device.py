@@ -1,12 +1,13 @@
 """Device selection and the deterministic-kernel scope the fit runs in."""
 
 import os
+import time
 
 import pytest
 import torch
 
 from core import device as device_mod
-from core.device import CpuThreads, deterministic_kernels, resolve_device
+from core.device import CpuThreads, LoadReader, deterministic_kernels, resolve_device
 from core.errors import Pixel3DMMError
 
 _VAR = "CUBLAS_WORKSPACE_CONFIG"
@@ -96,7 +97,7 @@ def _machine(clock, cores=4):
         clock.cpu += seconds * own_cores
         state["busy"] += seconds * (own_cores + state["others"])
 
-    return (lambda: state["busy"], cores), state, advance
+    return LoadReader(lambda: state["busy"], cores), state, advance
 
 
 def test_threads_follow_the_cores_other_processes_leave_free(clock):
@@ -121,8 +122,9 @@ def test_threads_follow_the_cores_other_processes_leave_free(clock):
 
 
 def test_dense_work_takes_a_thread_more_per_core_the_others_keep_busy(clock):
-    """Large matrix products claim the cores' share the scheduler hands out per thread, up to twice the starting
-    count; the fine-grained work after them goes back to the free cores, without waiting for a new measurement."""
+    """Where the system does not report running threads (Windows), large matrix products claim a thread more per
+    core the others keep busy, up to four times the starting count; the fine-grained work after them goes back to
+    the free cores, without waiting for a new measurement."""
     reader, state, advance = _machine(clock)
     with CpuThreads("auto", interval=1.0, reader=reader) as threads:
         assert threads.poll(dense=True) == 4  # quiet: torch's count, as for any work
@@ -133,14 +135,45 @@ def test_dense_work_takes_a_thread_more_per_core_the_others_keep_busy(clock):
         state["others"] = 2.6
         advance(1.0, 1.4)
         assert threads.poll(dense=True) == 7
-        state["others"] = 9.0
+        state["others"] = 15.0
         advance(1.0, 0.5)
-        assert threads.poll(dense=True) == 8  # at most twice the starting count
+        assert threads.poll(dense=True) == 16  # at most four times the starting count
         assert threads.poll() == 1
     assert torch.get_num_threads() == 4
     with CpuThreads("2", reader=reader) as threads:  # a fixed count stays fixed
         advance(2.0, 2)
         assert threads.poll(dense=True) == 2
+
+
+def test_dense_work_counts_the_others_running_threads(clock, monkeypatch):
+    """Busy time undercounts the others once dense work takes its share (two 2-thread jobs on 2 cores keep 1.4
+    busy): where the system reports running threads, dense work adds one thread per running thread of theirs,
+    scaled to the cores this process may use, and only when the others keep at least half a core busy."""
+    monkeypatch.setattr(device_mod.os, "cpu_count", lambda: 4)
+    looks = iter([])
+    monkeypatch.setattr(device_mod.time, "sleep", lambda s: None, raising=False)
+    busy, state, advance = _machine(clock)
+    reader = LoadReader(busy.busy, busy.cores, lambda: next(looks))
+    with CpuThreads("auto", interval=1.0, reader=reader) as threads:
+        state["others"] = 1.4
+        advance(1.0, 0.6)
+        looks = iter([4.0, 2.0, 5.0, 4.0, 4.0])  # the median of the looks, not the last or the mean
+        assert threads.poll(dense=True) == 8
+        assert threads.poll() == 3  # fine-grained work still goes by the free cores
+        looks = iter([None] * 5)  # unreadable: the busy cores stand in
+        assert threads.poll(dense=True) == 5
+        looks = iter([30.0] * 5)
+        assert threads.poll(dense=True) == 16  # at most four times the starting count
+        state["others"] = 0.3  # below half a core: running threads elsewhere are not competing here
+        advance(1.0, 4)
+        looks = iter([12.0] * 5)
+        assert threads.poll(dense=True) == 4
+    monkeypatch.setattr(device_mod.os, "cpu_count", lambda: 16)  # this process may use 4 of 16 cores
+    with CpuThreads("auto", interval=1.0, reader=reader) as threads:
+        state["others"] = 3.0
+        advance(1.0, 1)
+        looks = iter([12.0] * 5)
+        assert threads.poll(dense=True) == 7  # 4 + 12 * 4 / 16
 
 
 def test_the_callers_count_is_the_ceiling_and_comes_back(clock):
@@ -165,7 +198,7 @@ def test_a_fixed_count_or_no_reader_never_adapts(clock, monkeypatch):
     with CpuThreads(reader=reader) as threads:
         advance(5.0, 2)
         assert threads.poll() == 2
-    monkeypatch.setattr(device_mod, "_busy_reader", lambda: None)  # a system whose busy time cannot be read
+    monkeypatch.setattr(device_mod, "_load_reader", lambda: None)  # a system whose busy time cannot be read
     with CpuThreads("auto") as threads:
         advance(5.0, 4)
         assert threads.poll() == 4
@@ -193,3 +226,34 @@ def test_the_linux_reader_counts_the_allowed_cores_busy_time():
     assert expected <= got <= expected + 2.0 * len(cpus)  # read a moment later: only more busy time
     one = min(cpus)
     assert device_mod._linux_busy_seconds({one}) == pytest.approx(rows[one] / tick, abs=2.0)
+
+
+def test_the_linux_running_threads_reader_leaves_out_this_process(tmp_path):
+    """procs_running counts every runnable thread, this process's too; the reader subtracts the threads of its own
+    in state R, reading the state after the name's last parenthesis (thread 13 is named "a) R (b" and sleeps)."""
+    (tmp_path / "stat").write_text("cpu  1 2 3 4 5 6 7 8 0 0\nctxt 99\nprocs_running 7\nprocs_blocked 1\n")
+    for tid, line in {"11": "11 (python3) R 1 2", "12": "12 (torch (omp) ) S 1", "13": "13 (a) R (b) S 1"}.items():
+        (tmp_path / "self" / "task" / tid).mkdir(parents=True)
+        (tmp_path / "self" / "task" / tid / "stat").write_text(line)
+    assert device_mod._linux_runnable_others(tmp_path) == 6.0
+    (tmp_path / "stat").write_text("cpu  1 2 3 4\n")
+    assert device_mod._linux_runnable_others(tmp_path) is None
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/stat") or not hasattr(os, "sched_getaffinity"), reason="Linux only")
+def test_the_linux_running_threads_reader_sees_a_busy_process():
+    import subprocess
+    import sys
+
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    try:
+        time.sleep(0.5)
+        looks = []
+        for _ in range(9):
+            looks.append(device_mod._linux_runnable_others())
+            time.sleep(0.01)
+    finally:
+        for p in spinners:
+            p.kill()
+            p.wait()
+    assert sorted(looks)[4] >= 2  # the median look: both spinners are always ready to run
