@@ -84,7 +84,8 @@ def worker() -> None:
     t0 = time.perf_counter()
     result = reconstruct(photo, registry, PipelineSettings(quality="fast", device="cpu"))
     assert result.fit.info["mode"] == "networks"
-    print(f"{time.perf_counter() - t0:.2f}")
+    stages = " ".join(f"{k} {v:.1f}" for k, v in result.timings.items())
+    print(f"{time.perf_counter() - t0:.2f} {stages}")
 
 
 def run_once(policy: str, load: str) -> float:
@@ -94,7 +95,9 @@ def run_once(policy: str, load: str) -> float:
         env = {**os.environ, **POLICIES[policy]}
         out = subprocess.run([sys.executable, __file__, "--worker"], env=env, capture_output=True, text=True,
                              check=True)
-        return float(out.stdout.strip().splitlines()[-1])
+        total, *stages = out.stdout.strip().splitlines()[-1].split(" ", 1)
+        print(f"    stages (s): {stages[0] if stages else ''}", flush=True)
+        return float(total)
     finally:
         for p in others:
             p.kill()
