@@ -151,13 +151,13 @@ def test_dense_work_counts_the_others_running_threads(clock, monkeypatch):
     scaled to the cores this process may use, and only when the others keep at least half a core busy."""
     monkeypatch.setattr(device_mod.os, "cpu_count", lambda: 4)
     looks = iter([])
-    monkeypatch.setattr(device_mod.time, "sleep", lambda s: None, raising=False)
+    monkeypatch.setattr(device_mod.time, "sleep", lambda s: None, raising=False)  # the fake clock: no waiting
     busy, state, advance = _machine(clock)
     reader = LoadReader(busy.busy, busy.cores, lambda: next(looks))
     with CpuThreads("auto", interval=1.0, reader=reader) as threads:
         state["others"] = 1.4
         advance(1.0, 0.6)
-        looks = iter([4.0, 2.0, 5.0, 4.0, 4.0])  # the median of the looks, not the last or the mean
+        looks = iter([2.0, 4.0, 9.0, 4.0, 9.0])  # the median of the looks (first 6, mean 10, last or most 13)
         assert threads.poll(dense=True) == 8
         assert threads.poll() == 3  # fine-grained work still goes by the free cores
         looks = iter([None] * 5)  # unreadable: the busy cores stand in
