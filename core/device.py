@@ -112,6 +112,8 @@ def meta_device() -> torch.device:
 
 #: Dense work runs on at most this many times the starting thread count.
 DENSE_MOST = 4
+#: Threads dense work adds per thread of the other processes that is ready to run.
+DENSE_PER_OTHER = 2
 #: Looks at the running threads per count, and the seconds between them (the count changes at each scheduler tick).
 RUNNABLE_SAMPLES = 5
 RUNNABLE_SPACING = 0.002
@@ -206,14 +208,16 @@ class CpuThreads:
     time: at most the count it started with and at least one.
 
     Dense work (``poll(dense=True)``: the networks' large matrix products, which split into few big chunks and
-    barely wait at barriers) instead adds one thread per thread of the other processes that is ready to run, up to
-    :data:`DENSE_MOST` times the starting count. The scheduler shares a busy core per thread, so dense work on ``n``
-    threads beside ``m`` others gets ``n / (n + m)`` of the cores, and this keeps that share above half (up to the
-    cap). The others are counted when the dense work starts (Linux: the kernel's running threads less this
+    barely wait at barriers) instead adds :data:`DENSE_PER_OTHER` threads per thread of the other processes that is
+    ready to run, up to :data:`DENSE_MOST` times the starting count. The scheduler shares a busy core per thread, so
+    dense work on ``n`` threads beside ``m`` others gets ``n / (n + m)`` of the cores, and this keeps that share above
+    two thirds (up to the cap): work that splits evenly then takes at most 1.5 times its quiet time, where one
+    thread per other thread would allow twice. The others are counted when the dense work starts (Linux: the kernel's running threads less this
     process's, the median of :data:`RUNNABLE_SAMPLES` looks, scaled to the cores this process may use, and only when
     the busy time shows them keeping at least half a core busy); their busy cores alone would undercount them, since
     they shrink as the dense work takes its share (beside two 2-thread torch jobs they measured 1.4 cores, and one
-    network pass took 9.3 s on 4 threads, 7.4 s on 6, 6.6 s on 8, against 3.5-4.0 s quiet on 2). Where the system
+    network pass took 9.3 s on 4 threads, 7.4 s on 6, 6.6 s on 8, against 3.5-4.0 s quiet on 2; in another window
+    6.8-8.2 s on 6, 6.4-6.6 s on 8, 6.2-6.5 s on 10, 5.9-6.3 s on 12). Where the system
     does not report running threads (Windows) the busy cores stand in for them. ``policy`` (default:
     ``$PIXEL3DMM_THREADS`` or ``auto``) may instead fix the count. On systems where the busy time cannot be read
     (macOS) ``auto`` keeps torch's count. Leaving the context restores the caller's count.
@@ -264,7 +268,7 @@ class CpuThreads:
                 self._others = max(0.0, (now[1] - self._last[1]) - (now[2] - self._last[2])) / wall
                 self._last = now
         if dense:
-            threads = min(DENSE_MOST * self._most, self._most + int(self._competing() + 0.5))
+            threads = min(DENSE_MOST * self._most, self._most + int(DENSE_PER_OTHER * self._competing() + 0.5))
         else:
             threads = max(1, min(self._most, int(self._reader.cores - self._others + 0.5)))
         if threads != torch.get_num_threads():
@@ -272,8 +276,11 @@ class CpuThreads:
         return threads
 
     def _competing(self) -> float:
-        """Threads of other processes competing for this process's cores (see the class)."""
-        if self._others < 0.5 or self._reader.runnable is None:
+        """Threads of other processes competing for this process's cores (see the class): none while they keep
+        under half a core busy."""
+        if self._others < 0.5:
+            return 0.0
+        if self._reader.runnable is None:
             return self._others
         looks = []
         for i in range(RUNNABLE_SAMPLES):

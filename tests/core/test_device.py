@@ -121,8 +121,8 @@ def test_threads_follow_the_cores_other_processes_leave_free(clock):
     assert torch.get_num_threads() == 4
 
 
-def test_dense_work_takes_a_thread_more_per_core_the_others_keep_busy(clock):
-    """Where the system does not report running threads (Windows), large matrix products claim a thread more per
+def test_dense_work_takes_two_threads_more_per_core_the_others_keep_busy(clock):
+    """Where the system does not report running threads (Windows), large matrix products claim two threads more per
     core the others keep busy, up to four times the starting count; the fine-grained work after them goes back to
     the free cores, without waiting for a new measurement."""
     reader, state, advance = _machine(clock)
@@ -130,15 +130,18 @@ def test_dense_work_takes_a_thread_more_per_core_the_others_keep_busy(clock):
         assert threads.poll(dense=True) == 4  # quiet: torch's count, as for any work
         state["others"] = 1.0
         advance(1.0, 3)
-        assert threads.poll(dense=True) == 5
+        assert threads.poll(dense=True) == 6
         assert threads.poll() == 3  # same measurement, fine-grained work
         state["others"] = 2.6
         advance(1.0, 1.4)
-        assert threads.poll(dense=True) == 7
+        assert threads.poll(dense=True) == 9  # 4 + 2 * 2.6, rounded
         state["others"] = 15.0
         advance(1.0, 0.5)
         assert threads.poll(dense=True) == 16  # at most four times the starting count
         assert threads.poll() == 1
+        state["others"] = 0.4  # under half a core: nothing to count
+        advance(1.0, 1)
+        assert threads.poll(dense=True) == 4
     assert torch.get_num_threads() == 4
     with CpuThreads("2", reader=reader) as threads:  # a fixed count stays fixed
         advance(2.0, 2)
@@ -147,7 +150,7 @@ def test_dense_work_takes_a_thread_more_per_core_the_others_keep_busy(clock):
 
 def test_dense_work_counts_the_others_running_threads(clock, monkeypatch):
     """Busy time undercounts the others once dense work takes its share (two 2-thread jobs on 2 cores keep 1.4
-    busy): where the system reports running threads, dense work adds one thread per running thread of theirs,
+    busy): where the system reports running threads, dense work adds two threads per running thread of theirs,
     scaled to the cores this process may use, and only when the others keep at least half a core busy."""
     monkeypatch.setattr(device_mod.os, "cpu_count", lambda: 4)
     looks = iter([])
@@ -157,11 +160,11 @@ def test_dense_work_counts_the_others_running_threads(clock, monkeypatch):
     with CpuThreads("auto", interval=1.0, reader=reader) as threads:
         state["others"] = 1.4
         advance(1.0, 0.6)
-        looks = iter([2.0, 4.0, 9.0, 4.0, 9.0])  # the median of the looks (first 6, mean 10, last or most 13)
-        assert threads.poll(dense=True) == 8
+        looks = iter([2.0, 4.0, 9.0, 4.0, 9.0])  # the median of the looks (first 8, mean 15, last or most 16)
+        assert threads.poll(dense=True) == 12
         assert threads.poll() == 3  # fine-grained work still goes by the free cores
         looks = iter([None] * 5)  # unreadable: the busy cores stand in
-        assert threads.poll(dense=True) == 5
+        assert threads.poll(dense=True) == 7  # 4 + 2 * 1.4, rounded
         looks = iter([30.0] * 5)
         assert threads.poll(dense=True) == 16  # at most four times the starting count
         state["others"] = 0.3  # below half a core: running threads elsewhere are not competing here
@@ -173,7 +176,7 @@ def test_dense_work_counts_the_others_running_threads(clock, monkeypatch):
         state["others"] = 3.0
         advance(1.0, 1)
         looks = iter([12.0] * 5)
-        assert threads.poll(dense=True) == 7  # 4 + 12 * 4 / 16
+        assert threads.poll(dense=True) == 10  # 4 + 2 * 12 * 4 / 16
 
 
 def test_the_callers_count_is_the_ceiling_and_comes_back(clock):
