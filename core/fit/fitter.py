@@ -194,7 +194,9 @@ def fit(
     device : optional device to run on
     on_progress : called after every step with a :class:`FitProgress`
     should_cancel : polled before every step; returning True raises :class:`~core.errors.FitCancelled`
-    seed : RNG seed (PnP RANSAC); runs are deterministic for a given seed and device
+    seed : RNG seed (PnP RANSAC); runs are deterministic for a given seed, device and torch thread count (on the
+        CPU the count can change a sum's order, and the pipeline picks it by load, so a quiet and a busy run may
+        differ in the last bits)
     deterministic : on CUDA, run with torch's deterministic kernels (see
         :func:`~core.device.deterministic_kernels`); False trades run-to-run equality for speed. The CPU is
         deterministic either way; MPS has no such mode.
