@@ -212,15 +212,15 @@ class CpuThreads:
     ready to run, up to :data:`DENSE_MOST` times the starting count. The scheduler shares a busy core per thread, so
     dense work on ``n`` threads beside ``m`` others gets ``n / (n + m)`` of the cores, and this keeps that share above
     two thirds (up to the cap): work that splits evenly then takes at most 1.5 times its quiet time, where one
-    thread per other thread would allow twice. The others are counted when the dense work starts (Linux: the kernel's running threads less this
-    process's, the median of :data:`RUNNABLE_SAMPLES` looks, scaled to the cores this process may use, and only when
-    the busy time shows them keeping at least half a core busy); their busy cores alone would undercount them, since
-    they shrink as the dense work takes its share (beside two 2-thread torch jobs they measured 1.4 cores, and one
-    network pass took 9.3 s on 4 threads, 7.4 s on 6, 6.6 s on 8, against 3.5-4.0 s quiet on 2; in another window
-    6.8-8.2 s on 6, 6.4-6.6 s on 8, 6.2-6.5 s on 10, 5.9-6.3 s on 12). Where the system
-    does not report running threads (Windows) the busy cores stand in for them. ``policy`` (default:
-    ``$PIXEL3DMM_THREADS`` or ``auto``) may instead fix the count. On systems where the busy time cannot be read
-    (macOS) ``auto`` keeps torch's count. Leaving the context restores the caller's count.
+    thread per other thread would allow twice. The others are counted when the dense work starts (Linux: the
+    kernel's running threads less this process's, the median of :data:`RUNNABLE_SAMPLES` looks, scaled to the cores
+    this process may use, and only when the busy time shows them keeping at least half a core busy); their busy
+    cores alone would undercount them, since they shrink as the dense work takes its share (beside two 2-thread
+    torch jobs they measured 1.4 cores, and one network pass took 9.3 s on 4 threads, 7.4 s on 6, 6.6 s on 8,
+    against 3.5-4.0 s quiet on 2; in another window 6.8-8.2 s on 6, 6.4-6.6 s on 8, 6.2-6.5 s on 10, 5.9-6.3 s on
+    12). Where the system does not report running threads (Windows) the busy cores stand in for them. ``policy``
+    (default: ``$PIXEL3DMM_THREADS`` or ``auto``) may instead fix the count. On systems where the busy time cannot
+    be read (macOS) ``auto`` keeps torch's count. Leaving the context restores the caller's count.
     """
 
     def __init__(self, policy: str | int | None = None, interval: float = 1.0, reader: LoadReader | None = None):
